@@ -1,0 +1,43 @@
+# The two commands: `make up` (the local stack with the web chat) and `make test` (every test layer).
+# Both run `make setup` first, which installs whatever this machine still lacks (idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+STACK ?= dev
+STACK_FILE ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup up down test lint plan bench clean
+
+help:
+	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
+	@echo "make down   - stop everything 'make up' started"
+	@echo "make test   - set up and run every test layer (lint included)"
+	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - latency/throughput benchmarks (not part of test)"
+
+setup:
+	@bash setup/install.sh
+
+up: setup
+	$(PY) -m localstack up
+
+down:
+	$(PY) -m localstack down
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy infra app localstack monitoring policies tests bench
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+plan: setup
+	$(PY) -m infra.plan $(if $(STACK_FILE),--stack-file $(STACK_FILE),--stack $(STACK))
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf build

