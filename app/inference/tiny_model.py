@@ -1,0 +1,164 @@
+"""A deterministic tiny Qwen2 for running real vLLM on a CPU: random weights, a locally trained tokenizer.
+
+Nothing is downloaded. The builder (`build`) needs torch/transformers/tokenizers, which live in the vLLM
+venv (`.venv-vllm`); `ensure_tiny_model()` runs from the project venv and shells out to it. Fixed seeds
+make the same bytes every time; the cache is keyed by a hash of this file, so editing the builder rebuilds.
+
+    .venv-vllm/bin/python -m app.inference.tiny_model build build/models/tiny-qwen2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = REPO_ROOT / "build" / "models" / "tiny-qwen2"
+VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+STAMP = ".builder-sha256"
+
+SEED = 20240917
+VOCAB_SIZE = 2048
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML, as Qwen2.5 uses it (without the tool-calling branches).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}"
+    "{{- part['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Model shape: head_dim 64 (256 / 4) is one the CPU attention kernels support; 16 is not.
+MODEL_SHAPE: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+}
+
+
+def builder_hash() -> str:
+    """Hash of this file's source: the cache key of a built model."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def is_built(dest: Path) -> bool:
+    stamp = dest / STAMP
+    return stamp.is_file() and stamp.read_text().strip() == builder_hash()
+
+
+def ensure_tiny_model(dest: Path | None = None) -> Path:
+    """Return a directory holding the tiny model, building it (via .venv-vllm) only if missing or stale."""
+    dest = (dest or DEFAULT_DIR).resolve()
+    if is_built(dest):
+        return dest
+    if not VLLM_PYTHON.exists():
+        raise RuntimeError(f"{VLLM_PYTHON} is missing: run `make setup` to install the CPU build of vLLM")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the destination, then swap it in, so a crash never leaves a half-built model.
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=dest.parent))
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "TMPDIR": str(staging), "XDG_CACHE_HOME": str(dest.parent / ".cache")}
+        proc = subprocess.run(
+            [str(VLLM_PYTHON), "-m", "app.inference.tiny_model", "build", str(staging / "model")],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the tiny model failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        if dest.exists():
+            shutil.rmtree(dest)
+        (staging / "model").rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def training_corpus(lines: int = 4000) -> list[str]:
+    """A generated English-ish text, so the byte-level BPE learns real merges (fixed seed)."""
+    rng = random.Random(SEED)
+    words = (
+        "the a an model token stream answer question chat server gateway cluster replica cache memory "
+        "request response latency fast slow hello world please thanks yes no what why how when where who "
+        "is are was were be been have has do does can could will would should may might must of in on at "
+        "to from with for by about into over under between after before during while because although "
+        "data code python kubernetes pulumi nginx redis vllm qwen gpu cpu node pod service deploy test "
+        "one two three four five six seven eight nine ten hundred thousand time day night good bad new old"
+    ).split()
+    punct = [".", ",", "?", "!", ":", ";"]
+    out = []
+    for _ in range(lines):
+        n = rng.randint(4, 16)
+        sentence = " ".join(rng.choice(words) for _ in range(n))
+        out.append(sentence.capitalize() + rng.choice(punct) + " " + str(rng.randint(0, 9999)))
+    return out
+
+
+def build(dest: Path) -> None:
+    """Write tokenizer + random-weight Qwen2 into `dest`. Runs in .venv-vllm (torch, transformers)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(training_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token=None, bos_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(dest))
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
+        torch_dtype="bfloat16", **MODEL_SHAPE,
+    )
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    (dest / STAMP).write_text(builder_hash() + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "build":
+        build(Path(argv[1]))
+        return 0
+    if len(argv) in (1, 2) and argv[0] == "ensure":
+        print(ensure_tiny_model(Path(argv[1]) if len(argv) == 2 else None))
+        return 0
+    print("usage: python -m app.inference.tiny_model build <dir>   (in .venv-vllm)\n"
+          "       python -m app.inference.tiny_model ensure [<dir>]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
