@@ -1,0 +1,131 @@
+"""`make plan`: render a stack offline — resource tree, Kubernetes manifests, strict schema validation.
+
+    python -m infra.plan --stack prod
+    python -m infra.plan --stack-file path/to/Pulumi.x.yaml
+
+Needs no credentials and no Pulumi CLI: the real program runs under Pulumi's mocks (infra/offline.py).
+Exits 1 with the settings error, or with the manifests that fail validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
+from infra.settings import SettingsError
+
+PLAN_DIR = REPO / "build" / "plan"
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    resource: str
+    kind: str
+    error: str | None  # None: valid; "no-schema": a custom resource kind without a built-in schema
+
+
+def check_manifest(manifest: dict[str, Any], kubernetes_version: str) -> str | None:
+    """Strictly validate one manifest; returns the error text, "no-schema" for CRD kinds, or None."""
+    try:
+        kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return "no-schema"
+    except kubernetes_validate.ValidationError as err:
+        where = ".".join(str(p) for p in err.path) or "(root)"
+        return f"{where}: {err.message}"
+    return None
+
+
+def validate_run(run: OfflineRun) -> list[ManifestCheck]:
+    version = run.settings.kubernetes.version
+    checks = []
+    for resource in sorted(run.resources, key=lambda r: (r.type, r.name)):
+        manifest = manifest_of(resource) if resource.is_kubernetes else None
+        if manifest is None:
+            continue
+        checks.append(ManifestCheck(f"{resource.type} {resource.name}", manifest["kind"],
+                                    check_manifest(manifest, version)))
+    return checks
+
+
+def render_tree(resources: list[Captured]) -> str:
+    """Resources as an indented tree by parent, children sorted by type then name."""
+    by_parent: dict[str, list[Captured]] = {}
+    urns = {r.urn for r in resources}
+    for r in resources:
+        by_parent.setdefault(r.parent if r.parent in urns else "", []).append(r)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for r in sorted(by_parent.get(parent, []), key=lambda r: (r.type, r.name)):
+            lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{r.type}  {r.name}")
+            walk(r.urn, depth + 1)
+
+    walk("", 0)
+    return "\n".join(lines)
+
+
+def write_manifests(run: OfflineRun, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "manifests.yaml"
+    path.write_text(yaml.safe_dump_all(run.manifests(), sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make plan", description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--stack", default="dev", help="stack name: stacks/Pulumi.<stack>.yaml")
+    group.add_argument("--stack-file", type=Path, help="any stack file")
+    args = parser.parse_args(argv)
+
+    path = args.stack_file or stack_file(args.stack)
+    started = time.perf_counter()
+    try:
+        run = run_stack(None if args.stack_file else args.stack, stack_file_path=path)
+    except SettingsError as err:
+        print(f"plan: {path}: {err}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as err:
+        print(f"plan: {err}", file=sys.stderr)
+        return 1
+
+    checks = validate_run(run)
+    out = write_manifests(run, PLAN_DIR / run.stack)
+    elapsed = time.perf_counter() - started
+
+    print(f"stack {run.stack} ({path.relative_to(REPO) if path.is_relative_to(REPO) else path}): "
+          f"site {run.settings.site.name}, role {run.settings.site.role}")
+    print(f"capacity per vLLM replica: {run.settings.capacity.describe()}\n")
+    print(render_tree(run.resources))
+    counts = Counter(r.type for r in run.resources)
+    print(f"\n{len(run.resources)} resources:")
+    for type_, n in sorted(counts.items()):
+        print(f"  {n:3d}  {type_}")
+    if run.placeholders:
+        print(f"note: secret config not in the stack file, placeholders used: {', '.join(run.placeholders)}"
+              " (set each with `pulumi config set --secret <key> ...` before `pulumi up`)")
+
+    failed = [c for c in checks if c.error not in (None, "no-schema")]
+    no_schema = Counter(c.kind for c in checks if c.error == "no-schema")
+    print(f"\nmanifests: {out.relative_to(REPO) if out.is_relative_to(REPO) else out} — {len(checks)} objects, "
+          f"{len(checks) - len(failed) - sum(no_schema.values())} valid against Kubernetes "
+          f"{run.settings.kubernetes.version} (strict)"
+          + (f", custom resources without a built-in schema: {dict(no_schema)}" if no_schema else ""))
+    for c in failed:
+        print(f"INVALID {c.resource}: {c.error}", file=sys.stderr)
+    print(f"plan took {elapsed:.2f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
