@@ -39,6 +39,7 @@ SECRET_KEYS: dict[str, str] = {
     "alertmanagerWebhookUrl": "the webhook URL Alertmanager pages to",
     "alertmanagerSmtpPassword": "the SMTP password for e-mail alerts",
     "logSinkPassword": "the password of the log sink (Elasticsearch or Loki)",
+    "grafanaAdminPassword": "Grafana's admin password (kube-prometheus-stack)",
 }
 
 DIGEST_RE = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
@@ -206,10 +207,69 @@ class ImageSettings(_Section):
     push: bool = False
 
 
+class EmailReceiver(_Section):
+    """Non-secret parts of the e-mail receiver; the SMTP password is secret config."""
+
+    to: list[str] = Field(min_length=1)
+    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    smarthost: str = Field(pattern=r"^[^:\s]+:\d+$")  # host:port
+    username: str | None = None
+    require_tls: bool = True
+
+
+class AlertingSettings(_Section):
+    """Alert thresholds and Alertmanager routing; the webhook URL is secret config."""
+
+    availability_target: float = Field(default=0.999, gt=0.9, lt=1)
+    ttft_p95_seconds: float = Field(default=1.5, gt=0)
+    kv_cache_usage_ratio: float = Field(default=0.9, gt=0, le=1)
+    gpu_utilization_percent: float = Field(default=90, gt=0, le=100)
+    waiting_requests: int = Field(default=10, ge=1)
+    request_rate_increase_percent: float = Field(default=200, gt=0)
+    min_baseline_rps: float = Field(default=0.5, ge=0)  # below this an hour ago, a jump is not a surge
+    health_check_failures: int = Field(default=3, ge=1)
+    webhook: bool = True
+    email: EmailReceiver | None = None
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+
+
+class LogSettings(_Section):
+    """Where Fluent Bit ships container logs; the sink's password is secret config."""
+
+    enabled: bool = True
+    sink: Literal["elasticsearch", "loki"] = "elasticsearch"
+    host: str = "elasticsearch.logging.svc"
+    port: int = Field(default=9200, ge=1, le=65535)
+    tls: bool = True
+    user: str = "fluent-bit"
+    index: str = Field(default="qwen-serving-logs", pattern=NAME_RE)
+    retention_days: int = Field(default=30, ge=1)
+
+
+class AutoscalingSettings(_Section):
+    """KEDA scales vLLM on queued requests; maxReplicas is capped by the pool (GPUs / TP)."""
+
+    enabled: bool = True
+    waiting_per_replica: int = Field(default=5, ge=1)
+    polling_interval_seconds: int = Field(default=15, ge=5)
+    cooldown_seconds: int = Field(default=600, ge=60)
+
+
 class MonitoringSettings(_Section):
     enabled: bool = True
-    retention: str = "15d"
+    namespace: str = Field(default="monitoring", pattern=NAME_RE, max_length=63)
+    retention: str = Field(default="15d", pattern=r"^\d+[smhdwy]$")
     storage_size: str = "50Gi"
+    storage_class: str | None = None
+    scrape_interval: str = Field(default="30s", pattern=r"^\d+[smh]$")
+    kube_prometheus_stack_chart_version: str = "77.6.2"
+    keda_chart_version: str = "2.17.2"
+    fluent_bit_chart_version: str = "0.50.0"
+    alerting: AlertingSettings = AlertingSettings()
+    logs: LogSettings = LogSettings()
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
 
 
 class StackSettings(_Section):

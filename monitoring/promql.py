@@ -1,0 +1,83 @@
+"""Metric names and PromQL helpers shared by rules, dashboards and tests.
+
+Names come from what the processes really export: vLLM's from a live vLLM `/metrics`, the gateway's from
+app/gateway/metrics.py. Scrape jobs are named after the Kubernetes Services (and the local stack uses the
+same job names), so one rule file works in both places.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Scrape job names (= Kubernetes Service names the ServiceMonitors select).
+JOB_VLLM = "vllm"
+JOB_GATEWAY = "gateway"
+JOB_EDGE = "edge"
+JOB_REDIS = "redis"
+JOB_DCGM = "dcgm-exporter"
+
+# vLLM (v1 engine) metrics.
+VLLM_RUNNING = "vllm:num_requests_running"
+VLLM_WAITING = "vllm:num_requests_waiting"
+VLLM_KV_USAGE = "vllm:kv_cache_usage_perc"  # a fraction, 0..1
+VLLM_TTFT = "vllm:time_to_first_token_seconds"  # histogram
+VLLM_E2E = "vllm:e2e_request_latency_seconds"  # histogram
+VLLM_SUCCESS = "vllm:request_success_total"
+VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
+VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+
+# Gateway metrics (app/gateway/metrics.py).
+GW_REQUESTS = "gateway_requests_total"  # labels: route, status, model
+GW_TTFT = "gateway_ttft_seconds"  # histogram
+GW_DURATION = "gateway_request_duration_seconds"  # histogram
+GW_BACKEND_HEALTHY = "gateway_backend_healthy"  # gauge per backend
+GW_RETRIES = "gateway_retries_total"
+GW_RATE_LIMITED = "gateway_rate_limited_total"
+GW_ACTIVE_STREAMS = "gateway_active_streams"
+
+# Exporters.
+DCGM_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent
+DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"  # MiB
+DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"  # MiB
+DCGM_TEMP = "DCGM_FI_DEV_GPU_TEMP"  # Celsius
+DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"  # W
+REDIS_UP = "redis_up"
+NGINX_UP = "nginx_up"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h|d|w|y)$")
+
+
+def seconds(duration: str) -> float:
+    """A single-unit Prometheus duration ("30s", "5m") in seconds."""
+    match = _DURATION_RE.match(duration)
+    if match is None:
+        raise ValueError(f"not a Prometheus duration: {duration!r} (write e.g. 30s, 5m, 1h)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def duration(secs: float) -> str:
+    """Seconds as a Prometheus duration, in the largest whole unit ("90s", "5m")."""
+    whole = round(secs * 1000)
+    for unit in ("d", "h", "m", "s"):
+        step = int(_UNITS[unit] * 1000)
+        if whole % step == 0:
+            return f"{whole // step}{unit}"
+    return f"{whole}ms"
+
+
+def selector(metric: str, **labels: str) -> str:
+    """`metric{a="x",b=~"y"}`; a value starting with `~` is a regex match."""
+    if not labels:
+        return metric
+    parts = []
+    for key, value in labels.items():
+        op, val = ("=~", value[1:]) if value.startswith("~") else ("=", value)
+        parts.append(f'{key}{op}"{val}"')
+    return f"{metric}{{{','.join(parts)}}}"
+
+
+def quantile(q: float, histogram: str, window: str, *, by: str = "le", **labels: str) -> str:
+    """The q-quantile of a histogram's rate over `window`, aggregated `by` (which must keep `le`)."""
+    buckets = selector(f"{histogram}_bucket", **labels)
+    return f"histogram_quantile({q:g}, sum by ({by}) (rate({buckets}[{window}])))"

@@ -1,0 +1,202 @@
+"""Recording and alerting rules, rendered from the stack's settings.
+
+`rule_groups(settings)` gives the groups as plain dicts (the `spec` of a PrometheusRule, and the body
+of a Prometheus rule file); `render_rules(settings)` gives the rule-file YAML that promtool checks and
+the local Prometheus loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from infra.settings import StackSettings
+from monitoring import promql as m
+
+Rule = dict[str, Any]
+
+# Windows of the availability SLO's multi-window, multi-burn-rate alerts (Google SRE workbook, ch. 5):
+# (long window, short window, burn rate, severity). 14.4 over 1h spends 2 % of a 30-day budget.
+BURN_WINDOWS: list[tuple[str, str, float, str]] = [
+    ("1h", "5m", 14.4, "critical"),
+    ("6h", "30m", 6.0, "critical"),
+    ("1d", "2h", 3.0, "warning"),
+    ("3d", "6h", 1.0, "warning"),
+]
+ERROR_RATIO_WINDOWS = sorted({w for long, short, _, _ in BURN_WINDOWS for w in (long, short)}, key=m.seconds)
+
+# Recorded series (level:metric:operations).
+RPS = "qwen:gateway_requests:rate5m"
+ERROR_RATIO = "qwen:gateway_request_errors:ratio_rate{window}"
+VLLM_RPS = "qwen:vllm_requests:rate5m"
+TOKENS_PER_SECOND = "qwen:vllm_generation_tokens:rate5m"
+PROMPT_TOKENS_PER_SECOND = "qwen:vllm_prompt_tokens:rate5m"
+TTFT_QUANTILE = "qwen:vllm_ttft_seconds:p{q}_5m"
+GW_TTFT_QUANTILE = "qwen:gateway_ttft_seconds:p{q}_5m"
+QUANTILES = (50, 95, 99)
+
+# Which errors spend the availability budget: the server's fault, not the client's (4xx, 429).
+SERVER_ERROR = "~5.."
+
+
+def _record(name: str, expr: str) -> Rule:
+    return {"record": name, "expr": expr}
+
+
+def _alert(name: str, expr: str, *, for_: str, severity: str, summary: str, description: str,
+           **labels: str) -> Rule:
+    rule: Rule = {"alert": name, "expr": expr}
+    if m.seconds(for_) > 0:
+        rule["for"] = for_
+    rule["labels"] = {"severity": severity, **labels}
+    rule["annotations"] = {"summary": summary, "description": description}
+    return rule
+
+
+def recording_rules() -> list[Rule]:
+    gw = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)
+    gw_err = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, status=SERVER_ERROR)
+    rules = [_record(RPS, f"sum by (job) (rate({gw}[5m]))")]
+    for window in ERROR_RATIO_WINDOWS:
+        rules.append(_record(
+            ERROR_RATIO.format(window=window),
+            # `or 0 * ...`: no 5xx at all is a ratio of 0, not a missing series.
+            f"(sum by (job) (rate({gw_err}[{window}])) or 0 * sum by (job) (rate({gw}[{window}])))"
+            f" / sum by (job) (rate({gw}[{window}]))",
+        ))
+    rules += [
+        _record(VLLM_RPS, f"sum by (job) (rate({m.selector(m.VLLM_SUCCESS, job=m.JOB_VLLM)}[5m]))"),
+        _record(TOKENS_PER_SECOND,
+                f"sum by (job) (rate({m.selector(m.VLLM_GENERATION_TOKENS, job=m.JOB_VLLM)}[5m]))"),
+        _record(PROMPT_TOKENS_PER_SECOND,
+                f"sum by (job) (rate({m.selector(m.VLLM_PROMPT_TOKENS, job=m.JOB_VLLM)}[5m]))"),
+    ]
+    for q in QUANTILES:
+        rules.append(_record(TTFT_QUANTILE.format(q=q),
+                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, le", job=m.JOB_VLLM)))
+    for q in QUANTILES:
+        rules.append(_record(GW_TTFT_QUANTILE.format(q=q),
+                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, le", job=m.JOB_GATEWAY)))
+    return rules
+
+
+def health_check_window(settings: StackSettings) -> str:
+    """A range that holds exactly N scrapes: (N - 0.5) scrape intervals (N = healthCheckFailures)."""
+    failures = settings.monitoring.alerting.health_check_failures
+    return m.duration((failures - 0.5) * m.seconds(settings.monitoring.scrape_interval))
+
+
+def capacity_alerts(settings: StackSettings) -> list[Rule]:
+    """The three alerts of the original design."""
+    a = settings.monitoring.alerting
+    failures = a.health_check_failures
+    window = health_check_window(settings)
+    factor = 1 + a.request_rate_increase_percent / 100
+    now = f"sum by (job) (rate({m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)}[5m]))"
+    before = f"sum by (job) (rate({m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)}[5m] offset 1h))"
+    return [
+        _alert(
+            "GpuUtilizationHigh",
+            f"avg({m.DCGM_UTIL}) > {a.gpu_utilization_percent:g}",
+            for_="5m", severity="warning", signal="scale-out",
+            summary=f"GPU pool above {a.gpu_utilization_percent:g} % utilisation for 5 minutes",
+            description="Average GPU utilisation is {{ $value | printf \"%.0f\" }} %: the pool is near "
+                        "capacity. Add a replica (KEDA does, up to GPUs / TP) or a GPU host.",
+        ),
+        _alert(
+            "TargetHealthCheckFailing",
+            # Exactly the last N scrapes (the range holds N samples), all of them failed.
+            f"max_over_time(up[{window}]) == 0 and count_over_time(up[{window}]) >= {failures}",
+            for_="0s", severity="critical",
+            summary=f"{{{{ $labels.job }}}} target {{{{ $labels.instance }}}} failed {failures} "
+                    "consecutive health checks",
+            description=f"Prometheus could not scrape {{{{ $labels.instance }}}} {failures} times in a row "
+                        f"(every {settings.monitoring.scrape_interval}).",
+        ),
+        _alert(
+            "RequestRateSurge",
+            f"{now} > {factor:g} * {before} and {before} > {a.min_baseline_rps:g}",
+            for_="5m", severity="warning",
+            summary=f"Request rate up more than {a.request_rate_increase_percent:g} % on an hour ago",
+            description="The gateway serves {{ $value | printf \"%.2f\" }} requests/s, over "
+                        f"{factor:g}x the same window an hour earlier (baseline above "
+                        f"{a.min_baseline_rps:g}/s).",
+        ),
+    ]
+
+
+def slo_alerts(settings: StackSettings) -> list[Rule]:
+    a = settings.monitoring.alerting
+    budget = 1 - a.availability_target
+    rules: list[Rule] = []
+    for severity, name in (("critical", "AvailabilityBudgetBurnFast"), ("warning", "AvailabilityBudgetBurnSlow")):
+        pairs = [(lw, sw, rate) for lw, sw, rate, sev in BURN_WINDOWS if sev == severity]
+        expr = " or ".join(
+            f"({ERROR_RATIO.format(window=lw)} > {rate * budget:.6g}"
+            f" and {ERROR_RATIO.format(window=sw)} > {rate * budget:.6g})"
+            for lw, sw, rate in pairs
+        )
+        rules.append(_alert(
+            name, expr, for_="2m" if severity == "critical" else "15m", severity=severity, slo="availability",
+            summary=f"Error budget of the {a.availability_target:.3%} availability SLO burning too fast",
+            description="5xx ratio {{ $value | humanizePercentage }}; windows "
+                        + ", ".join(f"{lw}/{sw} at {rate:g}x" for lw, sw, rate in pairs) + ".",
+        ))
+    waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM)
+    rules += [
+        _alert(
+            "TtftP95High", f"{TTFT_QUANTILE.format(q=95)} > {a.ttft_p95_seconds:g}",
+            for_="10m", severity="warning", slo="latency",
+            summary=f"P95 time to first token above {a.ttft_p95_seconds:g} s",
+            description="vLLM's P95 TTFT over 5 minutes is {{ $value | humanizeDuration }}.",
+        ),
+        _alert(
+            "KvCacheUsageHigh",
+            f"max by (job, instance) ({m.selector(m.VLLM_KV_USAGE, job=m.JOB_VLLM)}) > {a.kv_cache_usage_ratio:g}",
+            for_="5m", severity="warning",
+            summary=f"vLLM KV cache above {a.kv_cache_usage_ratio:.0%} on {{{{ $labels.instance }}}}",
+            description="KV cache usage {{ $value | humanizePercentage }}: requests will queue or be preempted.",
+        ),
+        _alert(
+            "RequestsWaitingHigh",
+            f"max by (job, instance) ({waiting}) > {a.waiting_requests}",
+            for_="5m", severity="warning", signal="scale-out",
+            summary=f"More than {a.waiting_requests} requests waiting on {{{{ $labels.instance }}}}",
+            description="{{ $value }} requests queued in vLLM for 5 minutes.",
+        ),
+        _alert(
+            "NoHealthyVllmBackend",
+            f'(count({m.selector("up", job=m.JOB_VLLM)} == 1) or vector(0)) == 0',
+            for_="1m", severity="critical",
+            summary="No vLLM backend is up",
+            description="Every vLLM replica is down or unreachable: all chat requests fail.",
+        ),
+        _alert(
+            "RedisDown",
+            f"(max({m.REDIS_UP}) or vector(0)) == 0",
+            for_="1m", severity="critical",
+            summary="Redis is down",
+            description="redis_exporter reports Redis unreachable (or the Redis pod is gone): sessions "
+                        "and shared rate limits are unavailable.",
+        ),
+    ]
+    return rules
+
+
+def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
+    interval = settings.monitoring.scrape_interval
+    return [
+        {"name": "qwen-serving.recording", "interval": interval, "rules": recording_rules()},
+        {"name": "qwen-serving.capacity", "interval": interval, "rules": capacity_alerts(settings)},
+        {"name": "qwen-serving.slo", "interval": interval, "rules": slo_alerts(settings)},
+    ]
+
+
+def alert_names(settings: StackSettings) -> list[str]:
+    return [r["alert"] for g in rule_groups(settings) for r in g["rules"] if "alert" in r]
+
+
+def render_rules(settings: StackSettings) -> str:
+    """The rule file (`groups:`) as YAML text."""
+    return yaml.safe_dump({"groups": rule_groups(settings)}, sort_keys=False, width=200)
