@@ -80,7 +80,9 @@ def ensure_tiny_model(dest: Path | None = None) -> Path:
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"building the tiny model failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"building the tiny model failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         if dest.exists():
             shutil.rmtree(dest)
         (staging / "model").rename(dest)

@@ -1,0 +1,326 @@
+"""Start each real server of the local stack: Redis, vLLM (CPU), the gateway, Nginx.
+
+Each `start_*` writes its rendered config under `workdir`, starts the program on 127.0.0.1, waits until
+it is healthy and returns a handle (`.port`, `.url`, `.stop()`, `.kill()`, `.restart()`). The tests use
+these same functions, so what they check is what `make up` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.settings import StackSettings
+from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
+
+# TEMPORARY until the infra engineer's renderers land: the same arguments, in this one place.
+try:
+    from app.inference.vllm_args import render_vllm_args
+except ImportError:
+    def render_vllm_args(
+        settings: StackSettings, *, model: str, host: str, port: int, extra: Sequence[str] = ()
+    ) -> list[str]:
+        inf = settings.inference
+        args = [
+            "--model", model, "--served-model-name", settings.model.served_name,
+            "--host", host, "--port", str(port), "--max-model-len", str(inf.max_model_len),
+            "--max-num-seqs", str(inf.max_num_seqs), "--dtype", inf.dtype,
+        ]
+        if inf.enable_prefix_caching:
+            args.append("--enable-prefix-caching")
+        return [*args, *extra]
+
+try:
+    from infra.render.redis import render_redis_conf
+except ImportError:
+    def render_redis_conf(
+        settings: StackSettings, *, port: int, bind: str, data_dir: str,
+        password_file_include: str | None = None,
+    ) -> str:
+        lines = [
+            f"port {port}", f"bind {bind}", "protected-mode yes", f'dir "{data_dir}"', "appendonly yes",
+            f"appendfsync {settings.redis.appendfsync}", f"maxmemory {settings.redis.maxmemory}",
+            "maxmemory-policy volatile-lru", "daemonize no", 'logfile ""', "save \"\"",
+        ]
+        if password_file_include:
+            lines.append(f'include "{password_file_include}"')
+        return "\n".join(lines) + "\n"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PYTHON = Path(sys.executable)
+VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+
+# The CPU run of vLLM: no CUDA graphs / torch.compile (starts in ~17 s instead of ~40 s) and a fixed
+# KV-cache size instead of a GPU-memory fraction. See ../shared notes on vLLM's CPU build.
+VLLM_CPU_EXTRAS: tuple[str, ...] = (
+    "--enforce-eager",
+    "--kv-cache-memory-bytes", str(64 * 1024 * 1024),
+    "--dtype", "bfloat16",
+)
+
+
+class PortTakenError(ProcessError):
+    pass
+
+
+def require_program(name: str, path: str | None = None) -> str:
+    """Absolute path of a program, or a clear error that says to run `make setup`."""
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    if not found:
+        raise ProcessError(f"program '{name}' is missing; run `make setup` (it installs what is missing)")
+    return found
+
+
+def check_port(port: int, what: str, env_var: str | None = None) -> None:
+    if port_in_use(port):
+        hint = f"; choose another with {env_var}=<port> (e.g. `{env_var}={port + 1} make up`)" if env_var else ""
+        raise PortTakenError(f"port {port} on 127.0.0.1 (for {what}) is already in use{hint}")
+
+
+@dataclass
+class ServiceHandle:
+    """A running server: its process, port and how to check it is ready."""
+
+    name: str
+    port: int
+    process: ManagedProcess
+    ready: Callable[[], bool]
+    ready_timeout: float = 60.0
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, progress: ProgressFn | None = None) -> None:
+        self.process.wait_ready(self.ready, timeout=self.ready_timeout, progress=progress)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self, progress: ProgressFn | None = None) -> None:
+        """Start again with the same command, config and port (e.g. after kill())."""
+        self.process.stop()
+        self.process.start()
+        self.wait_ready(progress)
+
+
+@dataclass
+class RedisHandle(ServiceHandle):
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@dataclass
+class VllmHandle(ServiceHandle):
+    served_name: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+@dataclass
+class GatewayHandle(ServiceHandle):
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+@dataclass
+class NginxHandle(ServiceHandle):
+    pass
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _redis_ping(port: int, password: str | None) -> Callable[[], bool]:
+    import redis
+
+    def ping() -> bool:
+        try:
+            client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except (redis.RedisError, OSError):
+            return False
+
+    return ping
+
+
+def start_redis(
+    workdir: Path,
+    *,
+    settings: StackSettings,
+    port: int | None = None,
+    password: str | None = None,
+    env_var: str | None = None,
+) -> RedisHandle:
+    """Redis on 127.0.0.1 with AOF under `workdir/data`; same workdir again = same data."""
+    workdir = workdir.resolve()
+    program = require_program("redis-server")
+    port = port or free_port()
+    check_port(port, "Redis", env_var)
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    include = None
+    if password:
+        include = workdir / "redis-secret.conf"
+        _write_secret(include, f'requirepass "{password}"\n')
+    conf = workdir / "redis.conf"
+    conf.write_text(render_redis_conf(
+        settings, port=port, bind="127.0.0.1", data_dir=str(data_dir),
+        password_file_include=str(include) if include else None,
+    ))
+    proc = ManagedProcess("redis", [program, str(conf)], workdir / "redis.log", cwd=workdir).start()
+    handle = RedisHandle("redis", port, proc, _redis_ping(port, password), 30.0, password=password)
+    handle.wait_ready()
+    return handle
+
+
+def vllm_env(workdir: Path) -> dict[str, str]:
+    """vLLM writes caches and temp files under these; keep them all inside `workdir`."""
+    cache = workdir / "cache"
+    tmp = workdir / "tmp"
+    for d in (cache, tmp):
+        d.mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp),
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "XDG_CACHE_HOME": str(cache),
+        "HF_HOME": str(cache / "huggingface"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def vllm_command(settings: StackSettings, *, model: str, port: int, served_name: str) -> list[str]:
+    """The local vLLM command line: the cluster's rendered arguments plus the CPU extras."""
+    args = render_vllm_args(settings, model=model, host="127.0.0.1", port=port, extra=VLLM_CPU_EXTRAS)
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", *args]
+    if "--served-model-name" not in args:
+        cmd += ["--served-model-name", served_name]
+    return cmd
+
+
+def start_vllm(
+    workdir: Path,
+    *,
+    settings: StackSettings,
+    model_dir: Path,
+    served_name: str | None = None,
+    port: int | None = None,
+    progress: ProgressFn | None = None,
+    timeout: float = 300.0,
+    env_var: str | None = None,
+    wait: bool = True,
+) -> VllmHandle:
+    """One vLLM (CPU build) replica serving `model_dir`; healthy when /v1/models answers."""
+    if not VLLM_PYTHON.exists():
+        raise ProcessError(f"{VLLM_PYTHON} is missing; run `make setup` (installs the CPU build of vLLM)")
+    workdir = workdir.resolve()
+    served_name = served_name or settings.model.served_name
+    port = port or free_port()
+    check_port(port, "vLLM", env_var)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = vllm_command(settings, model=str(model_dir), port=port, served_name=served_name)
+    proc = ManagedProcess("vllm", cmd, workdir / "vllm.log", env=vllm_env(workdir), cwd=workdir).start()
+    url = f"http://127.0.0.1:{port}"
+    handle = VllmHandle(
+        "vllm", port, proc, lambda: http_ok(f"{url}/v1/models"), timeout, served_name=served_name,
+    )
+    if wait:
+        handle.wait_ready(progress)
+    return handle
+
+
+def start_gateway(
+    workdir: Path,
+    *,
+    env: Mapping[str, str],
+    port: int | None = None,
+    name: str = "gateway",
+    env_var: str | None = None,
+    timeout: float = 60.0,
+    wait: bool = True,
+) -> GatewayHandle:
+    """One gateway replica (uvicorn in the project venv); ready when /readyz answers 2xx."""
+    workdir = workdir.resolve()
+    port = port or free_port()
+    check_port(port, name, env_var)
+    workdir.mkdir(parents=True, exist_ok=True)
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(workdir),
+        **env,
+    }
+    cmd = [
+        str(PROJECT_PYTHON), "-m", "uvicorn", "app.gateway.main:app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        "--timeout-graceful-shutdown", "5",
+    ]
+    proc = ManagedProcess(name, cmd, workdir / f"{name}.log", env=full_env, cwd=REPO_ROOT).start()
+    url = f"http://127.0.0.1:{port}"
+    handle = GatewayHandle(name, port, proc, lambda: http_ok(f"{url}/readyz"), timeout)
+    if wait:
+        handle.wait_ready()
+    return handle
+
+
+def start_nginx(
+    workdir: Path,
+    *,
+    conf_text: str,
+    port: int,
+    health_path: str = "/",
+    env_var: str | None = "PORT",
+    timeout: float = 20.0,
+) -> NginxHandle:
+    """Nginx on a rendered config, prefix `workdir` (no root, no system paths); checked with `nginx -t` first."""
+    import subprocess
+
+    program = require_program("nginx", "/usr/sbin/nginx")
+    workdir = workdir.resolve()
+    check_port(port, "Nginx (the web page and API)", env_var)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "logs").mkdir(exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(conf_text)
+    base: Sequence[str] = [program, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "logs" / "error.log")]
+    test = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
+    if test.returncode != 0:
+        raise ProcessError(f"nginx -t rejected {conf}:\n{test.stderr}")
+    proc = ManagedProcess("nginx", [*base, "-g", "daemon off;"], workdir / "nginx.log", cwd=workdir).start()
+    handle = NginxHandle("nginx", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}{health_path}"), timeout)
+    handle.wait_ready()
+    return handle
