@@ -28,11 +28,18 @@ VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
 
 # Gateway metrics (app/gateway/metrics.py).
 GW_REQUESTS = "gateway_requests_total"  # labels: route, status, model
-GW_TTFT = "gateway_ttft_seconds"  # histogram
+GW_TTFT = "gateway_time_to_first_token_seconds"  # histogram, label model
 GW_DURATION = "gateway_request_duration_seconds"  # histogram
 GW_BACKEND_HEALTHY = "gateway_backend_healthy"  # gauge per backend
-GW_RETRIES = "gateway_retries_total"
-GW_RATE_LIMITED = "gateway_rate_limited_total"
+GW_RETRIES = "gateway_upstream_retries_total"  # label reason
+GW_UPSTREAM_ERRORS = "gateway_upstream_errors_total"  # labels backend, kind
+GW_BACKEND_OUTSTANDING = "gateway_backend_outstanding_requests"
+GW_RATE_LIMIT_FAIL_OPEN = "gateway_rate_limit_fail_open_total"
+GW_REDIS_UP = "gateway_redis_up"
+GW_REDIS_ERRORS = "gateway_redis_errors_total"
+GW_AUTH_FAILURES = "gateway_auth_failures_total"
+GW_TOKENS = "gateway_tokens_total"  # labels direction, model
+GW_RATE_LIMITED = "gateway_rate_limited_total"  # label limit
 GW_ACTIVE_STREAMS = "gateway_active_streams"
 
 # Exporters.

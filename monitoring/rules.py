@@ -33,7 +33,7 @@ VLLM_RPS = "qwen:vllm_requests:rate5m"
 TOKENS_PER_SECOND = "qwen:vllm_generation_tokens:rate5m"
 PROMPT_TOKENS_PER_SECOND = "qwen:vllm_prompt_tokens:rate5m"
 TTFT_QUANTILE = "qwen:vllm_ttft_seconds:p{q}_5m"
-GW_TTFT_QUANTILE = "qwen:gateway_ttft_seconds:p{q}_5m"
+GW_TTFT_QUANTILE = "qwen:gateway_time_to_first_token_seconds:p{q}_5m"
 QUANTILES = (50, 95, 99)
 
 # Which errors spend the availability budget: the server's fault, not the client's (4xx, 429).

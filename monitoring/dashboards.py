@@ -1,0 +1,170 @@
+"""Grafana dashboards as code (grafanalib), shipped as ConfigMaps for Grafana's dashboard sidecar.
+
+Three dashboards: the service overview, the GPUs and the gateway. Panels read the recorded series of
+monitoring/rules.py where one exists, so a dashboard and an alert never disagree on a definition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from grafanalib._gen import DashboardEncoder
+from grafanalib.core import Dashboard, GridPos, Target, Template, Templating, Time, TimeSeries
+
+from monitoring import promql as m
+from monitoring import rules as r
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"  # Grafana's own range for rate(); promtool checks see it replaced
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    unit: str
+    queries: tuple[Query, ...]
+    description: str = ""
+
+
+def _panel(spec: PanelSpec, index: int) -> TimeSeries:
+    width, height = 12, 8
+    return TimeSeries(
+        title=spec.title,
+        description=spec.description,
+        dataSource=DATASOURCE,
+        unit=spec.unit,
+        gridPos=GridPos(h=height, w=width, x=(index % 2) * width, y=(index // 2) * height),
+        targets=[
+            Target(expr=q.expr, legendFormat=q.legend, refId=chr(ord("A") + i), datasource=DATASOURCE)
+            for i, q in enumerate(spec.queries)
+        ],
+    )
+
+
+def _dashboard(uid: str, title: str, specs: list[PanelSpec]) -> Dashboard:
+    return Dashboard(
+        title=title,
+        uid=uid,
+        tags=["qwen-serving"],
+        timezone="browser",
+        refresh="30s",
+        time=Time("now-6h", "now"),
+        schemaVersion=39,
+        templating=Templating(list=[
+            Template(name="datasource", label="Data source", type="datasource", query="prometheus", default="",
+                     includeAll=False),
+        ]),
+        panels=[_panel(spec, i) for i, spec in enumerate(specs)],
+    ).auto_panel_ids()
+
+
+def service_overview() -> list[PanelSpec]:
+    q = r.TTFT_QUANTILE
+    return [
+        PanelSpec("Requests per second", "reqps", (
+            Query(r.RPS, "all"),
+            Query(f"sum by (status) (rate({m.GW_REQUESTS}[{RATE}]))", "{{status}}"),
+        )),
+        PanelSpec("Error ratio (5xx)", "percentunit", (
+            Query(r.ERROR_RATIO.format(window="5m"), "5m"),
+            Query(r.ERROR_RATIO.format(window="1h"), "1h"),
+        ), "The availability SLO's error ratio; the burn-rate alerts use the same series."),
+        PanelSpec("Time to first token (vLLM)", "s", tuple(
+            Query(q.format(q=p), f"p{p}") for p in r.QUANTILES
+        )),
+        PanelSpec("Tokens per second", "short", (
+            Query(r.TOKENS_PER_SECOND, "generated"),
+            Query(r.PROMPT_TOKENS_PER_SECOND, "prompt"),
+        )),
+        PanelSpec("Requests running / waiting", "short", (
+            Query(f"sum by (instance) ({m.VLLM_RUNNING})", "running {{instance}}"),
+            Query(f"sum by (instance) ({m.VLLM_WAITING})", "waiting {{instance}}"),
+        )),
+        PanelSpec("KV cache usage", "percentunit", (
+            Query(f"max by (instance) ({m.VLLM_KV_USAGE})", "{{instance}}"),
+        )),
+    ]
+
+
+def gpus() -> list[PanelSpec]:
+    per_gpu = "{{Hostname}} GPU {{gpu}}"
+    return [
+        PanelSpec("GPU utilisation", "percent", (
+            Query(f"avg by (Hostname, gpu) ({m.DCGM_UTIL})", per_gpu),
+            Query(f"avg by (Hostname) ({m.DCGM_UTIL})", "{{Hostname}} (host)"),
+        )),
+        PanelSpec("GPU memory used", "decmbytes", (
+            Query(f"max by (Hostname, gpu) ({m.DCGM_FB_USED})", per_gpu),
+            Query(f"sum by (Hostname) ({m.DCGM_FB_USED})", "{{Hostname}} (host)"),
+        )),
+        PanelSpec("GPU temperature", "celsius", (
+            Query(f"max by (Hostname, gpu) ({m.DCGM_TEMP})", per_gpu),
+            Query(f"max by (Hostname) ({m.DCGM_TEMP})", "{{Hostname}} (hottest)"),
+        )),
+        PanelSpec("GPU power", "watt", (
+            Query(f"max by (Hostname, gpu) ({m.DCGM_POWER})", per_gpu),
+            Query(f"sum by (Hostname) ({m.DCGM_POWER})", "{{Hostname}} (host)"),
+        )),
+    ]
+
+
+def gateway() -> list[PanelSpec]:
+    return [
+        PanelSpec("Backend health", "short", (
+            Query(f"max by (backend) ({m.GW_BACKEND_HEALTHY})", "{{backend}}"),
+        ), "1 = the gateway routes to this vLLM backend."),
+        PanelSpec("Outstanding requests per backend", "short", (
+            Query(f"sum by (backend) ({m.GW_BACKEND_OUTSTANDING})", "{{backend}}"),
+        )),
+        PanelSpec("Retries and upstream errors", "reqps", (
+            Query(f"sum by (reason) (rate({m.GW_RETRIES}[{RATE}]))", "retry: {{reason}}"),
+            Query(f"sum by (kind) (rate({m.GW_UPSTREAM_ERRORS}[{RATE}]))", "error: {{kind}}"),
+        )),
+        PanelSpec("Rate limiting", "reqps", (
+            Query(f"sum by (limit) (rate({m.GW_RATE_LIMITED}[{RATE}]))", "limited: {{limit}}"),
+            Query(f"sum(rate({m.GW_RATE_LIMIT_FAIL_OPEN}[{RATE}]))", "let through (Redis down)"),
+        )),
+        PanelSpec("Sessions and streams", "short", (
+            Query(f"sum({m.GW_ACTIVE_STREAMS})", "active streams"),
+            Query(f"min({m.GW_REDIS_UP})", "session store (Redis) up"),
+            Query(f"sum(rate({m.GW_REDIS_ERRORS}[{RATE}]))", "session store errors/s"),
+        )),
+        PanelSpec("Gateway time to first token", "s", tuple(
+            Query(r.GW_TTFT_QUANTILE.format(q=p), f"p{p}") for p in r.QUANTILES
+        )),
+    ]
+
+
+DASHBOARDS = {
+    "qwen-serving-overview": ("qwen-serving / service overview", service_overview),
+    "qwen-serving-gpus": ("qwen-serving / GPUs", gpus),
+    "qwen-serving-gateway": ("qwen-serving / gateway", gateway),
+}
+
+
+def dashboards() -> dict[str, Dashboard]:
+    return {uid: _dashboard(uid, title, build()) for uid, (title, build) in DASHBOARDS.items()}
+
+
+def render_dashboard(dashboard: Dashboard) -> str:
+    return json.dumps(dashboard.to_json_data(), cls=DashboardEncoder, indent=2, sort_keys=True)
+
+
+def render_dashboards() -> dict[str, str]:
+    """`<uid>.json` -> dashboard JSON, the data of the Grafana sidecar's ConfigMaps."""
+    return {f"{uid}.json": render_dashboard(d) for uid, d in dashboards().items()}
+
+
+def expressions(dashboard_json: str) -> Iterator[str]:
+    """Every PromQL expression in a rendered dashboard (what the tests hand to promtool)."""
+    for panel in json.loads(dashboard_json)["panels"]:
+        for target in panel.get("targets", []):
+            yield target["expr"]
