@@ -89,13 +89,13 @@ class OfflineRun:
         return [m for m in map(manifest_of, ordered) if m is not None]
 
 
-def _unwrap_secrets(value: Any) -> Any:
+def unwrap_secrets(value: Any) -> Any:
     if is_secret(value):
-        return _unwrap_secrets(value.get("value"))
+        return unwrap_secrets(value.get("value"))
     if isinstance(value, dict):
-        return {k: _unwrap_secrets(v) for k, v in value.items()}
+        return {k: unwrap_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_unwrap_secrets(v) for v in value]
+        return [unwrap_secrets(v) for v in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -112,7 +112,7 @@ def manifest_of(resource: Captured) -> dict[str, Any] | None:
     _, group_version, kind = resource.type.split(":")
     group, _, version = group_version.rpartition("/")
     api_version = version if group in ("core", "") else f"{group}/{version}"
-    body = {k: v for k, v in _unwrap_secrets(resource.inputs).items() if k not in ("apiVersion", "kind")}
+    body = {k: v for k, v in unwrap_secrets(resource.inputs).items() if k not in ("apiVersion", "kind")}
     # The provider auto-names resources without metadata.name; the mock names them after the resource.
     body["metadata"] = {"name": resource.name, **(body.get("metadata") or {})}
     return {"apiVersion": api_version, "kind": kind, **body}

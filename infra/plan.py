@@ -1,4 +1,4 @@
-"""`make plan`: render a stack offline — resource tree, Kubernetes manifests, strict schema validation.
+"""`make plan`: render a stack offline — resource tree, manifests, strict schema validation, policy report.
 
     python -m infra.plan --stack prod
     python -m infra.plan --stack-file path/to/Pulumi.x.yaml
@@ -22,6 +22,7 @@ import yaml
 
 from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
 from infra.settings import SettingsError
+from policies.runner import evaluate
 
 PLAN_DIR = REPO / "build" / "plan"
 
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = validate_run(run)
     out = write_manifests(run, PLAN_DIR / run.stack)
-    elapsed = time.perf_counter() - started
 
     print(f"stack {run.stack} ({path.relative_to(REPO) if path.is_relative_to(REPO) else path}): "
           f"site {run.settings.site.name}, role {run.settings.site.role}")
@@ -123,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
           + (f", custom resources without a built-in schema: {dict(no_schema)}" if no_schema else ""))
     for c in failed:
         print(f"INVALID {c.resource}: {c.error}", file=sys.stderr)
+
+    violations = evaluate(run.resources)
+    elapsed = time.perf_counter() - started
+    print(f"policies: {len(violations)} violation(s) of the qwen-serving guard rails (policies/rules.py)")
+    for v in violations:
+        print(f"VIOLATION {v}", file=sys.stderr)
     print(f"plan took {elapsed:.2f} s")
-    return 1 if failed else 0
+    return 1 if failed or violations else 0
 
 
 if __name__ == "__main__":

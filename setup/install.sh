@@ -38,7 +38,8 @@ ensure_venv() {
   fi
   [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
   say "installing into $dir (pip)"
-  "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+  # (the machine's pip config names local mirrors that may be absent: drop those warnings)
+  "$dir/bin/pip" install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$dir/.installed"
 }
 

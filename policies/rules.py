@@ -1,0 +1,187 @@
+"""Guard rails every stack must pass, as CrossGuard policies over Kubernetes resources.
+
+Props arrive as the engine sends them: camelCase keys, numbers possibly floats. Each rule says what is
+wrong and how to fix it. `policies/__main__.py` wraps `POLICIES` in a PolicyPack for the CLI;
+`policies/runner.py` runs the same objects in-process over an offline plan.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+WORKLOADS = {
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:apps/v1:DaemonSet",
+}
+GPU = "nvidia.com/gpu"
+SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
+# The only tier that may run as root: the official vLLM image does (and needs /dev/shm, GPUs).
+ROOT_ALLOWED = {"vllm"}
+
+
+def _pod_spec(props: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((props.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield from pod.get("initContainers") or []
+    yield from pod.get("containers") or []
+
+
+def _app_name(props: Mapping[str, Any]) -> str:
+    labels = ((props.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+    return str(labels.get("app.kubernetes.io/name", ""))
+
+
+def _workload(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
+    return _pod_spec(args.props) if args.resource_type in WORKLOADS else None
+
+
+def images_have_a_fixed_version(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    for c in _containers(pod or {}):
+        image = str(c.get("image", ""))
+        last = image.rsplit("/", 1)[-1]
+        if "@sha256:" in image:
+            continue
+        if ":" not in last or last.endswith(":latest"):
+            report(f"container '{c.get('name')}' uses '{image}': pin a version tag or, better, a digest", None)
+
+
+def containers_have_requests_and_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    for c in _containers(pod or {}):
+        res = c.get("resources") or {}
+        requests, limits = res.get("requests") or {}, res.get("limits") or {}
+        missing = [k for k, have in (("requests.cpu", requests.get("cpu")), ("requests.memory", requests.get("memory")),
+                                     ("limits.memory", limits.get("memory"))) if not have]
+        if missing:
+            report(f"container '{c.get('name')}' lacks {', '.join(missing)}: the scheduler and the OOM killer "
+                   "need them; set resources in the component", None)
+
+
+def workloads_have_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    for c in (pod or {}).get("containers") or []:
+        missing = [p for p in ("readinessProbe", "livenessProbe") if not c.get(p)]
+        if missing:
+            report(f"container '{c.get('name')}' has no {' or '.join(missing)}: traffic and restarts would "
+                   "ignore its health", None)
+
+
+def gpus_only_on_the_gpu_pool(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    if pod is None:
+        return
+    for c in _containers(pod):
+        res = c.get("resources") or {}
+        want = (res.get("limits") or {}).get(GPU)
+        if want is None and (res.get("requests") or {}).get(GPU) is None:
+            continue
+        if want is None:
+            report(f"container '{c.get('name')}' requests {GPU} without a limit: extended resources need limits", None)
+        tolerates = any(t.get("key") == GPU for t in pod.get("tolerations") or [])
+        selects = bool(pod.get("nodeSelector")) or bool((pod.get("affinity") or {}).get("nodeAffinity"))
+        if not (tolerates and selects):
+            report(f"container '{c.get('name')}' uses GPUs but the pod does not both select the GPU pool and "
+                   f"tolerate the '{GPU}' taint", None)
+
+
+def no_plain_secrets_in_env(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    for c in _containers(pod or {}):
+        for env in c.get("env") or []:
+            if SECRETISH.search(str(env.get("name", ""))) and "value" in env and "valueFrom" not in env:
+                report(f"container '{c.get('name')}' sets {env['name']} as a plain value: read it from a "
+                       "Secret (valueFrom.secretKeyRef)", None)
+
+
+def runs_as_non_root(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    pod = _workload(args)
+    if pod is None or _app_name(args.props) in ROOT_ALLOWED:
+        return
+    pod_nonroot = (pod.get("securityContext") or {}).get("runAsNonRoot") is True
+    for c in _containers(pod):
+        ctx = c.get("securityContext") or {}
+        if not (pod_nonroot or ctx.get("runAsNonRoot") is True):
+            report(f"container '{c.get('name')}' may run as root: set securityContext.runAsNonRoot", None)
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            report(f"container '{c.get('name')}' allows privilege escalation: set allowPrivilegeEscalation false",
+                   None)
+
+
+def only_the_edge_is_exposed(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != "kubernetes:core/v1:Service":
+        return
+    spec = args.props.get("spec") or {}
+    if spec.get("type") in ("LoadBalancer", "NodePort"):
+        selector = spec.get("selector") or {}
+        if selector.get("app.kubernetes.io/name") != "edge":
+            report(f"Service '{args.name}' is {spec.get('type')}: only the edge (Nginx, TLS) may face clients",
+                   None)
+
+
+def _labels_match(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    match = selector.get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def every_workload_has_a_pdb(args: StackValidationArgs, report: ReportViolation) -> None:
+    pdbs = [r for r in args.resources if r.resource_type == "kubernetes:policy/v1:PodDisruptionBudget"]
+    for r in args.resources:
+        if r.resource_type not in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"):
+            continue
+        labels = ((r.props.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+        if not any(_labels_match((p.props.get("spec") or {}).get("selector") or {}, labels) for p in pdbs):
+            report(f"{r.resource_type.rsplit(':', 1)[-1]} '{r.name}' has no PodDisruptionBudget: node drains "
+                   "could take every replica at once", r.urn)
+
+
+def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolation) -> None:
+    namespaces = {str(((r.props.get("metadata") or {}).get("name")) or r.name)
+                  for r in args.resources if r.resource_type == "kubernetes:core/v1:Namespace"}
+    denied = set()
+    for r in args.resources:
+        if r.resource_type != "kubernetes:networking.k8s.io/v1:NetworkPolicy":
+            continue
+        spec = r.props.get("spec") or {}
+        if not (spec.get("podSelector") or {}).get("matchLabels") and not spec.get("ingress"):
+            denied.add(str((r.props.get("metadata") or {}).get("namespace", "")))
+    for ns in sorted(namespaces - denied):
+        report(f"namespace '{ns}' has no default-deny NetworkPolicy (empty podSelector, no ingress rules)", None)
+
+
+MANDATORY = EnforcementLevel.MANDATORY
+
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+    ResourceValidationPolicy("images-have-a-fixed-version", "Container images are pinned (tag or digest), "
+                             "never latest", images_have_a_fixed_version, MANDATORY),
+    ResourceValidationPolicy("containers-have-requests-and-limits", "CPU/memory requests and a memory limit",
+                             containers_have_requests_and_limits, MANDATORY),
+    ResourceValidationPolicy("workloads-have-probes", "Readiness and liveness probes on every container",
+                             workloads_have_probes, MANDATORY),
+    ResourceValidationPolicy("gpus-only-on-the-gpu-pool", "GPU pods select and tolerate the GPU pool",
+                             gpus_only_on_the_gpu_pool, MANDATORY),
+    ResourceValidationPolicy("no-plain-secrets-in-env", "Secret-looking env vars come from Secrets",
+                             no_plain_secrets_in_env, MANDATORY),
+    ResourceValidationPolicy("runs-as-non-root", "Everything but vLLM runs as non-root without escalation",
+                             runs_as_non_root, MANDATORY),
+    ResourceValidationPolicy("only-the-edge-is-exposed", "Only the edge Service is LoadBalancer/NodePort",
+                             only_the_edge_is_exposed, MANDATORY),
+    StackValidationPolicy("every-workload-has-a-pdb", "Each Deployment/StatefulSet has a PodDisruptionBudget",
+                          every_workload_has_a_pdb, MANDATORY),
+    StackValidationPolicy("namespaces-deny-by-default", "Each namespace has a default-deny NetworkPolicy",
+                          namespaces_deny_by_default, MANDATORY),
+]
