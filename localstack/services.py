@@ -14,48 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.inference.vllm_args import render_vllm_args
+from infra.render.redis import render_redis_conf
 from infra.settings import StackSettings
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
-
-# TEMPORARY until the infra engineer's renderers land: the same arguments, in this one place.
-try:
-    from app.inference.vllm_args import render_vllm_args
-except ImportError:
-    def render_vllm_args(
-        settings: StackSettings, *, model: str, host: str, port: int, extra: Sequence[str] = ()
-    ) -> list[str]:
-        inf = settings.inference
-        args = [
-            "--model", model, "--served-model-name", settings.model.served_name,
-            "--host", host, "--port", str(port), "--max-model-len", str(inf.max_model_len),
-            "--max-num-seqs", str(inf.max_num_seqs), "--dtype", inf.dtype,
-        ]
-        if inf.enable_prefix_caching:
-            args.append("--enable-prefix-caching")
-        return [*args, *extra]
-
-try:
-    from infra.render.redis import render_redis_conf
-except ImportError:
-    def render_redis_conf(
-        settings: StackSettings, *, port: int, bind: str, data_dir: str,
-        password_file_include: str | None = None,
-    ) -> str:
-        lines = [
-            f"port {port}", f"bind {bind}", "protected-mode yes", f'dir "{data_dir}"', "appendonly yes",
-            f"appendfsync {settings.redis.appendfsync}", f"maxmemory {settings.redis.maxmemory}",
-            "maxmemory-policy volatile-lru", "daemonize no", 'logfile ""', "save \"\"",
-        ]
-        if password_file_include:
-            lines.append(f'include "{password_file_include}"')
-        return "\n".join(lines) + "\n"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PYTHON = Path(sys.executable)
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 
 # The CPU run of vLLM: no CUDA graphs / torch.compile (starts in ~17 s instead of ~40 s) and a fixed
-# KV-cache size instead of a GPU-memory fraction. See ../shared notes on vLLM's CPU build.
+# KV-cache size instead of a GPU-memory fraction (see ../shared notes on vLLM's CPU build).
 VLLM_CPU_EXTRAS: tuple[str, ...] = (
     "--enforce-eager",
     "--kv-cache-memory-bytes", str(64 * 1024 * 1024),
@@ -283,6 +252,8 @@ def start_gateway(
         "PYTHONUNBUFFERED": "1",
         "TMPDIR": str(workdir),
         **env,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
     }
     cmd = [
         str(PROJECT_PYTHON), "-m", "uvicorn", "app.gateway.main:app",
@@ -320,7 +291,9 @@ def start_nginx(
     test = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
     if test.returncode != 0:
         raise ProcessError(f"nginx -t rejected {conf}:\n{test.stderr}")
-    proc = ManagedProcess("nginx", [*base, "-g", "daemon off;"], workdir / "nginx.log", cwd=workdir).start()
+    # Foreground, so the process group is ours to stop (the rendered config may already say so).
+    argv = base if "daemon off;" in conf_text else [*base, "-g", "daemon off;"]
+    proc = ManagedProcess("nginx", argv, workdir / "nginx.log", cwd=workdir).start()
     handle = NginxHandle("nginx", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}{health_path}"), timeout)
     handle.wait_ready()
     return handle

@@ -1,0 +1,121 @@
+"""`python -m localstack up|down|status` — what `make up` / `make down` run.
+
+up:     start the stack (PORT, MODEL, VLLM_REPLICAS from the environment), print the endpoint, run until
+        Ctrl-C (or `make down` from another shell), then stop every process it started.
+down:   stop exactly the processes recorded in build/local/pids.json (if they are still the same ones).
+status: show the recorded processes and the endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from types import FrameType
+
+from infra.settings import SettingsError
+from localstack.processes import ProcessError
+from localstack.stack import (
+    DEFAULT_ROOT,
+    ENDPOINT_FILE,
+    PIDS_FILE,
+    Endpoint,
+    LocalConfig,
+    LocalStack,
+    StackError,
+    alive,
+    read_state,
+    stop_recorded,
+)
+
+
+def banner(endpoint: Endpoint, seconds: float) -> str:
+    body = json.dumps({"model": endpoint.model, "messages": [{"role": "user", "content": "Hello!"}]})
+    return f"""
+ready in {seconds:.1f} s
+  web chat:  {endpoint.url}/
+  API:       {endpoint.url}/v1   (OpenAI-compatible)
+  API key:   {endpoint.api_key}   (development key; also in build/local/{ENDPOINT_FILE})
+  model:     {endpoint.model}
+
+  curl -sN {endpoint.url}/v1/chat/completions \\
+    -H 'Authorization: Bearer {endpoint.api_key}' -H 'Content-Type: application/json' \\
+    -d '{body}'
+
+Ctrl-C (or `make down` in another shell) stops everything.
+"""
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def up() -> int:
+    try:
+        config = LocalConfig.from_env()
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stack = LocalStack(config)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    started = time.monotonic()
+    try:
+        endpoint = stack.start()
+        print(banner(endpoint, time.monotonic() - started), flush=True)
+        while True:
+            time.sleep(1)
+            if not (stack.root / PIDS_FILE).exists():
+                print("stopped by `make down`")
+                stack.stop()
+                return 0
+            dead = stack.dead()
+            if dead:
+                print(f"error: {', '.join(dead)} exited; logs under {stack.root}/; stopping the rest",
+                      file=sys.stderr)
+                stack.stop()
+                return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        stack.stop()
+        print("stopped")
+        return 0
+    except (StackError, ProcessError, SettingsError, RuntimeError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        stack.stop()
+        return 1
+
+
+def down() -> int:
+    stopped = stop_recorded(DEFAULT_ROOT)
+    if stopped:
+        print("stopped: " + ", ".join(f"{e['name']} (pid {e['pid']})" for e in stopped))
+    else:
+        print("nothing to stop (no running local stack recorded in build/local/)")
+    return 0
+
+
+def status() -> int:
+    entries = read_state(DEFAULT_ROOT)
+    if not entries:
+        print("not running")
+        return 1
+    for e in entries:
+        print(f"{e['name']:12} pid {e['pid']:>7}  {'running' if alive(e) else 'gone'}")
+    endpoint = DEFAULT_ROOT / ENDPOINT_FILE
+    if endpoint.is_file():
+        print(f"endpoint: {json.loads(endpoint.read_text()).get('url')}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    commands = {"up": up, "down": down, "status": status}
+    if len(argv) != 1 or argv[0] not in commands:
+        print("usage: python -m localstack up|down|status", file=sys.stderr)
+        return 2
+    return commands[argv[0]]()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,109 @@
+"""A real Prometheus (Debian) for the local stack, on the rendered scrape config and the same rules.
+
+Also the two exporters the cluster runs as sidecars (Debian's redis_exporter and nginx-prometheus-
+exporter), so the local Prometheus sees Redis and Nginx the way the cluster's does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.settings import StackSettings, parse_settings
+from localstack.processes import ManagedProcess, ProcessError, free_port, http_ok
+from localstack.services import ServiceHandle, require_program
+from localstack.settings import LOCAL_YAML, read_stack_file
+from monitoring.rules import render_rules
+from monitoring.scrape import RULE_FILE, render_prometheus_config
+
+LOCAL_SCRAPE_INTERVAL = "1s"  # short, so rules evaluate a few times within a test
+
+
+@dataclass
+class PrometheusHandle(ServiceHandle):
+    config_path: Path | None = None
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+
+def monitoring_settings(scrape_interval: str = LOCAL_SCRAPE_INTERVAL) -> StackSettings:
+    """The local stack file's settings with a short scrape interval (no API key needed for monitoring)."""
+    values = read_stack_file(LOCAL_YAML)
+    values["monitoring"] = {**values.get("monitoring", {}), "scrapeInterval": scrape_interval}
+    values["gateway"] = {**values.get("gateway", {}), "authEnabled": False}
+    return parse_settings(values)
+
+
+def write_prometheus_files(workdir: Path, settings: StackSettings, targets: Mapping[str, Sequence[str]]) -> Path:
+    """prometheus.yml + rules.yaml under `workdir`, both checked by promtool; returns the config path."""
+    promtool = require_program("promtool", "/usr/bin/promtool")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RULE_FILE).write_text(render_rules(settings))
+    config = workdir / "prometheus.yml"
+    config.write_text(render_prometheus_config(settings, targets))
+    check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise ProcessError(f"promtool rejected {config}:\n{check.stdout}{check.stderr}")
+    return config
+
+
+def start_prometheus(
+    workdir: Path,
+    *,
+    targets: Mapping[str, Sequence[str]],
+    port: int | None = None,
+    settings: StackSettings | None = None,
+    timeout: float = 30.0,
+) -> PrometheusHandle:
+    """Prometheus scraping `targets` (job -> ["127.0.0.1:port"]) with the stack's rules; ready at /-/ready."""
+    program = require_program("prometheus", "/usr/bin/prometheus")
+    workdir = workdir.resolve()
+    settings = settings or monitoring_settings()
+    port = port or free_port()
+    config = write_prometheus_files(workdir, settings, targets)
+    cmd = [
+        program, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+        "--storage.tsdb.retention.time=1d", f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
+    proc = ManagedProcess("prometheus", cmd, workdir / "prometheus.log", cwd=workdir).start()
+    url = f"http://127.0.0.1:{port}"
+    handle = PrometheusHandle("prometheus", port, proc, lambda: http_ok(f"{url}/-/ready"), timeout,
+                              config_path=config)
+    handle.wait_ready()
+    return handle
+
+
+def start_nginx_exporter(workdir: Path, *, status_url: str, port: int | None = None,
+                         timeout: float = 15.0) -> ServiceHandle:
+    """nginx-prometheus-exporter on Nginx's stub_status (`status_url`, e.g. http://127.0.0.1:8080/nginx_status)."""
+    program = require_program("prometheus-nginx-exporter", "/usr/bin/prometheus-nginx-exporter")
+    port = port or free_port()
+    cmd = [program, f"-nginx.scrape-uri={status_url}", f"-web.listen-address=127.0.0.1:{port}",
+           "-nginx.retries=10", "-nginx.retry-interval=1s"]
+    proc = ManagedProcess("nginx-exporter", cmd, workdir.resolve() / "nginx-exporter.log").start()
+    handle = ServiceHandle("nginx-exporter", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),
+                           timeout)
+    handle.wait_ready()
+    return handle
+
+
+def start_redis_exporter(workdir: Path, *, redis_port: int, password: str | None = None,
+                         port: int | None = None, timeout: float = 15.0) -> ServiceHandle:
+    """redis_exporter for the local Redis; the password goes through the environment, not argv."""
+    program = require_program("prometheus-redis-exporter", "/usr/bin/prometheus-redis-exporter")
+    port = port or free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if password:
+        env["REDIS_PASSWORD"] = password
+    cmd = [program, f"-redis.addr=redis://127.0.0.1:{redis_port}", f"-web.listen-address=127.0.0.1:{port}"]
+    proc = ManagedProcess("redis-exporter", cmd, workdir.resolve() / "redis-exporter.log", env=env).start()
+    handle = ServiceHandle("redis-exporter", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),
+                           timeout)
+    handle.wait_ready()
+    return handle

@@ -1,0 +1,374 @@
+"""The whole local stack, in start order: Redis -> vLLM -> gateway x N -> Nginx -> Prometheus.
+
+`LocalStack(config).start()` is what `make up` runs and what the end-to-end tests run. Every process is
+recorded in `<root>/pids.json` as soon as it starts, so `make down` from another shell (or a crash
+half-way) can stop exactly those processes and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.inference.tiny_model import ensure_tiny_model, is_built
+from infra.render.gateway_env import render_gateway_env
+from infra.render.nginx import render_nginx_conf
+from infra.settings import StackSettings
+from localstack.processes import ProgressFn, port_in_use, process_start_time, stop_group
+from localstack.services import (
+    REPO_ROOT,
+    GatewayHandle,
+    NginxHandle,
+    ProcessError,
+    RedisHandle,
+    ServiceHandle,
+    VllmHandle,
+    check_port,
+    require_program,
+    start_gateway,
+    start_nginx,
+    start_redis,
+    start_vllm,
+)
+from localstack.settings import ensure_api_key, key_hash, local_settings
+
+DEFAULT_ROOT = REPO_ROOT / "build" / "local"
+WEB_ROOT = REPO_ROOT / "web"
+PIDS_FILE = "pids.json"
+ENDPOINT_FILE = "endpoint.json"
+
+class StackError(RuntimeError):
+    """The local stack cannot start; the message says what and what to do."""
+
+
+@dataclass
+class LocalConfig:
+    """What a run of the local stack may vary; `from_env` reads PORT, MODEL, VLLM_REPLICAS."""
+
+    root: Path = DEFAULT_ROOT
+    port: int = 8080
+    model: Path | None = None  # real weights; default: the tiny model
+    vllm_replicas: int = 1
+    gateway_replicas: int | None = None  # default: settings.gateway.replicas
+    prometheus: bool = True
+    vllm_timeout: float = 600.0
+    say: Callable[[str], None] = print
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LocalConfig:
+        env = os.environ if env is None else env
+        problems = []
+        port, replicas = 8080, 1
+        try:
+            port = int(env.get("PORT", "8080"))
+            if not 1024 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            problems.append(f"PORT={env.get('PORT')!r}: give a port number between 1024 and 65535")
+        try:
+            replicas = int(env.get("VLLM_REPLICAS", "1"))
+            if not 1 <= replicas <= 4:
+                raise ValueError
+        except ValueError:
+            problems.append(f"VLLM_REPLICAS={env.get('VLLM_REPLICAS')!r}: give 1 to 4")
+        model = Path(env["MODEL"]).expanduser().resolve() if env.get("MODEL") else None
+        if model is not None and not (model / "config.json").is_file():
+            problems.append(f"MODEL={env['MODEL']}: no config.json there; point it at a Hugging Face model dir")
+        if problems:
+            raise StackError("\n".join(problems))
+        return cls(port=port, model=model, vllm_replicas=replicas)
+
+
+@dataclass
+class Endpoint:
+    url: str
+    api_key: str
+    model: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"url": self.url, "api_key": self.api_key, "model": self.model}
+
+
+@dataclass
+class LocalStack:
+    config: LocalConfig = field(default_factory=LocalConfig)
+    redis: RedisHandle | None = None
+    vllm: list[VllmHandle] = field(default_factory=list)
+    gateways: list[GatewayHandle] = field(default_factory=list)
+    nginx: NginxHandle | None = None
+    prometheus: Any = None
+    endpoint: Endpoint | None = None
+    settings: StackSettings | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.config.root.resolve()
+
+    def handles(self) -> list[Any]:
+        found: list[Any] = [self.redis, *self.vllm, *self.gateways, self.nginx, self.prometheus]
+        return [h for h in found if h is not None]
+
+    # --- start -----------------------------------------------------------------------------------
+    def start(self) -> Endpoint:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Endpoint:
+        cfg, say = self.config, self.config.say
+        root = self.root
+        root.mkdir(parents=True, exist_ok=True)
+        ensure_not_running(root)
+        for prog in ("redis-server", "nginx"):
+            require_program(prog, f"/usr/sbin/{prog}" if prog == "nginx" else None)
+        check_port(cfg.port, "Nginx (the web page and API)", "PORT")
+
+        api_key = ensure_api_key(root)
+        overrides: dict[str, Any] = {
+            "inference": {"replicas": cfg.vllm_replicas},
+            "gpuPool": {"hosts": [{"name": "localhost", "gpus": cfg.vllm_replicas}]},
+        }
+        if cfg.gateway_replicas:
+            overrides["gateway"] = {"replicas": cfg.gateway_replicas, "maxReplicas": cfg.gateway_replicas}
+        settings = self.settings = local_settings(api_key, overrides=overrides)
+        served = settings.model.served_name
+
+        t0 = time.monotonic()
+        if cfg.model is None:
+            model_dir = ensure_tiny_model_verbose(say)
+        else:
+            model_dir = cfg.model
+            say(f"model: {model_dir} (from MODEL)")
+        self.timings["model"] = time.monotonic() - t0
+
+        t = time.monotonic()
+        redis_password = _persistent_secret(root / "redis-password")
+        self.redis = start_redis(root / "redis", settings=settings, password=redis_password)
+        self._record()
+        self.timings["redis"] = time.monotonic() - t
+        say(f"redis      ready on 127.0.0.1:{self.redis.port} ({self.timings['redis']:.1f} s)")
+
+        t = time.monotonic()
+        for i in range(cfg.vllm_replicas):
+            self.vllm.append(start_vllm(
+                root / f"vllm-{i}", settings=settings, model_dir=model_dir, served_name=served,
+                timeout=cfg.vllm_timeout, wait=False,
+            ))
+            self._record()
+        for i, handle in enumerate(self.vllm):
+            handle.wait_ready(_progress_printer(f"vllm-{i}", say))
+            _end_progress()
+            say(f"vllm-{i}     ready on 127.0.0.1:{handle.port} ({time.monotonic() - t:.1f} s)")
+        self.timings["vllm"] = time.monotonic() - t
+
+        t = time.monotonic()
+        env = gateway_env(settings, self.vllm, self.redis, api_key_hashes={key_hash(api_key): "local-dev"})
+        n_gateways = settings.gateway.replicas
+        for i in range(n_gateways):
+            self.gateways.append(start_gateway(root / f"gateway-{i}", env=env, name=f"gateway-{i}", wait=False))
+            self._record()
+        for gw in self.gateways:
+            gw.wait_ready()
+            say(f"{gw.name}  ready on 127.0.0.1:{gw.port}")
+        self.timings["gateways"] = time.monotonic() - t
+
+        t = time.monotonic()
+        conf = nginx_conf(settings, port=cfg.port, gateways=self.gateways, prefix=root / "nginx")
+        self.nginx = start_nginx(root / "nginx", conf_text=conf, port=cfg.port, health_path="/")
+        self._record()
+        self.timings["nginx"] = time.monotonic() - t
+        say(f"nginx      ready on 127.0.0.1:{cfg.port}")
+
+        if cfg.prometheus:
+            self._start_prometheus(say)
+
+        self.endpoint = Endpoint(f"http://127.0.0.1:{cfg.port}", api_key, served)
+        _write_private_json(root / ENDPOINT_FILE, self.endpoint.as_json())
+        self.timings["total"] = time.monotonic() - t0
+        return self.endpoint
+
+    def _start_prometheus(self, say: Callable[[str], None]) -> None:
+        try:
+            from localstack.prometheus import start_prometheus
+        except ImportError:
+            say("prometheus skipped (localstack/prometheus.py not available yet)")
+            return
+        targets = {
+            "vllm": [f"127.0.0.1:{h.port}" for h in self.vllm],
+            "gateway": [f"127.0.0.1:{g.port}" for g in self.gateways],
+        }
+        self.prometheus = start_prometheus(self.root / "prometheus", targets=targets)
+        self._record()
+        say(f"prometheus ready on {self.prometheus.url}")
+
+    # --- stop --------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every process this stack started, newest first; forget the state file."""
+        for handle in reversed(self.handles()):
+            try:
+                handle.stop()
+            except Exception as err:  # keep stopping the others
+                print(f"warning: stopping {getattr(handle, 'name', handle)}: {err}", file=sys.stderr)
+        self.redis, self.nginx, self.prometheus = None, None, None
+        self.vllm, self.gateways = [], []
+        (self.root / PIDS_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def dead(self) -> list[str]:
+        """Names of processes that have exited on their own."""
+        return [h.name for h in self.handles() if not h.process.running()]
+
+    def _record(self) -> None:
+        entries = []
+        for h in self.handles():
+            proc = h.process
+            if proc.popen is None:
+                continue
+            entries.append({"name": h.name, "pid": proc.pid, "pgid": proc.pid, "start_time": proc.start_time})
+        state = {"owner_pid": os.getpid(), "processes": entries}
+        _write_private_json(self.root / PIDS_FILE, state)
+
+
+# --- helpers shared with `down` / `status` -----------------------------------------------------------
+def read_state(root: Path) -> list[dict[str, Any]]:
+    path = root / PIDS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("processes", []))
+    except (json.JSONDecodeError, AttributeError):
+        return []
+
+
+def alive(entry: Mapping[str, Any]) -> bool:
+    """Is the recorded process still the same one (pid and kernel start time both match)?"""
+    return process_start_time(int(entry["pid"])) == entry.get("start_time")
+
+
+def ensure_not_running(root: Path) -> None:
+    live = [e for e in read_state(root) if alive(e)]
+    if live:
+        names = ", ".join(f"{e['name']} (pid {e['pid']})" for e in live)
+        raise StackError(f"the local stack is already running: {names}; stop it with `make down` first")
+    (root / PIDS_FILE).unlink(missing_ok=True)
+
+
+def stop_recorded(root: Path) -> list[dict[str, Any]]:
+    """Stop exactly the recorded processes that are still the same; returns those stopped."""
+    stopped = []
+    for entry in reversed(read_state(root)):
+        if alive(entry):
+            stop_group(int(entry["pgid"]))
+            stopped.append(entry)
+    (root / PIDS_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def gateway_env(
+    settings: StackSettings,
+    vllm: list[VllmHandle],
+    redis: RedisHandle,
+    *,
+    api_key_hashes: Mapping[str, str],
+) -> dict[str, str]:
+    backends = [f"127.0.0.1:{h.port}" for h in vllm]
+    env = render_gateway_env(settings, backends_dns=None, backends=backends, redis_url=redis.url)
+    # Secrets: in a cluster these come from a Kubernetes Secret; locally, from files under build/.
+    env["GATEWAY_API_KEY_HASHES"] = json.dumps(dict(api_key_hashes))
+    if redis.password:
+        env["GATEWAY_REDIS_PASSWORD"] = redis.password
+    # Local only: nothing to drain behind a load balancer, so Ctrl-C should not wait 30 s.
+    env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = "3"
+    env["GATEWAY_SHUTDOWN_DRAIN_SECONDS"] = "0"
+    return env
+
+
+def nginx_conf(settings: StackSettings, *, port: int, gateways: list[GatewayHandle], prefix: Path) -> str:
+    upstreams = [f"127.0.0.1:{g.port}" for g in gateways]
+    return render_nginx_conf(
+        settings, listen=f"127.0.0.1:{port}", gateway_upstreams=upstreams, web_root=str(WEB_ROOT),
+        local_prefix=str(prefix),
+    )
+
+
+def ensure_tiny_model_verbose(say: Callable[[str], None]) -> Path:
+    from app.inference.tiny_model import DEFAULT_DIR
+
+    if is_built(DEFAULT_DIR):
+        say(f"model: tiny Qwen2 (cached in {DEFAULT_DIR.relative_to(REPO_ROOT)})")
+        return DEFAULT_DIR
+    say("model: building the tiny Qwen2 (random weights, local tokenizer; once, a few seconds)...")
+    t = time.monotonic()
+    path = ensure_tiny_model()
+    say(f"model: built in {time.monotonic() - t:.1f} s -> {path.relative_to(REPO_ROOT)}")
+    return path
+
+
+def _persistent_secret(path: Path) -> str:
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    value = secrets.token_hex(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def _write_private_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
+
+
+_progress_active = False
+
+
+def _progress_printer(name: str, say: Callable[[str], None]) -> ProgressFn:
+    """While vLLM loads: elapsed seconds and its last log line (one updating line on a terminal)."""
+    tty = sys.stdout.isatty() and say is print
+
+    def progress(elapsed: float, line: str) -> None:
+        global _progress_active
+        short = line.split("] ", 1)[-1][:70] if line else ""
+        if tty:
+            _progress_active = True
+            sys.stdout.write(f"\r\033[K{name}     loading... {elapsed:4.0f} s  {short}")
+            sys.stdout.flush()
+        elif int(elapsed) % 5 == 0:
+            say(f"{name}     loading... {elapsed:.0f} s  {short}")
+
+    return progress
+
+
+def _end_progress() -> None:
+    global _progress_active
+    if _progress_active:
+        sys.stdout.write("\r\033[K")
+        sys.stdout.flush()
+        _progress_active = False
+
+
+__all__ = [
+    "Endpoint", "LocalConfig", "LocalStack", "ProcessError", "ServiceHandle", "StackError",
+    "port_in_use", "stop_recorded",
+]
