@@ -1,0 +1,287 @@
+// The chat page: OpenAI-style streaming through the gateway, sessions kept server side (X-Session-Id).
+// Text only ever goes into the page through textContent, never innerHTML: nothing the user or the
+// model writes can become markup or script.
+"use strict";
+
+const KEY_STORE = "qs.apiKey";        // sessionStorage: this tab only
+const SESSION_STORE = "qs.sessionId"; // localStorage: survives reloads
+const MODEL_STORE = "qs.model";
+const MAX_TOKENS_STORE = "qs.maxTokens";
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  model: $("model"), newChat: $("new-chat"), toggleSettings: $("toggle-settings"), settings: $("settings"),
+  apiKey: $("api-key"), maxTokens: $("max-tokens"), error: $("error"), messages: $("messages"),
+  composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
+};
+
+let controller = null; // AbortController of the request in flight
+
+// --- small helpers ---------------------------------------------------------------------------------
+function newSessionId() {
+  if (window.crypto && crypto.randomUUID) return "web-" + crypto.randomUUID();
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function sessionId() {
+  let id = localStorage.getItem(SESSION_STORE);
+  if (!id) {
+    id = newSessionId();
+    localStorage.setItem(SESSION_STORE, id);
+  }
+  return id;
+}
+
+function headers(extra) {
+  const h = { "X-Session-Id": sessionId(), ...extra };
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+function showError(text) {
+  els.error.textContent = text;
+  els.error.hidden = !text;
+}
+
+function setBusy(busy) {
+  document.body.dataset.state = busy ? "streaming" : "idle";
+  els.send.hidden = busy;
+  els.stop.hidden = !busy;
+  els.send.disabled = busy;
+}
+
+function addMessage(role, text) {
+  const row = document.createElement("div");
+  row.className = "msg " + role;
+  row.dataset.role = role;
+  const who = document.createElement("div");
+  who.className = "who";
+  who.textContent = role === "user" ? "You" : role === "assistant" ? "Assistant" : role;
+  const body = document.createElement("div");
+  body.className = "body";
+  body.textContent = text;
+  row.append(who, body);
+  els.messages.append(row);
+  scrollDown();
+  return body;
+}
+
+function scrollDown() {
+  els.messages.scrollTop = els.messages.scrollHeight;
+}
+
+// A readable message for a failed HTTP response (OpenAI error JSON when the gateway sent one).
+async function describeFailure(resp) {
+  let detail = "";
+  try {
+    const data = await resp.json();
+    detail = (data && data.error && data.error.message) || "";
+  } catch (_) { /* not JSON (e.g. an Nginx error page) */ }
+  if (resp.status === 401 || resp.status === 403) {
+    return "Not authorised (" + resp.status + "): enter a valid API key under Settings. " +
+      "`make up` prints a development key." + (detail ? " (" + detail + ")" : "");
+  }
+  if (resp.status === 429) {
+    const retry = resp.headers.get("Retry-After");
+    return "Too many requests (429): rate limit reached" + (retry ? "; try again in " + retry + " s." : ".");
+  }
+  if (resp.status === 502 || resp.status === 503 || resp.status === 504) {
+    return "The model backend is unavailable (" + resp.status + "); try again in a moment." +
+      (detail ? " (" + detail + ")" : "");
+  }
+  return "Request failed (" + resp.status + ")" + (detail ? ": " + detail : ".");
+}
+
+// --- models and history ----------------------------------------------------------------------------
+async function loadModels() {
+  let resp;
+  try {
+    resp = await fetch("/v1/models", { headers: headers() });
+  } catch (_) {
+    showError("Cannot reach the server; is `make up` running?");
+    return;
+  }
+  if (!resp.ok) {
+    showError(await describeFailure(resp));
+    return;
+  }
+  const data = await resp.json();
+  const wanted = localStorage.getItem(MODEL_STORE);
+  els.model.replaceChildren();
+  for (const m of data.data || []) {
+    const opt = document.createElement("option");
+    opt.value = m.id;
+    opt.textContent = m.id;
+    if (m.id === wanted) opt.selected = true;
+    els.model.append(opt);
+  }
+  document.body.dataset.models = String(els.model.options.length);
+}
+
+async function loadHistory() {
+  els.messages.replaceChildren();
+  if (!sessionStorage.getItem(KEY_STORE)) return;
+  let resp;
+  try {
+    resp = await fetch("/v1/sessions/" + encodeURIComponent(sessionId()), { headers: headers() });
+  } catch (_) {
+    return;
+  }
+  if (resp.status === 404) return; // a new session: nothing stored yet
+  if (!resp.ok) {
+    showError(await describeFailure(resp));
+    return;
+  }
+  const data = await resp.json();
+  for (const m of data.messages || []) {
+    if (m.role === "user" || m.role === "assistant") addMessage(m.role, contentText(m.content));
+  }
+}
+
+function contentText(content) {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) return content.map((p) => (p && p.text) || "").join("");
+  return "";
+}
+
+// --- streaming ------------------------------------------------------------------------------------
+// Parse an SSE byte stream: events are separated by a blank line; we only need their `data:` lines.
+async function* sseEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
+      if (data.length) yield data.join("\n");
+    }
+  }
+}
+
+async function send(text) {
+  showError("");
+  const model = els.model.value;
+  if (!model) {
+    showError("No model available yet: check the API key under Settings, then reload.");
+    return;
+  }
+  addMessage("user", text);
+  const out = addMessage("assistant", "");
+  out.parentElement.classList.add("pending");
+  const maxTokens = Math.max(1, parseInt(els.maxTokens.value, 10) || 256);
+  controller = new AbortController();
+  setBusy(true);
+  try {
+    const resp = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+      body: JSON.stringify({ model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }] }),
+      signal: controller.signal,
+    });
+    if (!resp.ok) {
+      out.parentElement.remove();
+      showError(await describeFailure(resp));
+      return;
+    }
+    for await (const data of sseEvents(resp.body)) {
+      if (data === "[DONE]") break;
+      let chunk;
+      try {
+        chunk = JSON.parse(data);
+      } catch (_) {
+        continue;
+      }
+      if (chunk.error) {
+        showError("The answer was cut off: " + (chunk.error.message || "backend error"));
+        break;
+      }
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        out.textContent += delta.content;
+        scrollDown();
+      }
+    }
+  } catch (err) {
+    if (err && err.name === "AbortError") {
+      out.parentElement.classList.add("stopped");
+    } else {
+      showError("Lost the connection to the server (" + (err && err.message ? err.message : err) +
+        "); is the backend running?");
+    }
+  } finally {
+    out.parentElement.classList.remove("pending");
+    controller = null;
+    setBusy(false);
+    els.input.focus();
+  }
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
+els.composer.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = els.input.value.trim();
+  if (!text || controller) return;
+  els.input.value = "";
+  send(text);
+});
+
+els.input.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    els.composer.requestSubmit();
+  }
+});
+
+els.stop.addEventListener("click", () => {
+  if (controller) controller.abort();
+});
+
+els.newChat.addEventListener("click", () => {
+  if (controller) controller.abort();
+  localStorage.setItem(SESSION_STORE, newSessionId());
+  els.messages.replaceChildren();
+  showError("");
+  els.input.focus();
+});
+
+els.toggleSettings.addEventListener("click", () => {
+  const open = els.settings.hidden;
+  els.settings.hidden = !open;
+  els.toggleSettings.setAttribute("aria-expanded", String(open));
+});
+
+els.apiKey.addEventListener("change", async () => {
+  const key = els.apiKey.value.trim();
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
+  showError("");
+  await loadModels();
+  await loadHistory();
+});
+
+els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORE, els.model.value));
+els.maxTokens.addEventListener("change", () => localStorage.setItem(MAX_TOKENS_STORE, els.maxTokens.value));
+
+async function init() {
+  els.apiKey.value = sessionStorage.getItem(KEY_STORE) || "";
+  els.maxTokens.value = localStorage.getItem(MAX_TOKENS_STORE) || els.maxTokens.value;
+  if (!els.apiKey.value) {
+    els.settings.hidden = false;
+    els.toggleSettings.setAttribute("aria-expanded", "true");
+    showError("Enter your API key under Settings (`make up` prints a development key).");
+  }
+  await loadModels();
+  await loadHistory();
+  document.body.dataset.ready = "true";
+}
+
+init();
