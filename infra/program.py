@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
+from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.settings import StackSettings, settings_from_config
 
 
@@ -24,6 +25,9 @@ def declare(settings: StackSettings) -> dict[str, object]:
     }
     # Tiers are added here by their components (infra/components/*).
     # monitoring tier: see infra/components/monitoring.py
+    if settings.monitoring.enabled:
+        monitoring = Monitoring("monitoring", MonitoringArgs(settings=settings))
+        outputs["prometheus_url"] = monitoring.prometheus_url
     return outputs
 
 

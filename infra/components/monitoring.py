@@ -1,0 +1,384 @@
+"""The monitoring tier: kube-prometheus-stack, scrape targets, rules, dashboards, autoscaling and logs.
+
+Everything it ships is rendered by monitoring/* from the stack's settings (the local stack renders the
+same text). Secrets (Grafana's admin password, Alertmanager's webhook URL and SMTP password, the log
+sink's password) come only from secret config and only ever land in Kubernetes Secrets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi import Output, ResourceOptions
+
+from infra.settings import PROJECT, SettingsError, StackSettings
+from monitoring import logs as log_pipeline
+from monitoring import promql as m
+from monitoring.alertmanager import render_alertmanager
+from monitoring.dashboards import render_dashboards
+from monitoring.rules import rule_groups
+
+PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+KEDA_API = "keda.sh/v1alpha1"
+KPS_NAME = "kps"  # fullnameOverride: the chart's objects are kps-prometheus, kps-alertmanager, ...
+GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+
+CHART_REPOS = {
+    "kube-prometheus-stack": "https://prometheus-community.github.io/helm-charts",
+    "keda": "https://kedacore.github.io/charts",
+    "fluent-bit": "https://fluent.github.io/helm-charts",
+}
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """A Service the tier scrapes: its name (= job), the port name and the path."""
+
+    service: str
+    port: str
+    path: str = "/metrics"
+    namespace: str | None = None  # None: the application namespace
+    component: str = ""
+
+
+def scrape_targets(settings: StackSettings) -> list[ScrapeTarget]:
+    """What the ServiceMonitors select. Job names are the Service names (monitoring/promql.py)."""
+    return [
+        ScrapeTarget(m.JOB_VLLM, "http", component="inference"),
+        ScrapeTarget(m.JOB_GATEWAY, "http", component="gateway"),
+        ScrapeTarget(m.JOB_EDGE, "metrics", component="edge"),  # nginx-prometheus-exporter sidecar
+        ScrapeTarget(m.JOB_REDIS, "metrics", component="redis"),  # redis_exporter sidecar
+    ]
+
+
+def keda_max_replicas(settings: StackSettings) -> int:
+    """The most vLLM replicas the pool can hold: TP never spans hosts, so per host gpus // TP, summed.
+
+    Never more than total GPUs / TP (the bound the issue states), never below the configured replicas.
+    """
+    tp = settings.inference.tensor_parallel_size
+    slots = sum(h.gpus // tp for h in settings.gpu_pool.hosts)
+    return max(min(slots, settings.gpu_pool.total_gpus // tp), settings.inference.replicas)
+
+
+def _secret_config(key: str, needed: bool, fix: str) -> Output[str] | None:
+    value = pulumi.Config(PROJECT).get_secret(key)
+    if value is None and needed:
+        raise SettingsError([(f"{PROJECT}:{key}", f"is not set: `pulumi config set --secret {PROJECT}:{key} "
+                                                  f"...`{fix}")])
+    return value
+
+
+@dataclass
+class MonitoringArgs:
+    settings: StackSettings
+    vllm_deployment: str = "vllm"  # the Deployment KEDA scales
+    gateway_deployment: str = "gateway"  # the Deployment the HPA scales
+
+
+class Monitoring(pulumi.ComponentResource):
+    """kube-prometheus-stack + KEDA + Fluent Bit (Helm, pinned), with everything rendered from settings."""
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: ResourceOptions | None = None) -> None:
+        super().__init__("qwen-serving:monitoring:Monitoring", name, None, opts)
+        s = args.settings
+        mon = s.monitoring
+        self._settings = s
+        self.namespace_name = mon.namespace
+        self.app_namespace = s.kubernetes.namespace
+        child = ResourceOptions(parent=self)
+
+        grafana_password = _secret_config("grafanaAdminPassword", True, "")
+        webhook = _secret_config("alertmanagerWebhookUrl", mon.alerting.webhook,
+                                 ", or set monitoring.alerting.webhook to false")
+        smtp = _secret_config("alertmanagerSmtpPassword", mon.alerting.email is not None,
+                              ", or remove monitoring.alerting.email")
+        log_password = _secret_config("logSinkPassword", mon.logs.enabled, ", or set monitoring.logs.enabled "
+                                                                           "to false")
+
+        self.namespace = k8s.core.v1.Namespace(
+            "monitoring-namespace",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=mon.namespace, labels=self._labels("monitoring")),
+            opts=child,
+        )
+        in_ns = ResourceOptions(parent=self, depends_on=[self.namespace])
+
+        grafana_secret = k8s.core.v1.Secret(
+            "grafana-admin",
+            metadata=self._meta("grafana-admin", "grafana"),
+            string_data={"admin-user": "admin", "admin-password": grafana_password},  # type: ignore[dict-item]
+            opts=in_ns,
+        )
+        alertmanager_text = Output.all(webhook, smtp).apply(
+            lambda secrets: render_alertmanager(s, webhook_url=secrets[0], smtp_password=secrets[1])
+        )
+        alertmanager_secret = k8s.core.v1.Secret(
+            "alertmanager-config",
+            metadata=self._meta("alertmanager-config", "alertmanager"),
+            string_data={"alertmanager.yaml": Output.secret(alertmanager_text)},
+            opts=in_ns,
+        )
+
+        self.prometheus_stack = k8s.helm.v3.Release(
+            "kube-prometheus-stack",
+            k8s.helm.v3.ReleaseArgs(
+                name="kube-prometheus-stack",
+                chart="kube-prometheus-stack",
+                version=mon.kube_prometheus_stack_chart_version,
+                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["kube-prometheus-stack"]),
+                namespace=mon.namespace,
+                values=self._kps_values(grafana_secret_name="grafana-admin",
+                                        alertmanager_secret_name="alertmanager-config"),
+                timeout=900,
+            ),
+            opts=ResourceOptions(parent=self, depends_on=[self.namespace, grafana_secret, alertmanager_secret]),
+        )
+        self.keda = k8s.helm.v3.Release(
+            "keda",
+            k8s.helm.v3.ReleaseArgs(
+                name="keda",
+                chart="keda",
+                version=mon.keda_chart_version,
+                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["keda"]),
+                namespace=mon.namespace,
+                values={"prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
+            ),
+            opts=in_ns,
+        )
+        # The CRDs below (ServiceMonitor, PrometheusRule, ScaledObject) come with the charts.
+        after_crds = ResourceOptions(parent=self, depends_on=[self.prometheus_stack])
+
+        self.service_monitors = [self._service_monitor(t, after_crds) for t in scrape_targets(s)]
+        self.dcgm_monitor = self._dcgm_service_monitor(after_crds)
+        self.rules = k8s.apiextensions.CustomResource(
+            "qwen-serving-rules",
+            api_version=PROMETHEUS_OPERATOR_API,
+            kind="PrometheusRule",
+            metadata=self._meta("qwen-serving-rules", "monitoring", namespace=self.app_namespace),
+            spec={"groups": rule_groups(s)},
+            opts=after_crds,
+        )
+        self.dashboards = [
+            k8s.core.v1.ConfigMap(
+                f"dashboard-{file.removesuffix('.json')}",
+                metadata=self._meta(file.removesuffix(".json"), "grafana",
+                                    extra_labels={GRAFANA_DASHBOARD_LABEL: "1"}),
+                data={file: text},
+                opts=in_ns,
+            )
+            for file, text in sorted(render_dashboards().items())
+        ]
+
+        self.scaled_object = self._vllm_scaled_object(args.vllm_deployment, ResourceOptions(
+            parent=self, depends_on=[self.keda, self.prometheus_stack]))
+        self.gateway_hpa = self._gateway_hpa(args.gateway_deployment, child)
+
+        self.log_shipper: k8s.helm.v3.Release | None = None
+        if mon.logs.enabled:
+            self.log_shipper = self._fluent_bit(log_password, in_ns)
+
+        self.prometheus_url = f"http://{KPS_NAME}-prometheus.{mon.namespace}.svc:9090"
+        self.alertmanager_url = f"http://{KPS_NAME}-alertmanager.{mon.namespace}.svc:9093"
+        self.grafana_service = f"kube-prometheus-stack-grafana.{mon.namespace}.svc"
+        self.keda_max_replicas = keda_max_replicas(s)
+        self.register_outputs({
+            "prometheusUrl": self.prometheus_url,
+            "alertmanagerUrl": self.alertmanager_url,
+            "grafanaService": self.grafana_service,
+            "kedaMaxReplicas": self.keda_max_replicas,
+        })
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _labels(self, component: str, name: str = "monitoring") -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": name,
+            "app.kubernetes.io/instance": self._settings.site.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": PROJECT,
+            "app.kubernetes.io/managed-by": "pulumi",
+        }
+
+    def _meta(self, name: str, component: str, *, namespace: str | None = None,
+              extra_labels: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            namespace=namespace or self.namespace_name,
+            labels={**self._labels(component, name), **(extra_labels or {})},
+        )
+
+    def _kps_values(self, *, grafana_secret_name: str, alertmanager_secret_name: str) -> dict[str, Any]:
+        mon = self._settings.monitoring
+        storage: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                   "resources": {"requests": {"storage": mon.storage_size}}}
+        if mon.storage_class:
+            storage["storageClassName"] = mon.storage_class
+        return {
+            "fullnameOverride": KPS_NAME,
+            "prometheus": {"prometheusSpec": {
+                "retention": mon.retention,
+                "scrapeInterval": mon.scrape_interval,
+                "evaluationInterval": mon.scrape_interval,
+                "externalLabels": {"site": self._settings.site.name},
+                "storageSpec": {"volumeClaimTemplate": {"spec": storage}},
+                # Select our ServiceMonitors/PodMonitors/PrometheusRules in any namespace, whatever labels.
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "podMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "serviceMonitorNamespaceSelector": {},
+                "ruleNamespaceSelector": {},
+            }},
+            "alertmanager": {"alertmanagerSpec": {"configSecret": alertmanager_secret_name}},
+            "grafana": {
+                "admin": {"existingSecret": grafana_secret_name, "userKey": "admin-user",
+                          "passwordKey": "admin-password"},
+                "sidecar": {"dashboards": {"enabled": True, "label": GRAFANA_DASHBOARD_LABEL, "labelValue": "1",
+                                           "searchNamespace": "ALL"}},
+            },
+        }
+
+    def _service_monitor(self, target: ScrapeTarget, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
+        namespace = target.namespace or self.app_namespace
+        return k8s.apiextensions.CustomResource(
+            f"servicemonitor-{target.service}",
+            api_version=PROMETHEUS_OPERATOR_API,
+            kind="ServiceMonitor",
+            metadata=self._meta(target.service, "monitoring", namespace=namespace),
+            spec={
+                "jobLabel": "app.kubernetes.io/name",  # job = the Service's name label = the rules' job
+                "selector": {"matchLabels": {"app.kubernetes.io/name": target.service,
+                                             "app.kubernetes.io/part-of": PROJECT}},
+                "namespaceSelector": {"matchNames": [namespace]},
+                "endpoints": [{"port": target.port, "path": target.path,
+                               "interval": self._settings.monitoring.scrape_interval}],
+            },
+            opts=opts,
+        )
+
+    def _dcgm_service_monitor(self, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
+        """DCGM exporter's Service comes from its Helm chart (GPU tier), in any namespace."""
+        return k8s.apiextensions.CustomResource(
+            "servicemonitor-dcgm-exporter",
+            api_version=PROMETHEUS_OPERATOR_API,
+            kind="ServiceMonitor",
+            metadata=self._meta(m.JOB_DCGM, "monitoring"),
+            spec={
+                "jobLabel": "app.kubernetes.io/name",
+                "selector": {"matchLabels": {"app.kubernetes.io/name": m.JOB_DCGM}},
+                "namespaceSelector": {"any": True},
+                "endpoints": [{"port": "metrics", "path": "/metrics",
+                               "interval": self._settings.monitoring.scrape_interval}],
+            },
+            opts=opts,
+        )
+
+    def _vllm_scaled_object(self, deployment: str, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
+        s = self._settings
+        auto = s.monitoring.autoscaling
+        waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM, namespace=self.app_namespace)
+        return k8s.apiextensions.CustomResource(
+            "vllm-scaler",
+            api_version=KEDA_API,
+            kind="ScaledObject",
+            metadata=self._meta("vllm", "autoscaling", namespace=self.app_namespace),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+                "minReplicaCount": s.inference.replicas,
+                "maxReplicaCount": keda_max_replicas(s),
+                "pollingInterval": auto.polling_interval_seconds,
+                "cooldownPeriod": auto.cooldown_seconds,
+                # A new replica takes minutes to load; scale down slowly so load spikes do not thrash.
+                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": auto.cooldown_seconds,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+                }}}},
+                "triggers": [{
+                    "type": "prometheus",
+                    "metadata": {
+                        "serverAddress": f"http://{KPS_NAME}-prometheus.{s.monitoring.namespace}.svc:9090",
+                        "query": f"sum({waiting})",
+                        "threshold": str(auto.waiting_per_replica),
+                        "ignoreNullValues": "true",
+                    },
+                }],
+            },
+            opts=opts,
+        )
+
+    def _gateway_hpa(self, deployment: str, opts: ResourceOptions) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        gw = self._settings.gateway
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            "gateway-hpa",
+            metadata=self._meta("gateway", "autoscaling", namespace=self.app_namespace),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=deployment),
+                min_replicas=gw.replicas,
+                max_replicas=gw.max_replicas,
+                metrics=[k8s.autoscaling.v2.MetricSpecArgs(
+                    type="Resource",
+                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                        name="cpu",
+                        target=k8s.autoscaling.v2.MetricTargetArgs(
+                            type="Utilization", average_utilization=gw.target_cpu_percent),
+                    ),
+                )],
+            ),
+            opts=opts,
+        )
+
+    def _fluent_bit(self, password: Output[str] | None, opts: ResourceOptions) -> k8s.helm.v3.Release:
+        s = self._settings
+        logs = s.monitoring.logs
+        secret = k8s.core.v1.Secret(
+            "log-sink",
+            metadata=self._meta("log-sink", "logs"),
+            string_data={"password": password},  # type: ignore[dict-item]
+            opts=opts,
+        )
+        config = k8s.core.v1.ConfigMap(
+            "fluent-bit-config",
+            metadata=self._meta("fluent-bit-config", "logs"),
+            data={log_pipeline.CONFIG_FILE: log_pipeline.render_fluent_bit(s)},
+            opts=opts,
+        )
+        if logs.sink == "elasticsearch":
+            self._ilm_setup(opts)
+        return k8s.helm.v3.Release(
+            "fluent-bit",
+            k8s.helm.v3.ReleaseArgs(
+                name="fluent-bit",
+                chart="fluent-bit",
+                version=s.monitoring.fluent_bit_chart_version,
+                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["fluent-bit"]),
+                namespace=s.monitoring.namespace,
+                values={
+                    "existingConfigMap": "fluent-bit-config",
+                    "args": ["--workdir=/fluent-bit/etc", f"--config=/fluent-bit/etc/conf/{log_pipeline.CONFIG_FILE}"],
+                    "env": [{"name": log_pipeline.PASSWORD_ENV, "valueFrom": {
+                        "secretKeyRef": {"name": "log-sink", "key": "password"}}}],
+                    "serviceMonitor": {"enabled": True},
+                },
+            ),
+            opts=ResourceOptions(parent=self, depends_on=[secret, config, self.prometheus_stack]),
+        )
+
+    def _ilm_setup(self, opts: ResourceOptions) -> None:
+        """The 30-day (retentionDays) deletion policy and the index template that applies it."""
+        s = self._settings
+        logs = s.monitoring.logs
+        k8s.core.v1.ConfigMap(
+            "log-retention-policy",
+            metadata=self._meta("log-retention-policy", "logs"),
+            data={
+                "ilm-policy.json": json.dumps(log_pipeline.ilm_policy(s), indent=2),
+                "index-template.json": json.dumps(log_pipeline.index_template(s), indent=2),
+                "endpoint": f"{'https' if logs.tls else 'http'}://{logs.host}:{logs.port}",
+                "index": logs.index,
+            },
+            opts=opts,
+        )

@@ -1,0 +1,41 @@
+"""Prometheus' own configuration for the local stack: the same jobs and rules as the cluster.
+
+In the cluster the Prometheus Operator builds the scrape config from ServiceMonitors; locally there is
+no operator, so this renders the equivalent static config. Job names match the Kubernetes Service
+names (monitoring/promql.py), so the rules render once for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from infra.settings import StackSettings
+
+RULE_FILE = "rules.yaml"
+
+
+def prometheus_config(settings: StackSettings, targets: Mapping[str, Sequence[str]],
+                      rule_files: Sequence[str] = (RULE_FILE,)) -> dict[str, Any]:
+    """`targets`: job name -> ["127.0.0.1:port", ...] (each serves /metrics)."""
+    interval = settings.monitoring.scrape_interval
+    return {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "scrape_timeout": interval,
+            "external_labels": {"site": settings.site.name},
+        },
+        "rule_files": list(rule_files),
+        "scrape_configs": [
+            {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": list(hosts)}]}
+            for job, hosts in sorted(targets.items())
+        ],
+    }
+
+
+def render_prometheus_config(settings: StackSettings, targets: Mapping[str, Sequence[str]],
+                             rule_files: Sequence[str] = (RULE_FILE,)) -> str:
+    return yaml.safe_dump(prometheus_config(settings, targets, rule_files), sort_keys=False)
