@@ -17,7 +17,6 @@ from types import FrameType
 from infra.settings import SettingsError
 from localstack.processes import ProcessError
 from localstack.stack import (
-    DEFAULT_ROOT,
     ENDPOINT_FILE,
     PIDS_FILE,
     Endpoint,
@@ -26,6 +25,7 @@ from localstack.stack import (
     StackError,
     alive,
     read_state,
+    state_dir,
     stop_recorded,
 )
 
@@ -36,7 +36,7 @@ def banner(endpoint: Endpoint, seconds: float) -> str:
 ready in {seconds:.1f} s
   web chat:  {endpoint.url}/
   API:       {endpoint.url}/v1   (OpenAI-compatible)
-  API key:   {endpoint.api_key}   (development key; also in build/local/{ENDPOINT_FILE})
+  API key:   {endpoint.api_key}   (development key; also in {state_dir() / ENDPOINT_FILE})
   model:     {endpoint.model}
 
   curl -sN {endpoint.url}/v1/chat/completions \\
@@ -88,22 +88,23 @@ def up() -> int:
 
 
 def down() -> int:
-    stopped = stop_recorded(DEFAULT_ROOT)
+    stopped = stop_recorded(state_dir())
     if stopped:
         print("stopped: " + ", ".join(f"{e['name']} (pid {e['pid']})" for e in stopped))
     else:
-        print("nothing to stop (no running local stack recorded in build/local/)")
+        print(f"nothing to stop (no running local stack recorded in {state_dir()})")
     return 0
 
 
 def status() -> int:
-    entries = read_state(DEFAULT_ROOT)
+    root = state_dir()
+    entries = read_state(root)
     if not entries:
         print("not running")
         return 1
     for e in entries:
         print(f"{e['name']:12} pid {e['pid']:>7}  {'running' if alive(e) else 'gone'}")
-    endpoint = DEFAULT_ROOT / ENDPOINT_FILE
+    endpoint = root / ENDPOINT_FILE
     if endpoint.is_file():
         print(f"endpoint: {json.loads(endpoint.read_text()).get('url')}")
     return 0

@@ -50,7 +50,7 @@ class StackError(RuntimeError):
 
 @dataclass
 class LocalConfig:
-    """What a run of the local stack may vary; `from_env` reads PORT, MODEL, VLLM_REPLICAS."""
+    """What a run of the local stack may vary; `from_env` reads PORT, MODEL, VLLM_REPLICAS, LOCAL_STATE_DIR."""
 
     root: Path = DEFAULT_ROOT
     port: int = 8080
@@ -83,7 +83,13 @@ class LocalConfig:
             problems.append(f"MODEL={env['MODEL']}: no config.json there; point it at a Hugging Face model dir")
         if problems:
             raise StackError("\n".join(problems))
-        return cls(port=port, model=model, vllm_replicas=replicas)
+        return cls(root=state_dir(env), port=port, model=model, vllm_replicas=replicas)
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where up writes its state and down reads it: build/local, or LOCAL_STATE_DIR (tests use their own)."""
+    env = os.environ if env is None else env
+    return Path(env["LOCAL_STATE_DIR"]).resolve() if env.get("LOCAL_STATE_DIR") else DEFAULT_ROOT
 
 
 @dataclass

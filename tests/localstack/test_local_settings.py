@@ -1,0 +1,68 @@
+"""The local stack's settings: the stack-file schema, a kept dev key, clear errors for bad environment."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import pytest
+
+from app.inference.capacity import GB
+from infra.settings import SettingsError
+from localstack.settings import API_KEY_PREFIX, ensure_api_key, local_settings
+from localstack.stack import LocalConfig, StackError, state_dir
+
+
+def test_local_yaml_parses_with_auth_on_and_the_key_hash() -> None:
+    key = API_KEY_PREFIX + "abc"
+    s = local_settings(key)
+    assert s.gateway.auth_enabled
+    assert s.api_key_hashes == {hashlib.sha256(key.encode()).hexdigest(): "local-dev"}
+    assert s.gateway.replicas == 2
+    assert s.site.role == "dev"
+    # The pretend 4090D still gets the real capacity check.
+    assert s.capacity.fits and s.capacity.usable_bytes > 20 * GB
+    # History plus an answer of the page's default size must fit the context.
+    assert s.gateway.history_token_budget + 256 < s.inference.max_model_len
+
+
+def test_overrides_go_through_the_same_validation() -> None:
+    with pytest.raises(SettingsError, match=r"qwen-serving:inference\.replicas"):
+        local_settings("sk-local-x", overrides={"inference": {"replicas": 3}})
+
+
+def test_api_key_is_made_once_private_and_kept(workdir: Path) -> None:
+    first = ensure_api_key(workdir)
+    assert first.startswith(API_KEY_PREFIX) and len(first) > 30
+    assert stat.S_IMODE((workdir / "api-key").stat().st_mode) == 0o600
+    assert ensure_api_key(workdir) == first
+    assert ensure_api_key(workdir / "other") != first
+
+
+def test_config_from_env_defaults() -> None:
+    cfg = LocalConfig.from_env({})
+    assert (cfg.port, cfg.vllm_replicas, cfg.model) == (8080, 1, None)
+    assert cfg.root == state_dir({})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "80"}, "PORT='80': give a port number between 1024 and 65535"),
+        ({"PORT": "http"}, "PORT='http'"),
+        ({"VLLM_REPLICAS": "0"}, "VLLM_REPLICAS='0': give 1 to 4"),
+        ({"MODEL": "/nonexistent/model"}, "MODEL=/nonexistent/model: no config.json there"),
+    ],
+)
+def test_bad_environment_names_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(StackError) as err:
+        LocalConfig.from_env(env)
+    assert message in str(err.value)
+
+
+def test_model_env_accepts_a_model_directory(workdir: Path) -> None:
+    (workdir / "config.json").write_text("{}")
+    cfg = LocalConfig.from_env({"MODEL": str(workdir), "LOCAL_STATE_DIR": str(workdir / "state")})
+    assert cfg.model == workdir.resolve()
+    assert cfg.root == (workdir / "state").resolve()
