@@ -23,6 +23,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.global_settings import DnsSettings, is_global_config
 from infra.settings import PROJECT, SECRET_KEYS, StackSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,10 +67,17 @@ class Captured:
 @dataclass
 class OfflineRun:
     stack: str
-    settings: StackSettings
     resources: list[Captured]
     outputs: dict[str, Any]
     placeholders: list[str] = field(default_factory=list)
+    site_settings: StackSettings | None = None
+    dns: DnsSettings | None = None  # set for the global (DNS) stack instead of site_settings
+
+    @property
+    def settings(self) -> StackSettings:
+        if self.site_settings is None:
+            raise TypeError(f"{self.stack} is the global DNS stack: read .dns, not .settings")
+        return self.site_settings
 
     def of_type(self, type_: str) -> list[Captured]:
         return sorted((r for r in self.resources if r.type == type_), key=lambda r: r.name)
@@ -134,6 +142,8 @@ class QwenMocks(pulumi_mocks.Mocks):
             digest = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
             repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
             state.update(imageName=image, repoDigest=f"{repo}@{digest}", ref=f"{repo}@{digest}", digest=digest)
+        if args.typ == "pulumi:pulumi:StackReference":
+            state["outputs"] = site_outputs(str(state.get("name") or args.name))
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = "offline-" + hashlib.sha256(args.name.encode()).hexdigest()[:24]
         return f"{args.name}-id", state
@@ -142,6 +152,16 @@ class QwenMocks(pulumi_mocks.Mocks):
         if args.token == "kubernetes:helm:template":
             return {"result": []}, None
         return {}, None
+
+
+def site_outputs(stack_name: str) -> dict[str, Any]:
+    """What a site stack's outputs would be, for StackReferences from the global stack (org/project/stack)."""
+    from infra.program import site_exports
+    from infra.settings import settings_from_config
+
+    raw, _ = read_stack_config(stack_file(stack_name.rsplit("/", 1)[-1]))
+    raw.setdefault(f"{PROJECT}:apiKeyHashes", SECRET_PLACEHOLDERS["apiKeyHashes"])
+    return site_exports(settings_from_config(raw))
 
 
 class CapturingMonitor(pulumi_mocks.MockMonitor):
@@ -215,7 +235,7 @@ def run_stack(
     for key, value in (overrides or {}).items():
         raw[key] = value if isinstance(value, str) else json.dumps(value)
     placeholders: list[str] = []
-    if fill_secrets:
+    if fill_secrets and not is_global_config(raw):
         for short in SECRET_KEYS:
             full = f"{PROJECT}:{short}"
             if full not in raw and short in SECRET_PLACEHOLDERS:
@@ -233,12 +253,14 @@ def run_stack(
 
     _sync_await(run_pulumi_func(program.main))
     outputs = _resolve_outputs()
+    parsed = program.read_settings()
     return OfflineRun(
         stack=name,
-        settings=program.read_settings(),
         resources=list(monitor.captured),
         outputs=outputs,
         placeholders=placeholders,
+        site_settings=parsed if isinstance(parsed, StackSettings) else None,
+        dns=parsed if isinstance(parsed, DnsSettings) else None,
     )
 
 

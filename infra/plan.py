@@ -47,7 +47,7 @@ def check_manifest(manifest: dict[str, Any], kubernetes_version: str) -> str | N
 
 
 def validate_run(run: OfflineRun) -> list[ManifestCheck]:
-    version = run.settings.kubernetes.version
+    version = kubernetes_version(run)
     checks = []
     for resource in sorted(run.resources, key=lambda r: (r.type, r.name)):
         manifest = manifest_of(resource) if resource.is_kubernetes else None
@@ -56,6 +56,20 @@ def validate_run(run: OfflineRun) -> list[ManifestCheck]:
         checks.append(ManifestCheck(f"{resource.type} {resource.name}", manifest["kind"],
                                     check_manifest(manifest, version)))
     return checks
+
+
+def kubernetes_version(run: OfflineRun) -> str:
+    # The global stack declares no Kubernetes objects; any version would do for it.
+    return run.settings.kubernetes.version if run.site_settings else "1.33.0"
+
+
+def describe(run: OfflineRun) -> str:
+    if run.dns is not None:
+        return (f"global DNS {run.dns.hostname}: active site {run.dns.active_site}, "
+                f"standby {run.dns.standby_site}")
+    s = run.settings
+    return (f"site {s.site.name}, role {s.site.role}\n"
+            f"capacity per vLLM replica: {s.capacity.describe()}")
 
 
 def render_tree(resources: list[Captured]) -> str:
@@ -103,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = validate_run(run)
     out = write_manifests(run, PLAN_DIR / run.stack)
 
-    print(f"stack {run.stack} ({path.relative_to(REPO) if path.is_relative_to(REPO) else path}): "
-          f"site {run.settings.site.name}, role {run.settings.site.role}")
-    print(f"capacity per vLLM replica: {run.settings.capacity.describe()}\n")
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    print(f"stack {run.stack} ({shown}): {describe(run)}\n")
     print(render_tree(run.resources))
     counts = Counter(r.type for r in run.resources)
     print(f"\n{len(run.resources)} resources:")
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     no_schema = Counter(c.kind for c in checks if c.error == "no-schema")
     print(f"\nmanifests: {out.relative_to(REPO) if out.is_relative_to(REPO) else out} — {len(checks)} objects, "
           f"{len(checks) - len(failed) - sum(no_schema.values())} valid against Kubernetes "
-          f"{run.settings.kubernetes.version} (strict)"
+          f"{kubernetes_version(run)} (strict)"
           + (f", custom resources without a built-in schema: {dict(no_schema)}" if no_schema else ""))
     for c in failed:
         print(f"INVALID {c.resource}: {c.error}", file=sys.stderr)

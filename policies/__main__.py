@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pulumi_policy import PolicyPack  # noqa: E402
+from pulumi_policy import PolicyPack
 
-from policies.rules import POLICIES  # noqa: E402
+from policies.rules import POLICIES
 
 PolicyPack(name="qwen-serving-guardrails", policies=POLICIES)

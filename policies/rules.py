@@ -13,6 +13,7 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -165,7 +166,7 @@ def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolatio
 
 MANDATORY = EnforcementLevel.MANDATORY
 
-POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+POLICIES: list[Policy] = [
     ResourceValidationPolicy("images-have-a-fixed-version", "Container images are pinned (tag or digest), "
                              "never latest", images_have_a_fixed_version, MANDATORY),
     ResourceValidationPolicy("containers-have-requests-and-limits", "CPU/memory requests and a memory limit",

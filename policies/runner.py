@@ -48,6 +48,7 @@ def evaluate(resources: list[Captured], policies: list[Any] | None = None) -> li
     """Every violation of every policy over the given resources, sorted."""
     violations: list[Violation] = []
     props = {r.urn: unwrap_secrets(r.inputs) for r in resources}
+    names = {r.urn: f"{r.type} {r.name}" for r in resources}
     for policy in policies if policies is not None else POLICIES:
         if isinstance(policy, ResourceValidationPolicy):
             for r in resources:
@@ -59,7 +60,6 @@ def evaluate(resources: list[Captured], policies: list[Any] | None = None) -> li
         elif isinstance(policy, StackValidationPolicy):
             stack = [PolicyResource(r.type, props[r.urn], r.urn, r.name, _options(r), None, None, [], {})
                      for r in resources]
-            names = {r.urn: f"{r.type} {r.name}" for r in resources}
 
             def report_stack(message: str, urn: str | None = None, name: str = policy.name) -> None:
                 violations.append(Violation(name, names.get(urn or "", "(stack)"), message))
