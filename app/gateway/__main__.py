@@ -1,0 +1,64 @@
+"""`python -m app.gateway`: uvicorn with a graceful shutdown that drains first.
+
+On SIGTERM: readiness turns false at once (so the Service/Nginx stops sending new requests), after
+GATEWAY_SHUTDOWN_DRAIN_SECONDS the server stops accepting, and in-flight streams get up to
+GATEWAY_SHUTDOWN_GRACE_SECONDS to finish. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import FrameType
+
+import uvicorn
+
+from app.gateway.logging import configure_logging, log
+from app.gateway.main import create_app
+from app.gateway.settings import GatewaySettingsError, load_settings
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_seconds: float):
+        super().__init__(config)
+        self._drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:
+            super().handle_exit(sig, frame)  # second signal: uvicorn forces the exit
+            return
+        self._draining = True
+        app = self.config.app
+        ctx = getattr(getattr(app, "state", None), "ctx", None)
+        if ctx is not None:
+            ctx.draining = True
+        log.info("draining: readiness is now false", extra={"signal": sig, "drain_seconds": self._drain_seconds})
+        timer = threading.Timer(self._drain_seconds, lambda: setattr(self, "should_exit", True))
+        timer.daemon = True
+        timer.start()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except GatewaySettingsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        timeout_keep_alive=75,
+        lifespan="on",
+    )
+    DrainingServer(config, settings.shutdown_drain_seconds).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

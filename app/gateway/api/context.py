@@ -1,0 +1,48 @@
+"""Everything a request handler needs, built once in the lifespan and reached through FastAPI dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from app.gateway.auth.authenticate import Authenticator
+from app.gateway.auth.identity import Identity
+from app.gateway.backends.pool import BackendPool
+from app.gateway.metrics import Metrics
+from app.gateway.proxy import Proxy
+from app.gateway.ratelimit.limiter import RateLimiter
+from app.gateway.redis_client import RedisGuard
+from app.gateway.sessions.store import SessionStore
+from app.gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    metrics: Metrics
+    client: httpx.AsyncClient
+    pool: BackendPool
+    proxy: Proxy
+    redis: RedisGuard
+    limiter: RateLimiter
+    sessions: SessionStore
+    auth: Authenticator
+    draining: bool = False
+
+
+def get_context(request: Request) -> GatewayContext:
+    ctx: GatewayContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[GatewayContext, Depends(get_context)]
+
+
+async def get_identity(request: Request, ctx: Ctx) -> Identity:
+    return await ctx.auth.authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[Identity, Depends(get_identity)]

@@ -1,0 +1,216 @@
+"""`POST /v1/chat/completions` and `POST /v1/completions`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from app.gateway.api.body import parse_model, read_json_object
+from app.gateway.api.context import Caller, Ctx, GatewayContext
+from app.gateway.auth.identity import Identity
+from app.gateway.errors import ApiError
+from app.gateway.logging import log, request_id_var
+from app.gateway.proxy import StreamAccount, UpstreamClientError, UpstreamStream
+from app.gateway.ratelimit.limiter import Slot
+from app.gateway.redis_client import RedisUnavailable
+from app.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from app.gateway.sessions.history import compose, content_text
+from app.gateway.sessions.store import Session, validate_session_id
+
+router = APIRouter()
+
+STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+
+
+def resolve_model(ctx: GatewayContext, requested: str | None) -> str:
+    served = [ctx.settings.model] if ctx.settings.model else [str(m.get("id")) for m in ctx.pool.models()]
+    if requested is None:
+        if not served:
+            raise ApiError(503, "No inference backend is available", code="no_backend")
+        return served[0]
+    if requested not in served:
+        listed = ", ".join(served) or "none right now"
+        raise ApiError(404, f"The model '{requested}' does not exist; available: {listed}",
+                       code="model_not_found", param="model")
+    return requested
+
+
+def check_max_tokens(ctx: GatewayContext, **values: int | None) -> None:
+    cap = ctx.settings.max_tokens_cap
+    for name, value in values.items():
+        if value is not None and value > cap:
+            raise ApiError(400, f"{name} is {value}; the maximum here is {cap}", code="max_tokens_too_large",
+                           param=name)
+
+
+def check_input_size(ctx: GatewayContext, chars: int) -> None:
+    limit = ctx.settings.max_content_chars
+    if chars > limit:
+        raise ApiError(400, f"The input has {chars} characters; the limit is {limit}", code="input_too_long",
+                       param="messages")
+
+
+class SSEResponse(StreamingResponse):
+    """A streaming response whose upstream is closed however it ends (done, error, client gone)."""
+
+    def __init__(self, stream: UpstreamStream, finish: Any, headers: dict[str, str]):
+        super().__init__(stream.relay(), media_type="text/event-stream", headers=headers)
+        self._stream, self._finish = stream, finish
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stream.close()
+                await self._finish(self._stream)
+
+
+async def _generate(
+    request: Request,
+    ctx: GatewayContext,
+    identity: Identity,
+    *,
+    path: str,
+    body: dict[str, Any],
+    model: str,
+    stream: bool,
+    session: Session | None,
+    new_messages: list[dict[str, Any]],
+    system: str | None,
+    slot: Slot,
+) -> Any:
+    request.state.model = model
+    headers = {"X-Request-Id": request_id_var.get()}
+    affinity = session.id if session else None
+    response_headers = {"X-Request-Id": request_id_var.get()}
+    if session is not None:
+        response_headers["X-Session-Id"] = session.id
+
+    async def remember(answer: str) -> None:
+        if session is None:
+            return
+        try:
+            await ctx.sessions.append(session, [*new_messages, {"role": "assistant", "content": answer}], system)
+        except RedisUnavailable:
+            log.warning("turn not stored: redis unavailable", extra={"session_id": session.id})
+
+    def count_usage(usage: dict[str, Any] | None) -> None:
+        if usage:
+            ctx.metrics.tokens.labels("prompt", model).inc(int(usage.get("prompt_tokens") or 0))
+            ctx.metrics.tokens.labels("completion", model).inc(int(usage.get("completion_tokens") or 0))
+
+    if not stream:
+        try:
+            status, data = await ctx.proxy.complete(path, body, headers, affinity)
+        finally:
+            await slot.release()
+        if status == 200:
+            count_usage(data.get("usage"))
+            choices = data.get("choices") or [{}]
+            await remember(content_text((choices[0] or {}).get("message") or {}))
+        return JSONResponse(data, status_code=status, headers=response_headers)
+
+    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    account = StreamAccount(collect_text=session is not None, forward_usage_chunk=client_wants_usage)
+    try:
+        opened = await ctx.proxy.open_stream(path, body, headers, affinity, account)
+    except BaseException:
+        await slot.release()
+        raise
+    if isinstance(opened, UpstreamClientError):
+        await slot.release()
+        return JSONResponse(opened.body, status_code=opened.status, headers=response_headers)
+    ctx.metrics.ttft.labels(model).observe(opened.first_token_at - opened.started)
+    ctx.metrics.active_streams.inc()
+
+    async def finish(done: UpstreamStream) -> None:
+        ctx.metrics.active_streams.dec()
+        await slot.release()
+        count_usage(done.account.usage)
+        if done.completed:
+            await remember("".join(done.account.text))
+        else:
+            log.info("stream ended before completion", extra={"backend": done.backend.address})
+
+    return SSEResponse(opened, finish, {**STREAM_HEADERS, **response_headers})
+
+
+def _session_id(request: Request, raw: dict[str, Any]) -> str | None:
+    from_body = raw.pop("session_id", None)
+    value = request.headers.get("x-session-id") or from_body
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "session_id must be a string", code="invalid_session_id", param="session_id")
+    return validate_session_id(value)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    request: Request, ctx: Ctx, identity: Caller
+) -> Any:
+    raw = await read_json_object(request, ctx.settings.max_body_bytes)
+    session_id = _session_id(request, raw)
+    parsed = parse_model(ChatCompletionRequest, raw)
+    if len(parsed.messages) > ctx.settings.max_messages:
+        raise ApiError(400, f"{len(parsed.messages)} messages; the limit is {ctx.settings.max_messages}",
+                       code="too_many_messages", param="messages")
+    messages = [m.model_dump(exclude_none=False) for m in parsed.messages]
+    check_input_size(ctx, sum(len(content_text(m)) for m in messages))
+    check_max_tokens(ctx, max_tokens=parsed.max_tokens, max_completion_tokens=parsed.max_completion_tokens)
+    model = resolve_model(ctx, parsed.model)
+
+    slot = await ctx.limiter.admit(identity.subject)
+    try:
+        session: Session | None = None
+        sent = messages
+        system = next((content_text(m) for m in messages if m["role"] in ("system", "developer")), None)
+        new_messages = [m for m in messages if m["role"] not in ("system", "developer")]
+        if session_id is not None:
+            try:
+                session = await ctx.sessions.load(session_id, identity.subject)
+            except RedisUnavailable:
+                log.warning("session unavailable: answering without history", extra={"session_id": session_id})
+            if session is not None:
+                sent = compose(
+                    stored_system=session.system,
+                    history=session.messages,
+                    request_messages=messages,
+                    budget=ctx.settings.history_token_budget,
+                )
+        body = {**raw, "model": model, "messages": sent}
+    except BaseException:
+        await slot.release()
+        raise
+    return await _generate(
+        request, ctx, identity, path="/v1/chat/completions", body=body, model=model, stream=parsed.stream,
+        session=session, new_messages=new_messages, system=system, slot=slot,
+    )
+
+
+@router.post("/v1/completions")
+async def completions(
+    request: Request, ctx: Ctx, identity: Caller
+) -> Any:
+    raw = await read_json_object(request, ctx.settings.max_body_bytes)
+    if request.headers.get("x-session-id") or "session_id" in raw:
+        raise ApiError(400, "Sessions apply to /v1/chat/completions only", code="invalid_session_id",
+                       param="session_id")
+    parsed = parse_model(CompletionRequest, raw)
+    prompts = [parsed.prompt] if isinstance(parsed.prompt, str) else parsed.prompt
+    check_input_size(ctx, sum(len(p) if isinstance(p, str | list) else 1 for p in prompts))
+    check_max_tokens(ctx, max_tokens=parsed.max_tokens)
+    model = resolve_model(ctx, parsed.model)
+    slot = await ctx.limiter.admit(identity.subject)
+    body = {**raw, "model": model}
+    return await _generate(
+        request, ctx, identity, path="/v1/completions", body=body, model=model, stream=parsed.stream,
+        session=None, new_messages=[], system=None, slot=slot,
+    )

@@ -1,0 +1,89 @@
+"""JWTs from the company's OIDC provider: signature from its JWKS, plus issuer, audience and expiry.
+
+The JWKS is cached for `cache_seconds`. A token whose `kid` is unknown triggers a refetch (the provider
+rotated its keys), at most once per `min_refresh_seconds` so garbage tokens cannot hammer the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import jwt
+
+from app.gateway.logging import log
+
+ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class OidcVerifier:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        cache_seconds: float,
+        min_refresh_seconds: float,
+    ):
+        self._client = client
+        self.issuer, self.audience, self.jwks_url = issuer, audience, jwks_url
+        self._cache_seconds, self._min_refresh = cache_seconds, min_refresh_seconds
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def _refresh(self, *, force: bool) -> None:
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age < self._min_refresh or (not force and age < self._cache_seconds):
+                return
+            try:
+                resp = await self._client.get(self.jwks_url, timeout=5.0)
+                resp.raise_for_status()
+                keys: dict[str, jwt.PyJWK] = {}
+                for jwk in resp.json().get("keys", []):
+                    try:
+                        keys[str(jwk.get("kid", ""))] = jwt.PyJWK(jwk)
+                    except jwt.PyJWTError:
+                        continue  # a key type we do not use
+            except (httpx.HTTPError, ValueError) as err:
+                log.warning("JWKS fetch failed; keeping cached keys", extra={"error": str(err)})
+                self._fetched_at = time.monotonic()  # back off as if we had fetched
+                return
+            self._keys, self._fetched_at = keys, time.monotonic()
+            self.fetches += 1
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as err:
+            raise InvalidToken(f"malformed token: {err}") from None
+        kid = str(header.get("kid", ""))
+        await self._refresh(force=False)
+        if kid not in self._keys:
+            await self._refresh(force=True)
+        key = self._keys.get(kid)
+        if key is None:
+            raise InvalidToken("token signed by an unknown key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=30,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as err:
+            raise InvalidToken(str(err)) from None
+        return claims

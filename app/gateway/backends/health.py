@@ -1,0 +1,63 @@
+"""Active health probes and DNS discovery, as background tasks owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import httpx
+
+from app.gateway.backends.pool import Backend, BackendPool
+from app.gateway.logging import log
+
+
+async def probe(client: httpx.AsyncClient, pool: BackendPool, backend: Backend, probe_timeout: float) -> None:
+    """vLLM answers `/v1/models` only once the model is loaded: that is readiness, and it lists the models."""
+    try:
+        resp = await client.get(f"{backend.base_url}/v1/models", timeout=probe_timeout)
+        ok = resp.status_code == 200
+        models: list[dict[str, Any]] = resp.json().get("data", []) if ok else []
+    except (httpx.HTTPError, ValueError):
+        ok, models = False, []
+    pool.mark_probe(backend, ok, models)
+
+
+async def probe_all(client: httpx.AsyncClient, pool: BackendPool, probe_timeout: float) -> None:
+    await asyncio.gather(*(probe(client, pool, b, probe_timeout) for b in pool.all()))
+
+
+async def probe_loop(client: httpx.AsyncClient, pool: BackendPool, *, interval: float, probe_timeout: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await probe_all(client, pool, probe_timeout)
+
+
+async def resolve(host_port: str) -> list[str]:
+    """All addresses behind a name (a headless Service returns one per ready pod), as host:port."""
+    host, _, port = host_port.rpartition(":")
+    infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    return sorted({f"{info[4][0]}:{port}" for info in infos})
+
+
+async def discovery_loop(
+    client: httpx.AsyncClient, pool: BackendPool, host_port: str, *, interval: float, probe_timeout: float
+) -> None:
+    while True:
+        await refresh_from_dns(client, pool, host_port, probe_timeout=probe_timeout)
+        await asyncio.sleep(interval)
+
+
+async def refresh_from_dns(
+    client: httpx.AsyncClient, pool: BackendPool, host_port: str, *, probe_timeout: float
+) -> None:
+    try:
+        addresses = await resolve(host_port)
+    except OSError as err:
+        # Keep the last known set: a DNS blip must not empty the pool.
+        log.warning("backend DNS lookup failed", extra={"name": host_port, "error": str(err)})
+        return
+    known = {b.address for b in pool.all()}
+    pool.set_addresses(addresses)
+    new = [b for b in pool.all() if b.address not in known]
+    await asyncio.gather(*(probe(client, pool, b, probe_timeout) for b in new))

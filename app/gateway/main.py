@@ -1,0 +1,141 @@
+"""The app factory. `create_app(settings)` for tests and `python -m app.gateway`; `app` for plain uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from app.gateway.api import generation, ops, sessions
+from app.gateway.api.context import GatewayContext
+from app.gateway.auth.authenticate import Authenticator
+from app.gateway.auth.oidc import OidcVerifier
+from app.gateway.backends import health
+from app.gateway.backends.pool import BackendPool
+from app.gateway.errors import install_error_handlers
+from app.gateway.logging import configure_logging, log
+from app.gateway.metrics import Metrics
+from app.gateway.middleware import RequestContextMiddleware
+from app.gateway.proxy import Proxy
+from app.gateway.ratelimit.limiter import RateLimiter
+from app.gateway.redis_client import RedisGuard
+from app.gateway.sessions.store import SessionStore
+from app.gateway.settings import GatewaySettings, load_settings
+
+
+def build_context(settings: GatewaySettings, metrics: Metrics) -> GatewayContext:
+    # One client for every upstream call; keep-alive pools sized for many concurrent streams.
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30),
+        timeout=httpx.Timeout(settings.connect_timeout),
+    )
+    pool = BackendPool(metrics, eject_after_failures=settings.eject_after_failures)
+    pool.set_addresses(settings.backend_list)
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    redis = RedisGuard.from_url(
+        settings.redis_url, password, metrics,
+        timeout=settings.redis_timeout_seconds, retry_seconds=settings.redis_retry_seconds,
+    )
+    oidc = None
+    if settings.oidc_enabled:
+        oidc = OidcVerifier(
+            client,
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            cache_seconds=settings.oidc_jwks_cache_seconds,
+            min_refresh_seconds=settings.oidc_jwks_min_refresh_seconds,
+        )
+    return GatewayContext(
+        settings=settings,
+        metrics=metrics,
+        client=client,
+        pool=pool,
+        proxy=Proxy(
+            client, pool, metrics,
+            connect_timeout=settings.connect_timeout,
+            first_token_timeout=settings.first_token_timeout,
+            idle_timeout=settings.idle_timeout,
+            total_timeout=settings.total_timeout,
+            retry_attempts=settings.retry_attempts,
+        ),
+        redis=redis,
+        limiter=RateLimiter(
+            redis, metrics,
+            rpm=settings.rate_limit_rpm,
+            concurrent=settings.rate_limit_concurrent,
+            fail_open=settings.rate_limit_fail_open,
+            slot_ttl_seconds=int(settings.total_timeout + settings.shutdown_grace_seconds + 60),
+        ),
+        sessions=SessionStore(redis, ttl_seconds=settings.session_ttl_seconds),
+        auth=Authenticator(
+            enabled=settings.auth_enabled, key_hashes=settings.key_hashes, oidc=oidc, metrics=metrics
+        ),
+    )
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = build_context(settings, metrics)
+        app.state.ctx = ctx
+        if not settings.auth_enabled:
+            log.warning("AUTH IS DISABLED: every caller is 'anonymous'. For local development only.")
+        tasks: list[asyncio.Task[None]] = []
+        if settings.backends_dns:
+            await health.refresh_from_dns(
+                ctx.client, ctx.pool, settings.backends_dns, probe_timeout=settings.health_timeout_seconds
+            )
+            tasks.append(asyncio.create_task(health.discovery_loop(
+                ctx.client, ctx.pool, settings.backends_dns,
+                interval=settings.dns_interval_seconds, probe_timeout=settings.health_timeout_seconds,
+            )))
+        await health.probe_all(ctx.client, ctx.pool, settings.health_timeout_seconds)
+        tasks.append(asyncio.create_task(health.probe_loop(
+            ctx.client, ctx.pool,
+            interval=settings.health_interval_seconds, probe_timeout=settings.health_timeout_seconds,
+        )))
+        log.info("gateway started", extra={
+            "backends": [b.address for b in ctx.pool.all()],
+            "healthy": [b.address for b in ctx.pool.healthy()],
+        })
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.client.aclose()
+            await ctx.redis.close()
+            log.info("gateway stopped")
+
+    app = FastAPI(title="qwen-serving gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(generation.router)
+    app.include_router(sessions.router)
+    app.include_router(ops.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+class _AppFromEnvironment:
+    """`uvicorn app.gateway.main:app`: settings are read when the server starts, not on import."""
+
+    def __init__(self) -> None:
+        self._app: FastAPI | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            settings = load_settings()
+            configure_logging(settings.log_level)
+            self._app = create_app(settings)
+        await self._app(scope, receive, send)
+
+
+app = _AppFromEnvironment()

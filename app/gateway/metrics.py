@@ -1,0 +1,56 @@
+"""Prometheus metrics, on a registry per app so several apps can live in one process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total", "Requests by route, status and model", ["route", "status", "model"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds", "Time to the end of the response", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds", "Time to the first streamed chunk", ["model"],
+            buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens_total", "Tokens by direction (prompt/completion), from vLLM's usage",
+            ["direction", "model"], registry=r,
+        )
+        self.backend_healthy = Gauge(
+            "gateway_backend_healthy", "1 if the backend passes health checks", ["backend"], registry=r
+        )
+        self.backend_outstanding = Gauge(
+            "gateway_backend_outstanding_requests", "Requests in flight per backend", ["backend"], registry=r
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries_total", "Requests retried on another backend", ["reason"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total", "Upstream failures by kind", ["backend", "kind"], registry=r
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited_total", "Requests refused by a rate limit", ["limit"], registry=r
+        )
+        self.rate_limit_fail_open = Counter(
+            "gateway_rate_limit_fail_open_total", "Requests let through because Redis was unavailable", registry=r
+        )
+        self.active_streams = Gauge("gateway_active_streams", "Streaming responses in progress", registry=r)
+        self.redis_errors = Counter(
+            "gateway_redis_errors_total", "Redis operations that failed", ["operation"], registry=r
+        )
+        self.redis_up = Gauge("gateway_redis_up", "1 if the last Redis operation succeeded", registry=r)
+        self.auth_failures = Counter(
+            "gateway_auth_failures_total", "Rejected credentials by reason", ["reason"], registry=r
+        )
+        self.ready = Gauge("gateway_ready", "1 when the gateway would pass its readiness probe", registry=r)

@@ -1,0 +1,81 @@
+"""One Redis connection pool for the process, behind a breaker so an outage costs one timeout, not one per call.
+
+After a failure, calls are refused immediately (`RedisUnavailable`) for `retry_seconds`; then the next call
+tries again. Callers decide what "unavailable" means for them (limits fail open, sessions go stateless).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.gateway.logging import log
+from app.gateway.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    pass
+
+
+class RedisGuard:
+    def __init__(self, client: aioredis.Redis, metrics: Metrics, *, retry_seconds: float):
+        self.client = client
+        self._metrics = metrics
+        self._retry_seconds = retry_seconds
+        self._down_until = 0.0
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, password: str | None, metrics: Metrics, *, timeout: float, retry_seconds: float
+    ) -> RedisGuard:
+        client = aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            retry_on_timeout=False,
+            max_connections=200,
+        )
+        return cls(client, metrics, retry_seconds=retry_seconds)
+
+    @property
+    def up(self) -> bool:
+        return self.last_error is None
+
+    async def run(self, operation: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        if time.monotonic() < self._down_until:
+            self._metrics.redis_errors.labels(operation).inc()
+            raise RedisUnavailable(self.last_error or "redis unavailable")
+        try:
+            result = await call(self.client)
+        except (RedisError, OSError) as err:
+            self._metrics.redis_errors.labels(operation).inc()
+            self._metrics.redis_up.set(0)
+            if self.last_error is None:
+                log.warning("redis unavailable", extra={"operation": operation, "error": str(err)})
+            self.last_error = f"{type(err).__name__}: {err}"
+            self._down_until = time.monotonic() + self._retry_seconds
+            raise RedisUnavailable(self.last_error) from err
+        if self.last_error is not None:
+            log.info("redis back", extra={"operation": operation})
+        self.last_error = None
+        self._metrics.redis_up.set(1)
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            await self.run("ping", lambda r: r.ping())
+        except RedisUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.client.aclose()

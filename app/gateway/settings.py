@@ -1,0 +1,142 @@
+"""Gateway settings: environment variables with the `GATEWAY_` prefix (rendered by infra from stack settings).
+
+Secrets (`GATEWAY_REDIS_PASSWORD`, `GATEWAY_API_KEY_HASHES`) come from a Kubernetes Secret; they are
+`SecretStr` so they never show up in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cached_property
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class GatewaySettingsError(ValueError):
+    """Invalid gateway environment; the message names the variable and the fix."""
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    # Backends: a static comma-separated host:port list, or the headless Service's host:port.
+    backends: str = ""
+    backends_dns: str = ""
+    dns_interval_seconds: float = Field(default=5.0, gt=0)
+    model: str = ""  # the served model name; empty = accept what the backends report
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    redis_retry_seconds: float = Field(default=2.0, gt=0)  # how long to skip Redis after an error
+
+    auth_enabled: bool = True
+    api_key_hashes: SecretStr = SecretStr("{}")
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks_url: str = ""
+    oidc_jwks_cache_seconds: float = Field(default=300.0, gt=0)
+    oidc_jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
+
+    rate_limit_rpm: int = Field(default=120, ge=1)
+    rate_limit_concurrent: int = Field(default=8, ge=1)
+    rate_limit_fail_open: bool = True
+
+    session_ttl_seconds: int = Field(default=3600, ge=1)
+    history_token_budget: int = Field(default=6000, ge=1)
+
+    connect_timeout: float = Field(default=2.0, gt=0)
+    first_token_timeout: float = Field(default=60.0, gt=0)
+    idle_timeout: float = Field(default=30.0, gt=0)
+    total_timeout: float = Field(default=600.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1, le=10)  # tries per request, over distinct backends
+
+    health_interval_seconds: float = Field(default=2.0, gt=0)
+    health_timeout_seconds: float = Field(default=2.0, gt=0)
+    eject_after_failures: int = Field(default=3, ge=1)  # passive ejection on consecutive 5xx/timeouts
+
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+    max_content_chars: int = Field(default=200_000, ge=1)  # total characters of the input
+
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    shutdown_drain_seconds: float = Field(default=2.0, ge=0)  # readiness false before we stop listening
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySettings:
+        problems = settings_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @cached_property
+    def backend_list(self) -> list[str]:
+        return [b.strip() for b in self.backends.split(",") if b.strip()]
+
+    @cached_property
+    def key_hashes(self) -> dict[str, str]:
+        return dict(json.loads(self.api_key_hashes.get_secret_value() or "{}"))
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_jwks_url)
+
+
+def settings_problems(s: GatewaySettings) -> list[str]:
+    problems: list[str] = []
+    if not s.backend_list and not s.backends_dns:
+        problems.append("GATEWAY_BACKENDS or GATEWAY_BACKENDS_DNS must be set (host:port[,host:port...])")
+    for entry in s.backend_list:
+        if not HOST_PORT_RE.match(entry):
+            problems.append(f"GATEWAY_BACKENDS entry {entry!r} is not host:port")
+    if s.backends_dns and not HOST_PORT_RE.match(s.backends_dns):
+        problems.append(f"GATEWAY_BACKENDS_DNS {s.backends_dns!r} is not host:port of the headless Service")
+    try:
+        hashes = json.loads(s.api_key_hashes.get_secret_value() or "{}")
+    except json.JSONDecodeError:
+        problems.append("GATEWAY_API_KEY_HASHES is not JSON; give {\"<sha256 hex of key>\": \"<name>\"}")
+        hashes = {}
+    if not isinstance(hashes, dict):
+        problems.append("GATEWAY_API_KEY_HASHES must be a JSON object {sha256-hex: name}")
+        hashes = {}
+    for digest in hashes:
+        if not SHA256_RE.match(str(digest)):
+            problems.append(
+                "GATEWAY_API_KEY_HASHES has a key that is not a sha256 hex digest; store "
+                "`printf %s <key> | sha256sum`, never the key itself"
+            )
+            break
+    oidc = [s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url]
+    if any(oidc) and not all(oidc):
+        problems.append("GATEWAY_OIDC_ISSUER, GATEWAY_OIDC_AUDIENCE and GATEWAY_OIDC_JWKS_URL go together; set all")
+    if s.auth_enabled and not hashes and not s.oidc_jwks_url:
+        problems.append(
+            "GATEWAY_AUTH_ENABLED is true but there are no GATEWAY_API_KEY_HASHES and no OIDC; "
+            "add keys, configure OIDC, or set GATEWAY_AUTH_ENABLED=false (local development only)"
+        )
+    if s.first_token_timeout > s.total_timeout:
+        problems.append("GATEWAY_FIRST_TOKEN_TIMEOUT exceeds GATEWAY_TOTAL_TIMEOUT; lower it")
+    return problems
+
+
+def load_settings() -> GatewaySettings:
+    """Settings from the environment, or a GatewaySettingsError naming each bad variable."""
+    try:
+        return GatewaySettings()
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            name = f"GATEWAY_{loc.upper()}" if loc else "gateway settings"
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(msg if not loc else f"{name}: {msg}")
+        raise GatewaySettingsError("invalid gateway settings:\n  " + "\n  ".join(lines)) from None
