@@ -1,0 +1,104 @@
+"""Settings -> nginx.conf for the edge (web/nginx.conf.j2): TLS, SSE-safe `/v1/`, static web/, health.
+
+The same text goes into the edge ConfigMap and, with `local_prefix`, onto disk for the local stack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from infra.settings import StackSettings
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+TEMPLATE = "nginx.conf.j2"
+
+# In the pod, TLS material comes from the mounted Secret (settings.edge.tls.secretName).
+K8S_TLS_DIR = "/etc/nginx/tls"
+# Where the unprivileged nginx writes pid and temp files in the pod (an emptyDir).
+K8S_STATE_DIR = "/tmp/nginx"
+# The pod network may read /nginx_status too (RFC 1918: where cluster pod CIDRs live on-prem).
+POD_NETWORK_CIDRS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+_HOSTNAME_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?$")
+_SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
+_HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_PATH_RE = re.compile(r"^[^\s;{}'\"]+$")
+
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(WEB_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # nginx config, not HTML
+    )
+    return env.get_template(TEMPLATE)
+
+
+def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
+    # Every value lands in nginx syntax; one stray `;` or space would inject directives.
+    if not pattern.match(value):
+        raise ValueError(f"{what}: {value!r} is not valid here; fix the value")
+    return value
+
+
+def render_nginx_conf(
+    settings: StackSettings,
+    *,
+    listen: str = "0.0.0.0:8080",
+    gateway_upstreams: Sequence[str] = ("gateway:8080",),
+    web_root: str = "/usr/share/nginx/html",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    local_prefix: str | None = None,
+    tls_listen: str | None = None,
+    status_allow: Sequence[str] = POD_NETWORK_CIDRS,
+) -> str:
+    """nginx.conf text. With `local_prefix` (a writable dir) every path nginx writes lives under it and
+    nginx stays in the foreground; otherwise the pod layout (logs to stdout/stderr, state in /tmp/nginx)."""
+    edge = settings.edge
+    if not gateway_upstreams:
+        raise ValueError("gateway_upstreams: give at least one host:port of the gateway")
+    for upstream in gateway_upstreams:
+        _check(upstream, _HOST_PORT_RE, "gateway upstream")
+    host, _, _ = listen.rpartition(":")
+    values = {
+        "listen": _check(listen, _HOST_PORT_RE, "listen"),
+        "tls_listen": _check(tls_listen or f"{host}:8443", _HOST_PORT_RE, "tls_listen"),
+        "server_name": _check(edge.hostname, _HOSTNAME_RE, "qwen-serving:edge.hostname"),
+        "client_max_body_size": _check(
+            edge.client_max_body_size, _SIZE_RE, "qwen-serving:edge.clientMaxBodySize (e.g. 1m)"
+        ),
+        "proxy_read_timeout": edge.proxy_read_timeout_seconds,
+        "gateway_upstreams": list(gateway_upstreams),
+        "web_root": _check(web_root, _PATH_RE, "web_root"),
+        "tls": edge.tls.enabled,
+        "tls_cert": _check(tls_cert or f"{K8S_TLS_DIR}/tls.crt", _PATH_RE, "tls_cert"),
+        "tls_key": _check(tls_key or f"{K8S_TLS_DIR}/tls.key", _PATH_RE, "tls_key"),
+        "status_allow": [_check(c, re.compile(r"^[0-9a-fA-F.:/]+$"), "status_allow") for c in status_allow],
+        "mime_types": "/etc/nginx/mime.types",
+    }
+    if local_prefix is not None:
+        prefix = _check(str(Path(local_prefix).resolve()), _PATH_RE, "local_prefix")
+        values |= {
+            "state_dir": prefix,
+            "error_log": f"{prefix}/error.log",
+            "access_log": f"{prefix}/access.log",
+            "daemon_off": True,
+        }
+    else:
+        values |= {
+            "state_dir": K8S_STATE_DIR,
+            "error_log": "/dev/stderr",
+            "access_log": "/dev/stdout",
+            "daemon_off": True,  # the container's main process
+        }
+    return _template().render(**values)
