@@ -1,0 +1,261 @@
+"""Real servers for the gateway tests, started once per session through the local stack's own code.
+
+- vLLM (CPU build, tiny model): A and B serve every routing test; C is a spare the failover test kills.
+- Redis: one shared instance (tests that stop Redis start their own).
+- A JWKS server: the test's stand-in for the company's OIDC provider (a tiny local HTTP server).
+- Gateways: real `python -m app.gateway` subprocesses, made by `start_gw(**env)`; all stopped at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from app.inference.tiny_model import ensure_tiny_model
+from infra.settings import StackSettings
+from localstack.processes import ManagedProcess, free_port, http_ok
+from localstack.services import (
+    PROJECT_PYTHON,
+    REPO_ROOT,
+    GatewayHandle,
+    RedisHandle,
+    VllmHandle,
+    start_redis,
+    start_vllm,
+)
+from localstack.settings import local_settings
+
+BUILD = REPO_ROOT / "build" / "test-gateway"
+MODEL = "tiny-qwen2"
+KEYS = {"alice": "sk-test-alice-0123456789", "bob": "sk-test-bob-0123456789", "carol": "sk-test-carol-01234567"}
+ISSUER, AUDIENCE = "https://login.example.internal", "qwen-serving"
+
+
+def key_hashes() -> dict[str, str]:
+    return {hashlib.sha256(k.encode()).hexdigest(): name for name, k in KEYS.items()}
+
+
+def auth(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> StackSettings:
+    return local_settings(KEYS["alice"])
+
+
+@pytest.fixture(scope="session")
+def build_dir() -> Path:
+    shutil.rmtree(BUILD, ignore_errors=True)
+    BUILD.mkdir(parents=True)
+    return BUILD
+
+
+@dataclass
+class Fleet:
+    a: VllmHandle
+    b: VllmHandle
+    c: VllmHandle
+    _c_ready: bool = False
+
+    def spare(self) -> VllmHandle:
+        if not self._c_ready:
+            self.c.wait_ready()
+            self._c_ready = True
+        return self.c
+
+
+@pytest.fixture(scope="session")
+def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
+    model = ensure_tiny_model()
+    started: list[VllmHandle] = []
+    try:
+        for name in ("a", "b", "c"):
+            started.append(start_vllm(build_dir / f"vllm-{name}", settings=stack_settings, model_dir=model,
+                                      served_name=MODEL, wait=False))
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda h: h.wait_ready(), started[:2]))
+        yield Fleet(*started)
+    finally:
+        for handle in started:
+            handle.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(build_dir: Path, stack_settings: StackSettings) -> Iterator[RedisHandle]:
+    handle = start_redis(build_dir / "redis", settings=stack_settings, password="test-redis-password")
+    yield handle
+    handle.stop()
+
+
+class JwksServer:
+    """Serves the current JWKS; `rotate()` adds a new signing key (the old one stays published)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, rsa.RSAPrivateKey]] = []
+        self.fetches = 0
+        self.rotate()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                body = json.dumps(outer.jwks()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def rotate(self) -> str:
+        kid = f"k{len(self.keys) + 1}"
+        self.keys.append((kid, rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        out = []
+        for kid, key in self.keys:
+            numbers = key.public_key().public_numbers()
+            out.append({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                        "n": _b64(numbers.n), "e": _b64(numbers.e)})
+        return {"keys": out}
+
+    def token(self, *, kid: str | None = None, key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
+        kid = kid or self.keys[0][0]
+        signing = key or dict(self.keys)[kid]
+        now = int(time.time())
+        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "iat": now, "exp": now + 300, **claims}
+        return jwt.encode(payload, signing, algorithm="RS256", headers={"kid": kid})
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _b64(n: int) -> str:
+    return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+@pytest.fixture(scope="session")
+def jwks() -> Iterator[JwksServer]:
+    server = JwksServer()
+    yield server
+    server.close()
+
+
+@dataclass
+class Gateway:
+    handle: GatewayHandle
+    env: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+    def client(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=60, **kw)
+
+    def log(self) -> str:
+        return self.handle.process.log_path.read_text(errors="replace")
+
+
+StartGateway = Callable[..., Gateway]
+
+
+def gateway_process(workdir: Path, env: dict[str, str], name: str) -> GatewayHandle:
+    """`python -m app.gateway` (the image's command: drains on SIGTERM) as a managed process."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    full_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "TMPDIR": str(workdir),
+                **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
+    proc = ManagedProcess(name, [str(PROJECT_PYTHON), "-m", "app.gateway"], workdir / f"{name}.log",
+                          env=full_env, cwd=REPO_ROOT)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    return GatewayHandle(name, port, proc, lambda: http_ok(f"{url}/readyz"), 30.0)
+
+
+@pytest.fixture(scope="session")
+def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[str, str]:
+    return {
+        "GATEWAY_BACKENDS": f"127.0.0.1:{fleet.a.port},127.0.0.1:{fleet.b.port}",
+        "GATEWAY_MODEL": MODEL,
+        "GATEWAY_REDIS_URL": redis_server.url,
+        "GATEWAY_REDIS_PASSWORD": redis_server.password or "",
+        "GATEWAY_AUTH_ENABLED": "true",
+        "GATEWAY_API_KEY_HASHES": json.dumps(key_hashes()),
+        "GATEWAY_OIDC_ISSUER": ISSUER,
+        "GATEWAY_OIDC_AUDIENCE": AUDIENCE,
+        "GATEWAY_OIDC_JWKS_URL": jwks.url,
+        "GATEWAY_OIDC_JWKS_MIN_REFRESH_SECONDS": "0",
+        "GATEWAY_RATE_LIMIT_RPM": "100000",
+        "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",
+        "GATEWAY_HEALTH_INTERVAL_SECONDS": "0.5",
+        "GATEWAY_FIRST_TOKEN_TIMEOUT": "20",
+        "GATEWAY_IDLE_TIMEOUT": "10",
+        "GATEWAY_TOTAL_TIMEOUT": "60",
+        "GATEWAY_MAX_TOKENS_CAP": "2048",
+        "GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0",
+        "GATEWAY_SHUTDOWN_GRACE_SECONDS": "5",
+    }
+
+
+@pytest.fixture(scope="session")
+def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway]:
+    running: list[GatewayHandle] = []
+    counter = iter(range(1, 1000))
+
+    def start(**overrides: str) -> Gateway:
+        env = {**base_env, **{f"GATEWAY_{k.upper()}": v for k, v in overrides.items()}}
+        name = f"gateway-{next(counter)}"
+        handle = gateway_process(build_dir / name, env, name)
+        running.append(handle)
+        handle.wait_ready()
+        return Gateway(handle, env)
+
+    yield start
+    for handle in running:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def gw(start_gw: StartGateway) -> Gateway:
+    """The main gateway: backends A and B, shared Redis, API keys and OIDC."""
+    return start_gw()
+
+
+def vllm_metric(handle: VllmHandle, name: str) -> float:
+    """Sum of a vLLM Prometheus metric's samples (e.g. `vllm:num_requests_running`)."""
+    text = httpx.get(f"{handle.url}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8,
+            "temperature": 0, **extra}
