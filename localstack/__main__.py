@@ -30,10 +30,10 @@ from localstack.stack import (
 )
 
 
-def banner(endpoint: Endpoint, seconds: float) -> str:
+def banner(endpoint: Endpoint, seconds: float, rss: int, processes: int) -> str:
     body = json.dumps({"model": endpoint.model, "messages": [{"role": "user", "content": "Hello!"}]})
     return f"""
-ready in {seconds:.1f} s
+ready in {seconds:.1f} s  ({processes} processes, {rss / 2**30:.2f} GiB resident)
   web chat:  {endpoint.url}/
   API:       {endpoint.url}/v1   (OpenAI-compatible)
   API key:   {endpoint.api_key}   (development key; also in {state_dir() / ENDPOINT_FILE})
@@ -63,7 +63,8 @@ def up() -> int:
     started = time.monotonic()
     try:
         endpoint = stack.start()
-        print(banner(endpoint, time.monotonic() - started), flush=True)
+        elapsed = time.monotonic() - started
+        print(banner(endpoint, elapsed, stack.rss_bytes(), len(stack.pids())), flush=True)
         while True:
             time.sleep(1)
             if not (stack.root / PIDS_FILE).exists():

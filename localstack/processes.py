@@ -72,6 +72,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
 def http_ok(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> bool:
     try:
         req = urllib.request.Request(url, headers=dict(headers or {}))

@@ -21,7 +21,14 @@ from app.inference.tiny_model import ensure_tiny_model, is_built
 from infra.render.gateway_env import render_gateway_env
 from infra.render.nginx import render_nginx_conf
 from infra.settings import StackSettings
-from localstack.processes import ProgressFn, port_in_use, process_start_time, stop_group
+from localstack.processes import (
+    ProgressFn,
+    group_members,
+    port_in_use,
+    process_start_time,
+    rss_bytes,
+    stop_group,
+)
 from localstack.services import (
     REPO_ROOT,
     GatewayHandle,
@@ -235,6 +242,14 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def pids(self) -> list[int]:
+        """Every live process of the stack, workers included (each server is its own process group)."""
+        return [pid for h in self.handles() if h.process.popen for pid in group_members(h.process.pid)]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole stack: the sum over all its processes."""
+        return sum(rss_bytes(pid) for pid in self.pids())
 
     def dead(self) -> list[str]:
         """Names of processes that have exited on their own."""
