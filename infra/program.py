@@ -5,7 +5,14 @@ from __future__ import annotations
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
+from infra.components.edge import Edge, EdgeArgs
+from infra.components.gateway import Gateway, GatewayArgs
+from infra.components.gpu_pool import GpuNodePool, GpuNodePoolArgs
+from infra.components.images import Images, ImagesArgs
+from infra.components.inference import Inference, InferenceArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs
+from infra.components.network import Network, NetworkArgs
+from infra.components.redis import Redis, RedisArgs
 from infra.global_program import declare_global
 from infra.global_settings import DnsSettings, global_settings_from_config, is_global_config
 from infra.settings import StackSettings, settings_from_config
@@ -37,7 +44,38 @@ def site_exports(settings: StackSettings) -> dict[str, object]:
 def declare(settings: StackSettings) -> dict[str, object]:
     """Declare every tier for one site; returns the stack outputs."""
     outputs = site_exports(settings)
-    # Tiers are added here by their components (infra/components/*).
+    # Tiers, in dependency order (infra/components/*). Children in the namespace take its name as an
+    # output, so they wait for it.
+    network = Network("network", NetworkArgs(settings=settings))
+    ns = network.namespace_name
+    pool = GpuNodePool("gpu-pool", GpuNodePoolArgs(settings=settings))
+    images = Images("images", ImagesArgs(settings=settings))
+    redis = Redis("redis", RedisArgs(settings=settings, namespace=ns))
+    inference = Inference(
+        "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref),
+        opts=pulumi.ResourceOptions(depends_on=[pool]),
+    )
+    gateway = Gateway(
+        "gateway",
+        GatewayArgs(settings=settings, namespace=ns, image=images.gateway_ref, backends_dns=inference.backends_dns,
+                    redis_url=redis.url, redis_secret_name=redis.secret_name,
+                    redis_password_key=redis.password_key),
+        opts=pulumi.ResourceOptions(depends_on=[redis]),
+    )
+    edge = Edge(
+        "edge",
+        EdgeArgs(settings=settings, namespace=ns, image=images.edge_ref, gateway_service=gateway.service_name,
+                 gateway_port=gateway.port),
+        opts=pulumi.ResourceOptions(depends_on=[gateway]),  # nginx resolves the gateway Service at start
+    )
+    outputs |= {
+        "namespace": ns,
+        "services": {"vllm": inference.service_name, "gateway": gateway.service_name, "edge": edge.service_name,
+                     "redis": redis.service_name},
+        "vllm_args": inference.args,
+        "images": {"vllm": images.vllm_ref, "gateway": images.gateway_ref, "edge": images.edge_ref},
+        "gpu_nodes": [h.name for h in settings.gpu_pool.hosts],
+    }
     # monitoring tier: see infra/components/monitoring.py
     if settings.monitoring.enabled:
         monitoring = Monitoring("monitoring", MonitoringArgs(settings=settings))

@@ -204,6 +204,10 @@ class ImageSettings(_Section):
     vllm: str = "vllm/vllm-openai:v0.11.0"
     python_base: str = "python:3.11-slim"
     nginx_base: str = "nginx:1.27-alpine"
+    # Used as they are (not built): the Redis server and the two metrics sidecars.
+    redis: str = "redis:7.4-alpine"
+    redis_exporter: str = "oliver006/redis_exporter:v1.74.0"
+    nginx_exporter: str = "nginx/nginx-prometheus-exporter:1.4.2"
     push: bool = False
 
 

@@ -1,0 +1,1 @@
+"""One ComponentResource per tier (type token `qwen-serving:<module>:<Name>`)."""

@@ -1,0 +1,163 @@
+"""The edge (Nginx): nginx.conf rendered from settings into a ConfigMap, the edge image (nginx + web/),
+a Deployment with an nginx-prometheus-exporter sidecar, the `edge` Service and a PDB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components.labels import (
+    content_hash,
+    disruption_budget,
+    http_probe,
+    labels,
+    metadata,
+    restricted_container,
+    restricted_pod,
+    selector_labels,
+    spread_by_host,
+    tcp_probe,
+)
+from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
+from infra.render.nginx import K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
+from infra.settings import StackSettings
+
+NGINX_UID = 101  # the `nginx` user of the official image
+CONF_DIR = "/etc/nginx/qwen"
+
+
+@dataclass
+class EdgeArgs:
+    settings: StackSettings
+    namespace: pulumi.Input[str]
+    image: pulumi.Input[str]
+    gateway_service: str
+    gateway_port: int
+
+
+class Edge(pulumi.ComponentResource):
+    def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("qwen-serving:edge:Edge", name, None, opts)
+        s, ns = args.settings, args.namespace
+        child = pulumi.ResourceOptions(parent=self)
+        self.service_name = "edge"
+        self.deployment_name = "edge"
+        self.metrics_port = EDGE_METRICS_PORT
+        upstream = f"{args.gateway_service}.{s.kubernetes.namespace}.svc.cluster.local:{args.gateway_port}"
+        self.nginx_conf = render_nginx_conf(s, listen=f"0.0.0.0:{EDGE_HTTP_PORT}", gateway_upstreams=(upstream,),
+                                            tls_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}")
+        self.config = k8s.core.v1.ConfigMap(
+            "edge-config",
+            metadata=metadata(s, "edge", "edge", namespace=ns, object_name="edge-nginx"),
+            data={"nginx.conf": self.nginx_conf},
+            opts=child,
+        )
+        self.service = self._service(s, ns, child)
+        self.deployment = self._deployment(s, args)
+        self.pdb = disruption_budget(s, "edge", "edge", namespace=ns, opts=child)
+        self.register_outputs({"service": self.service_name, "deployment": self.deployment_name})
+
+    def _service(self, s: StackSettings, ns: pulumi.Input[str], opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        edge = s.edge
+        tls = edge.tls.enabled
+        ports = [
+            k8s.core.v1.ServicePortArgs(name="http", port=80, target_port="http"),
+            k8s.core.v1.ServicePortArgs(name="metrics", port=EDGE_METRICS_PORT, target_port="metrics"),
+        ]
+        if tls:
+            ports.insert(1, k8s.core.v1.ServicePortArgs(name="https", port=443, target_port="https"))
+        if edge.service_type == "NodePort" and edge.node_port is not None:
+            # The fixed node port goes on the port users reach: https when TLS is on.
+            index = 1 if tls else 0
+            ports[index] = k8s.core.v1.ServicePortArgs(
+                name=ports[index].name, port=ports[index].port, target_port=ports[index].target_port,
+                node_port=edge.node_port,
+            )
+        return k8s.core.v1.Service(
+            "edge-service",
+            metadata=metadata(s, "edge", "edge", namespace=ns),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type=edge.service_type,
+                load_balancer_ip=edge.load_balancer_ip if edge.service_type == "LoadBalancer" else None,
+                # Keep client addresses (access logs, X-Forwarded-For) instead of SNATing through other nodes.
+                external_traffic_policy="Local",
+                selector=selector_labels(s, "edge"),
+                ports=ports,
+            ),
+            opts=opts,
+        )
+
+    def _deployment(self, s: StackSettings, args: EdgeArgs) -> k8s.apps.v1.Deployment:
+        edge = s.edge
+        mounts = [
+            k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONF_DIR, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name="state", mount_path=K8S_STATE_DIR),
+        ]
+        volumes = [
+            k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="edge-nginx")),
+            k8s.core.v1.VolumeArgs(name="state", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()),
+        ]
+        ports = [k8s.core.v1.ContainerPortArgs(name="http", container_port=EDGE_HTTP_PORT)]
+        if edge.tls.enabled:
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="tls", mount_path=K8S_TLS_DIR, read_only=True))
+            volumes.append(k8s.core.v1.VolumeArgs(name="tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=edge.tls.secret_name)))
+            ports.append(k8s.core.v1.ContainerPortArgs(name="https", container_port=EDGE_HTTPS_PORT))
+        nginx = k8s.core.v1.ContainerArgs(
+            name="nginx",
+            image=args.image,
+            # Bypass the image's entrypoint scripts (they rewrite /etc/nginx, which is read-only here).
+            command=["nginx", "-c", f"{CONF_DIR}/nginx.conf"],
+            ports=ports,
+            volume_mounts=mounts,
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "100m", "memory": "64Mi"}, limits={"memory": "256Mi"}),
+            # Probes check this nginx only; /healthz (gateway readiness) is for the external DNS health check.
+            liveness_probe=http_probe("/nginx-live", "http", period=10, failures=3),
+            readiness_probe=http_probe("/nginx-live", "http", period=5, failures=2),
+            # Leave the Service first; then the image's STOPSIGNAL (SIGQUIT) lets open streams finish.
+            lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                exec_=k8s.core.v1.ExecActionArgs(command=["sleep", "5"]))),
+            security_context=restricted_container(),
+        )
+        exporter = k8s.core.v1.ContainerArgs(
+            name="nginx-exporter",
+            image=s.images.nginx_exporter,
+            args=[f"--nginx.scrape-uri=http://127.0.0.1:{EDGE_HTTP_PORT}/nginx_status"],
+            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EDGE_METRICS_PORT)],
+            liveness_probe=tcp_probe("metrics", period=20, failures=3),
+            readiness_probe=tcp_probe("metrics", period=10, failures=3),
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
+            security_context=restricted_container(),
+        )
+        return k8s.apps.v1.Deployment(
+            "edge",
+            metadata=metadata(s, "edge", "edge", namespace=args.namespace),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=edge.replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "edge")),
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
+                ),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels(s, "edge", "edge"),
+                        annotations={"qwen-serving.io/config-hash": content_hash(self.nginx_conf)},
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        affinity=spread_by_host(s, "edge", required=False),
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=restricted_pod(NGINX_UID),
+                        termination_grace_period_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
+                        containers=[nginx, exporter],
+                        volumes=volumes,
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]),
+        )

@@ -1,0 +1,180 @@
+"""vLLM: one Deployment of `replicas` pods, each holding `tensorParallelSize` GPUs on one host, behind a
+headless Service (the gateway addresses every pod), with a PodDisruptionBudget.
+
+A pod is scheduled on one node, so its TP GPUs are always on one host; anti-affinity spreads replicas over
+hosts (required on prod-like sites). KEDA (monitoring tier) scales this Deployment by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from app.inference.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
+from infra.components.gpu_pool import GpuNodePool
+from infra.components.labels import (
+    RESTRICTED_SECCOMP,
+    disruption_budget,
+    http_probe,
+    labels,
+    metadata,
+    selector_labels,
+    spread_by_host,
+)
+from infra.settings import StackSettings
+
+CACHE_MOUNT = "/models"
+DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
+
+
+def needs_p2p_disabled(settings: StackSettings) -> bool:
+    """RTX 4090-class cards hang in NCCL peer-to-peer; TP on them must go through host memory."""
+    return settings.inference.tensor_parallel_size > 1 and "4090" in settings.gpu_pool.gpu_model
+
+
+def vllm_env(settings: StackSettings) -> dict[str, str]:
+    env = {
+        "HF_HOME": CACHE_MOUNT,
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    if needs_p2p_disabled(settings):
+        env["NCCL_P2P_DISABLE"] = "1"
+    return env
+
+
+@dataclass
+class InferenceArgs:
+    settings: StackSettings
+    namespace: pulumi.Input[str]
+    pool: GpuNodePool
+    image: pulumi.Input[str]
+
+
+class Inference(pulumi.ComponentResource):
+    def __init__(self, name: str, args: InferenceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("qwen-serving:inference:Inference", name, None, opts)
+        s, ns = args.settings, args.namespace
+        inf = s.inference
+        child = pulumi.ResourceOptions(parent=self)
+        self.service_name = "vllm"
+        self.deployment_name = "vllm"
+        self.port = inf.port
+        self.metrics_port = inf.port  # /metrics on the API port
+        self.backends_dns = f"{self.service_name}.{s.kubernetes.namespace}.svc.cluster.local:{inf.port}"
+        self.args = render_vllm_args(s, model=s.model.name, host="0.0.0.0", port=inf.port)
+
+        cache_volume = self._cache_volume(s, ns, child)
+        self.service = k8s.core.v1.Service(
+            "vllm-service",
+            metadata=metadata(s, "vllm", "inference", namespace=ns),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None",  # headless: DNS answers with every ready pod, the gateway balances
+                selector=selector_labels(s, "vllm"),
+                ports=[k8s.core.v1.ServicePortArgs(name="http", port=inf.port, target_port="http")],
+            ),
+            opts=child,
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            "vllm",
+            metadata=metadata(s, "vllm", "inference", namespace=ns),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=inf.replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "vllm")),
+                # Every GPU is taken: a surge pod could never schedule. Replace one replica at a time.
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=0, max_unavailable=1),
+                ),
+                progress_deadline_seconds=inf.startup_budget_seconds + 300,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(s, "vllm", "inference")),
+                    spec=self._pod_spec(s, args, cache_volume),
+                ),
+            ),
+            opts=child,
+        )
+        self.pdb = disruption_budget(s, "vllm", "inference", namespace=ns, opts=child)
+        self.register_outputs({
+            "service": self.service_name, "port": self.port, "deployment": self.deployment_name,
+            "backends_dns": self.backends_dns,
+        })
+
+    def _cache_volume(
+        self, s: StackSettings, ns: pulumi.Input[str], opts: pulumi.ResourceOptions
+    ) -> k8s.core.v1.VolumeArgs:
+        cache = s.inference.cache
+        if cache.kind == "hostPath":
+            # The NVMe on each GPU host: weights download once per host and survive pod restarts.
+            return k8s.core.v1.VolumeArgs(name="model-cache", host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                path=cache.host_path, type="DirectoryOrCreate"))
+        # One claim shared by every replica (replicas sit on different hosts): it must be ReadWriteMany.
+        self.cache_claim = k8s.core.v1.PersistentVolumeClaim(
+            "vllm-model-cache",
+            metadata=metadata(s, "vllm", "inference", namespace=ns, object_name="vllm-model-cache"),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadWriteMany"],
+                storage_class_name=cache.storage_class,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": cache.pvc_size}),
+            ),
+            opts=opts,
+        )
+        return k8s.core.v1.VolumeArgs(name="model-cache", persistent_volume_claim=(
+            k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name="vllm-model-cache")))
+
+    def _pod_spec(
+        self, s: StackSettings, args: InferenceArgs, cache_volume: k8s.core.v1.VolumeArgs
+    ) -> k8s.core.v1.PodSpecArgs:
+        inf, pool = s.inference, args.pool
+        gpus = str(inf.tensor_parallel_size)
+        container = k8s.core.v1.ContainerArgs(
+            name="vllm",
+            image=args.image,
+            command=["python3", "-m", ENTRYPOINT_MODULE],
+            args=self.args,
+            env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(vllm_env(s).items())],
+            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=inf.port)],
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": inf.cpu_request, "memory": inf.memory_request, "nvidia.com/gpu": gpus},
+                limits={"memory": inf.memory_request, "nvidia.com/gpu": gpus},
+            ),
+            volume_mounts=[
+                k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
+                k8s.core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_MOUNT),
+            ],
+            # Loading weights takes minutes: liveness and readiness wait for the startup probe's budget.
+            startup_probe=http_probe("/health", "http", period=10,
+                                     failures=math.ceil(inf.startup_budget_seconds / 10)),
+            readiness_probe=http_probe("/v1/models", "http", period=5, failures=3),
+            liveness_probe=http_probe("/health", "http", period=15, failures=4, timeout=10),
+            # Leave the Service (and the gateway's DNS view) before SIGTERM; in-flight streams then finish.
+            lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(DRAIN_SECONDS)]))),
+            # The official image runs as root (hence `baseline`, not `restricted`); still no extra powers.
+            security_context=k8s.core.v1.SecurityContextArgs(
+                allow_privilege_escalation=False,
+                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                seccomp_profile=RESTRICTED_SECCOMP,
+            ),
+        )
+        return k8s.core.v1.PodSpecArgs(
+            runtime_class_name=pool.runtime_class_name,
+            node_selector=pool.node_selector,
+            tolerations=pool.toleration_args(),
+            affinity=spread_by_host(s, "vllm", required=s.site.prod_like),
+            # A Service named `vllm` would inject VLLM_PORT=tcp://... which vLLM reads as its own setting.
+            enable_service_links=False,
+            automount_service_account_token=False,
+            security_context=k8s.core.v1.PodSecurityContextArgs(seccomp_profile=RESTRICTED_SECCOMP),
+            termination_grace_period_seconds=inf.termination_grace_seconds,
+            containers=[container],
+            volumes=[
+                # NCCL and the tokenizer workers share memory through /dev/shm; the default 64 MiB is far too small.
+                k8s.core.v1.VolumeArgs(name="dshm", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                    medium="Memory", size_limit=inf.shm_size)),
+                cache_volume,
+            ],
+        )

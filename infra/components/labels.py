@@ -1,0 +1,132 @@
+"""Labels, metadata and security contexts shared by every tier.
+
+Every object carries `app.kubernetes.io/{name,instance,component,part-of,managed-by}`; selectors use only
+name + instance (they must never change for a live workload).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.settings import PROJECT, StackSettings
+
+RESTRICTED_SECCOMP = k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")
+
+
+def selector_labels(settings: StackSettings, name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": settings.site.name}
+
+
+def labels(settings: StackSettings, name: str, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(settings, name),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PROJECT,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def metadata(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str] | None,
+    object_name: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> k8s.meta.v1.ObjectMetaArgs:
+    """Metadata for an object of tier `name`; `object_name` when the object is not named after the tier."""
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=object_name or name,
+        namespace=namespace,
+        labels=labels(settings, name, component),
+        annotations=annotations,
+    )
+
+
+def content_hash(*texts: str) -> str:
+    """A pod-template annotation value that changes when mounted config changes, so pods roll."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+    return digest.hexdigest()[:16]
+
+
+def restricted_container(*, read_only_root: bool = True) -> k8s.core.v1.SecurityContextArgs:
+    """What Pod Security `restricted` asks of a container (plus a read-only root where the image allows)."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        read_only_root_filesystem=read_only_root,
+        run_as_non_root=True,
+        seccomp_profile=RESTRICTED_SECCOMP,
+    )
+
+
+def restricted_pod(uid: int, *, fs_group: int | None = None) -> k8s.core.v1.PodSecurityContextArgs:
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=uid,
+        run_as_group=uid,
+        fs_group=fs_group,
+        seccomp_profile=RESTRICTED_SECCOMP,
+    )
+
+
+def spread_by_host(
+    settings: StackSettings, name: str, *, required: bool
+) -> k8s.core.v1.AffinityArgs:
+    """Pod anti-affinity over `kubernetes.io/hostname`: one pod per host when required, best effort otherwise."""
+    term = k8s.core.v1.PodAffinityTermArgs(
+        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(settings, name)),
+        topology_key="kubernetes.io/hostname",
+    )
+    if required:
+        anti = k8s.core.v1.PodAntiAffinityArgs(required_during_scheduling_ignored_during_execution=[term])
+    else:
+        anti = k8s.core.v1.PodAntiAffinityArgs(preferred_during_scheduling_ignored_during_execution=[
+            k8s.core.v1.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=term)
+        ])
+    return k8s.core.v1.AffinityArgs(pod_anti_affinity=anti)
+
+
+def disruption_budget(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.policy.v1.PodDisruptionBudget:
+    """At most one pod of the tier down by choice at a time. With one replica that still lets a node drain
+    (a PDB that forbids every eviction would block node maintenance forever)."""
+    return k8s.policy.v1.PodDisruptionBudget(
+        f"{name}-pdb",
+        metadata=metadata(settings, name, component, namespace=namespace),
+        spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            max_unavailable=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(settings, name)),
+        ),
+        opts=opts,
+    )
+
+
+def http_probe(
+    path: str, port: str, *, period: int, failures: int, timeout: int = 5, initial_delay: int | None = None
+) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port),
+        period_seconds=period,
+        failure_threshold=failures,
+        timeout_seconds=timeout,
+        initial_delay_seconds=initial_delay,
+    )
+
+
+def tcp_probe(port: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=period, failure_threshold=failures
+    )
