@@ -140,7 +140,7 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
         rules.append(_alert(
             name, expr, for_="2m" if severity == "critical" else "15m", severity=severity, slo="availability",
             summary=f"Error budget of the {a.availability_target:.3%} availability SLO burning too fast",
-            description="5xx ratio {{ $value | humanizePercentage }}; windows "
+            description="5xx ratio {{ $value | humanizePercentage }} over the long window; windows "
                         + ", ".join(f"{lw}/{sw} at {rate:g}x" for lw, sw, rate in pairs) + ".",
         ))
     waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM)
@@ -149,7 +149,7 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
             "TtftP95High", f"{TTFT_QUANTILE.format(q=95)} > {a.ttft_p95_seconds:g}",
             for_="10m", severity="warning", slo="latency",
             summary=f"P95 time to first token above {a.ttft_p95_seconds:g} s",
-            description="vLLM's P95 TTFT over 5 minutes is {{ $value | humanizeDuration }}.",
+            description="vLLM's P95 TTFT over 5 minutes is {{ $value | printf \"%.2f\" }} s.",
         ),
         _alert(
             "KvCacheUsageHigh",
@@ -163,7 +163,7 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
             f"max by (job, instance) ({waiting}) > {a.waiting_requests}",
             for_="5m", severity="warning", signal="scale-out",
             summary=f"More than {a.waiting_requests} requests waiting on {{{{ $labels.instance }}}}",
-            description="{{ $value }} requests queued in vLLM for 5 minutes.",
+            description="{{ $value | printf \"%.0f\" }} requests queued in vLLM for 5 minutes.",
         ),
         _alert(
             "NoHealthyVllmBackend",

@@ -1,0 +1,250 @@
+"""promtool unit tests for every alert, built from the same settings the rules are rendered from.
+
+Each alert gets cases where it must fire (with its exact labels and rendered annotations) and cases
+where it must stay silent. `expected_alert` expands the rule's own annotation templates for a known
+value, so a changed threshold, label or template shows up as a failing `promtool test rules`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.settings import StackSettings
+from monitoring import promql as m
+from monitoring.rules import rule_groups
+
+
+@dataclass
+class Case:
+    """One promtool test group: input series and the alert checks at given times."""
+
+    description: str
+    series: dict[str, str]
+    checks: list[tuple[str, list[dict[str, Any]]]]  # (eval_time, expected alerts)
+    interval: str = "30s"
+    fires: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fires = any(alerts for _, alerts in self.checks)
+
+
+def _rule(settings: StackSettings, alert: str) -> dict[str, Any]:
+    for group in rule_groups(settings):
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                return dict(rule)
+    raise KeyError(alert)
+
+
+def _expand(template: str, labels: dict[str, str], value: float) -> str:
+    """The subset of Go templates the rules use: $labels.x, $value | printf, $value | humanizePercentage."""
+    text = re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda mt: labels.get(mt.group(1), ""), template)
+    text = re.sub(r'\{\{\s*\$value\s*\|\s*printf\s*"([^"]+)"\s*\}\}', lambda mt: mt.group(1) % value, text)
+    text = re.sub(r"\{\{\s*\$value\s*\|\s*humanizePercentage\s*\}\}", lambda mt: f"{value * 100:.4g}%", text)
+    if "{{" in text:
+        raise ValueError(f"template not covered by the test expander: {template}")
+    return text
+
+
+def expected_alert(settings: StackSettings, alert: str, value: float, **labels: str) -> dict[str, Any]:
+    rule = _rule(settings, alert)
+    all_labels = {**labels, **rule["labels"]}
+    return {
+        "exp_labels": all_labels,
+        "exp_annotations": {k: _expand(v, all_labels, value) for k, v in rule["annotations"].items()},
+    }
+
+
+def _counter(per_step: float, steps: int, start: float = 0) -> str:
+    return f"{start:g}+{per_step:g}x{steps}"
+
+
+def cases(settings: StackSettings) -> dict[str, list[Case]]:
+    a = settings.monitoring.alerting
+    interval = settings.monitoring.scrape_interval
+    step = m.seconds(interval)
+    ex = expected_alert
+
+    def per_step(rate_per_second: float) -> float:
+        return rate_per_second * step
+
+    def span(duration: str) -> int:
+        """Samples covering `duration` at this interval."""
+        return int(m.seconds(duration) / step)
+
+    quarter = span("15m")
+
+    gw = 'gateway_requests_total{job="gateway",route="/v1/chat/completions",model="m",status="%s"}'
+    up_a = 'up{job="vllm",instance="10.0.0.1:8000"}'
+    result: dict[str, list[Case]] = {}
+
+    # --- GPU utilisation > threshold for 5 minutes --------------------------------------------------------
+    hot, warm = a.gpu_utilization_percent + 4, a.gpu_utilization_percent + 2
+    result["GpuUtilizationHigh"] = [
+        Case("pool average above the threshold: pending at 4m, firing at 6m", {
+            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{quarter}",
+            f'{m.DCGM_UTIL}{{gpu="1",Hostname="gpu-a1"}}': f"{warm:g}x{quarter}",
+        }, [("4m", []), ("6m", [ex(settings, "GpuUtilizationHigh", (hot + warm) / 2)])], interval),
+        Case("one hot GPU, pool average below the threshold", {
+            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"99x{quarter}",
+            f'{m.DCGM_UTIL}{{gpu="1",Hostname="gpu-a1"}}': f"{a.gpu_utilization_percent - 40:g}x{quarter}",
+        }, [("6m", []), ("12m", [])], interval),
+        Case("above the threshold for only 3 minutes", {
+            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{span('3m')} 10x{quarter}",
+        }, [("4m", []), ("8m", [])], interval),
+    ]
+
+    # --- a target failing N consecutive health checks (scrapes) -------------------------------------------
+    n = a.health_check_failures
+    ok_then_down = " ".join(["1"] * 3 + ["0"] * n + ["1"])
+    t_last_fail = m.duration((3 + n - 1) * step)
+    t_one_short = m.duration((3 + n - 2) * step)
+    t_recovered = m.duration((3 + n) * step)
+    flapping = " ".join((["0"] * (n - 1) + ["1"]) * 4)
+    result["TargetHealthCheckFailing"] = [
+        Case(f"{n} failed scrapes in a row fire at the {n}th, clear on recovery", {up_a: ok_then_down}, [
+            (t_one_short, []),
+            (t_last_fail, [ex(settings, "TargetHealthCheckFailing", 0, job="vllm", instance="10.0.0.1:8000")]),
+            (t_recovered, []),
+        ], interval),
+        Case(f"failures never {n} in a row", {up_a: flapping}, [
+            (m.duration(k * step), []) for k in range(n, 4 * n)
+        ], interval),
+        Case(f"a new target with fewer than {n} scrapes, all failed", {up_a: " ".join(["0"] * (n - 1))}, [
+            (m.duration((n - 2) * step), []),
+        ], interval),
+    ]
+
+    # --- request rate up by more than X % against the same window an hour earlier ---------------------------
+    factor = 1 + a.request_rate_increase_percent / 100
+    base = max(a.min_baseline_rps * 2, 1.0)
+    steps_hour = int(4200 / step)  # 70 minutes of baseline
+
+    def surge(before: float, after: float) -> str:
+        return (f"{_counter(per_step(before), steps_hour)} "
+                f"{_counter(per_step(after), int(900 / step), start=per_step(before) * (steps_hour + 1))}")
+
+    surged = base * (factor + 1)
+    result["RequestRateSurge"] = [
+        Case("rate well above the factor over a real baseline", {gw % "200": surge(base, surged)}, [
+            ("72m", []), ("82m", [ex(settings, "RequestRateSurge", surged, job="gateway")]),
+        ], interval),
+        Case("rate up, but less than the factor", {gw % "200": surge(base, base * (factor - 0.5))}, [
+            ("82m", []),
+        ], interval),
+        Case("a big jump from a baseline too small to matter", {
+            gw % "200": surge(a.min_baseline_rps / 5, a.min_baseline_rps / 5 * (factor + 5)),
+        }, [("82m", [])], interval),
+    ]
+
+    # --- availability SLO burn rates -------------------------------------------------------------------------
+    budget = 1 - a.availability_target
+    total = 10.0
+
+    def traffic(error_ratio: float, steps: int, spacing: float) -> dict[str, str]:
+        # 10 % are 429s: client errors count in the total but never spend the budget.
+        return {
+            gw % "200": _counter(total * (0.9 - error_ratio) * spacing, steps),
+            gw % "500": _counter(total * error_ratio * spacing, steps),
+            gw % "429": _counter(total * 0.1 * spacing, steps),
+        }
+
+    fast_ratio = budget * 14.4 * 3
+    result["AvailabilityBudgetBurnFast"] = [
+        Case("a high 5xx ratio for an hour pages", traffic(fast_ratio, int(4200 / step), step), [
+            ("1m", []), ("70m", [ex(settings, "AvailabilityBudgetBurnFast", fast_ratio, job="gateway")]),
+        ], interval),
+        Case("5xx within the budget", traffic(budget * 0.5, int(4200 / step), step), [("70m", [])], interval),
+    ]
+    slow_ratio = budget * 3 * 1.5  # above the 1d/2h rate, below the 6h/30m one
+    result["AvailabilityBudgetBurnSlow"] = [
+        Case("a moderate 5xx ratio for 3 hours opens a ticket", traffic(slow_ratio, 200, 60), [
+            ("3h", [ex(settings, "AvailabilityBudgetBurnSlow", slow_ratio, job="gateway")]),
+        ], "1m"),
+        Case("5xx below the budget for 3 hours", traffic(budget * 0.5, 200, 60), [("3h", [])], "1m"),
+    ]
+
+    # --- P95 time to first token --------------------------------------------------------------------------
+    t = a.ttft_p95_seconds
+    bounds = [t / 3, t * 2 / 3, t * 4 / 3, t * 8 / 3]
+
+    def histogram(counts: list[float]) -> dict[str, str]:
+        series, cumulative = {}, 0.0
+        for le, c in zip([*(f"{b:g}" for b in bounds), "+Inf"], counts, strict=True):
+            cumulative += c
+            series[f'{m.VLLM_TTFT}_bucket{{job="vllm",instance="a",model_name="m",le="{le}"}}'] = \
+                _counter(cumulative, span("30m"))
+        return series
+
+    slow_p95 = bounds[2] + (bounds[3] - bounds[2]) * 0.5  # 90 % fast, 10 % in the slowest bucket
+    result["TtftP95High"] = [
+        Case("10 % of first tokens slow: P95 above the SLO for 10 minutes", histogram([9, 0, 0, 1, 0]), [
+            ("8m", []), ("16m", [ex(settings, "TtftP95High", slow_p95, job="vllm")]),
+        ], interval),
+        Case("all first tokens fast", histogram([0, 10, 0, 0, 0]), [("16m", [])], interval),
+    ]
+
+    # --- KV cache, waiting requests ---------------------------------------------------------------------
+    kv = f'{m.VLLM_KV_USAGE}{{job="vllm",instance="10.0.0.1:8000",engine="0",model_name="m"}}'
+    full = min(a.kv_cache_usage_ratio + 0.05, 1.0)
+    result["KvCacheUsageHigh"] = [
+        Case("KV cache nearly full for 5 minutes", {kv: f"{full:g}x{quarter}"}, [
+            ("3m", []),
+            ("6m", [ex(settings, "KvCacheUsageHigh", full, job="vllm", instance="10.0.0.1:8000")]),
+        ], interval),
+        Case("KV cache busy but below the threshold", {kv: f"{a.kv_cache_usage_ratio - 0.1:g}x{quarter}"},
+             [("10m", [])], interval),
+    ]
+    waiting = f'{m.VLLM_WAITING}{{job="vllm",instance="10.0.0.1:8000",engine="0",model_name="m"}}'
+    queued = a.waiting_requests + 5
+    result["RequestsWaitingHigh"] = [
+        Case("queue above the threshold for 5 minutes", {waiting: f"{queued}x{quarter}"}, [
+            ("4m", []),
+            ("6m", [ex(settings, "RequestsWaitingHigh", queued, job="vllm", instance="10.0.0.1:8000")]),
+        ], interval),
+        Case("queue at the threshold", {waiting: f"{a.waiting_requests}x{quarter}"}, [("10m", [])], interval),
+        Case("a 2-minute burst", {waiting: f"{queued * 3}x{span('2m')} 0x{quarter}"}, [("6m", [])], interval),
+    ]
+
+    # --- no healthy backend, Redis down ------------------------------------------------------------------
+    up_b = 'up{job="vllm",instance="10.0.0.2:8000"}'
+    result["NoHealthyVllmBackend"] = [
+        Case("every vLLM target down", {up_a: f"0x{quarter}", up_b: f"0x{quarter}"}, [
+            ("30s", []), ("2m", [ex(settings, "NoHealthyVllmBackend", 0)]),
+        ], interval),
+        Case("vLLM targets gone entirely (pods deleted)", {'up{job="gateway",instance="g"}': f"1x{quarter}"}, [
+            ("2m", [ex(settings, "NoHealthyVllmBackend", 0)]),
+        ], interval),
+        Case("one backend down, one up", {up_a: f"0x{quarter}", up_b: f"1x{quarter}"}, [("2m", [])], interval),
+    ]
+    redis_up = f'{m.REDIS_UP}{{job="redis",instance="redis-0"}}'
+    result["RedisDown"] = [
+        Case("redis_exporter reports Redis down", {redis_up: f"0x{quarter}"}, [("2m", [ex(settings, "RedisDown", 0)])],
+             interval),
+        Case("Redis pod gone (no redis_up at all)", {'up{job="gateway",instance="g"}': f"1x{quarter}"}, [
+            ("2m", [ex(settings, "RedisDown", 0)]),
+        ], interval),
+        Case("Redis up", {redis_up: f"1x{quarter}"}, [("2m", [])], interval),
+    ]
+    return result
+
+
+def promtool_test_file(settings: StackSettings, rule_file: str, alert: str, alert_cases: list[Case]
+                       ) -> dict[str, Any]:
+    return {
+        "rule_files": [rule_file],
+        "evaluation_interval": settings.monitoring.scrape_interval,
+        "tests": [
+            {
+                "name": case.description,
+                "interval": case.interval,
+                "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
+                "alert_rule_test": [
+                    {"eval_time": when, "alertname": alert, "exp_alerts": alerts} for when, alerts in case.checks
+                ],
+            }
+            for case in alert_cases
+        ],
+    }

@@ -1,0 +1,102 @@
+"""Rules: promtool checks every rendered rule file, and unit-tests every alert both ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.settings import StackSettings
+from monitoring.rules import alert_names, render_rules, rule_groups
+from tests.monitoring.conftest import all_settings, run, stack_settings, tool
+from tests.monitoring.rule_cases import cases, promtool_test_file
+
+SETTINGS = all_settings()
+PROD = stack_settings("prod")
+
+
+@pytest.mark.parametrize("stack", sorted(SETTINGS))
+def test_promtool_accepts_every_stacks_rules(stack: str, scratch: Path) -> None:
+    path = scratch / "rules.yaml"
+    path.write_text(render_rules(SETTINGS[stack]))
+    result = run([tool("promtool"), "check", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_the_design_and_slo_alerts_all_exist() -> None:
+    assert set(alert_names(PROD)) == {
+        "GpuUtilizationHigh", "TargetHealthCheckFailing", "RequestRateSurge",
+        "AvailabilityBudgetBurnFast", "AvailabilityBudgetBurnSlow", "TtftP95High", "KvCacheUsageHigh",
+        "RequestsWaitingHigh", "NoHealthyVllmBackend", "RedisDown",
+    }
+    for group in rule_groups(PROD):
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert rule["labels"]["severity"] in ("critical", "warning")
+                assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_every_alert_has_a_firing_and_a_silent_case() -> None:
+    found = cases(PROD)
+    assert set(found) == set(alert_names(PROD))
+    for alert, alert_cases in found.items():
+        assert any(c.fires for c in alert_cases), f"{alert}: no case where it fires"
+        assert any(not c.fires for c in alert_cases), f"{alert}: no case where it stays silent"
+
+
+def _promtool_test(settings: StackSettings, rules_from: StackSettings, alert: str, where: Path
+                   ) -> tuple[int, str]:
+    (where / "rules.yaml").write_text(render_rules(rules_from))
+    test_file = where / f"test-{alert}.yaml"
+    test_file.write_text(yaml.safe_dump(promtool_test_file(settings, "rules.yaml", alert, cases(settings)[alert]),
+                                        sort_keys=False, width=200))
+    result = run([tool("promtool"), "test", "rules", test_file.name], cwd=where)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alert", alert_names(PROD))
+def test_promtool_unit_tests_pass(alert: str, scratch: Path) -> None:
+    code, output = _promtool_test(PROD, PROD, alert, scratch)
+    assert code == 0, output
+
+
+def test_health_check_alert_at_the_local_scrape_interval(scratch: Path) -> None:
+    """The one alert whose window follows the scrape interval, at the local stack's 1 s.
+
+    (The others do not depend on it; at 1 s their hour-long cases would take minutes in promtool.)
+    """
+    settings = SETTINGS["local"]
+    assert settings.monitoring.scrape_interval == "1s"
+    code, output = _promtool_test(settings, settings, "TargetHealthCheckFailing", scratch)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(("alert", "change"), [
+    ("GpuUtilizationHigh", {"gpuUtilizationPercent": 50}),  # the "one hot GPU" case would fire
+    ("RequestRateSurge", {"minBaselineRps": 0}),  # the tiny baseline would count as a surge
+    ("TargetHealthCheckFailing", {"healthCheckFailures": 2}),  # would fire one scrape early
+    ("AvailabilityBudgetBurnFast", {"availabilityTarget": 0.9999}),  # in-budget traffic would page
+    ("RequestsWaitingHigh", {"waitingRequests": 30}),  # the real queue would go unnoticed
+])
+def test_promtool_fails_when_a_rule_is_wrong(alert: str, change: dict[str, object], scratch: Path) -> None:
+    """The unit tests can fail: rules rendered from other thresholds break the expectations."""
+    values = PROD.monitoring.alerting.model_dump(by_alias=True) | change
+    monitoring = PROD.monitoring.model_copy(update={"alerting": type(PROD.monitoring.alerting)(**values)})
+    broken = PROD.model_copy(update={"monitoring": monitoring})
+    code, output = _promtool_test(PROD, broken, alert, scratch)
+    assert code != 0, f"promtool accepted rules with {change}:\n{output}"
+    assert "FAILED" in output
+
+
+def test_health_check_window_holds_exactly_the_failures() -> None:
+    from monitoring.promql import seconds
+    from monitoring.rules import health_check_window
+
+    for settings in SETTINGS.values():
+        window = seconds(health_check_window(settings))
+        interval = seconds(settings.monitoring.scrape_interval)
+        n = settings.monitoring.alerting.health_check_failures
+        # A closed range [t - w, t] holds n samples spaced `interval` apart iff (n-1)*i <= w < n*i.
+        assert (n - 1) * interval <= window < n * interval
