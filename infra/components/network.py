@@ -68,7 +68,8 @@ class Network(pulumi.ComponentResource):
 
     # -- helpers --------------------------------------------------------------------------------------
     def _pods(self, name: str | None) -> k8s.meta.v1.LabelSelectorArgs:
-        return k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(self._settings, name) if name else {})
+        # No name: the empty selector, i.e. every pod in the namespace.
+        return k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(self._settings, name) if name else None)
 
     def _peer(self, name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
         return k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=self._pods(name))

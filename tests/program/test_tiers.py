@@ -1,0 +1,376 @@
+"""Layer 2: every stack runs under the mocks; per-tier assertions on the captured resources."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from app.inference.vllm_args import render_vllm_args
+from infra.components.inference import needs_p2p_disabled
+from infra.components.network import pod_security_level
+from infra.render.nginx import render_nginx_conf
+from infra.render.redis import render_redis_conf
+from infra.settings import PROJECT
+from tests.program.conftest import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    IMAGE,
+    NAMESPACE,
+    PDB,
+    RELEASE,
+    SECRET,
+    SERVICE,
+    STACKS,
+    STATEFUL_SET,
+    container,
+    obj,
+    pod_spec,
+    stack_run,
+)
+
+COMPONENTS = {
+    "qwen-serving:network:Network", "qwen-serving:gpu_pool:GpuNodePool", "qwen-serving:images:Images",
+    "qwen-serving:redis:Redis", "qwen-serving:inference:Inference", "qwen-serving:gateway:Gateway",
+    "qwen-serving:edge:Edge",
+}
+LABEL_KEYS = {f"app.kubernetes.io/{k}" for k in ("name", "instance", "component", "part-of", "managed-by")}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_tier_is_one_component_and_every_resource_hangs_under_one(stack: str) -> None:
+    run = stack_run(stack)
+    components = {r.urn: r for r in run.resources if not r.custom}
+    assert COMPONENTS <= {r.type for r in components.values()}
+    for r in run.resources:
+        if r.custom and r.type != "pulumi:providers:kubernetes":
+            assert r.parent in components, f"{r.type} {r.name} is not a child of a component"
+    for r in run.resources:
+        if r.is_kubernetes and not r.type.endswith("Patch") and not r.type.startswith("kubernetes:helm"):
+            labels = obj(run, r.type, r.name)["metadata"].get("labels") or {}
+            assert LABEL_KEYS <= set(labels), f"{r.type} {r.name} lacks {LABEL_KEYS - set(labels)}"
+            assert labels["app.kubernetes.io/part-of"] == PROJECT
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs_name_the_namespace_services_and_pinned_images(stack: str) -> None:
+    run = stack_run(stack)
+    out = run.outputs
+    assert out["namespace"] == run.settings.kubernetes.namespace
+    assert out["services"] == {"vllm": "vllm", "gateway": "gateway", "edge": "edge", "redis": "redis"}
+    assert out["images"]["vllm"] == run.settings.images.vllm
+    assert "@sha256:" in out["images"]["gateway"] and "@sha256:" in out["images"]["edge"]
+
+
+# --- inference ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_vllm_pods_get_tp_gpus_on_the_pool_spread_by_host(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    deployment = obj(run, DEPLOYMENT, "vllm")
+    assert deployment["spec"]["replicas"] == s.inference.replicas
+    # GPUs are all taken: a rolling update may not surge.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    spec = pod_spec(run, DEPLOYMENT, "vllm")
+    vllm = container(spec, "vllm")
+    tp = str(s.inference.tensor_parallel_size)
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == tp
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == tp
+    assert spec["nodeSelector"] == {s.gpu_pool.node_label: "true"}
+    assert {"key": s.gpu_pool.taint_key, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["runtimeClassName"] == "nvidia"
+    anti = spec["affinity"]["podAntiAffinity"]
+    if s.site.prod_like:
+        term = anti["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    else:
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti
+        term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "vllm"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vllm_runs_the_rendered_command_line_with_shm_cache_and_nccl_env(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    spec = pod_spec(run, DEPLOYMENT, "vllm")
+    vllm = container(spec, "vllm")
+    assert vllm["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert vllm["args"] == render_vllm_args(s, model=s.model.name, host="0.0.0.0", port=s.inference.port)
+    assert vllm["image"] == s.images.vllm
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert ("NCCL_P2P_DISABLE" in env) == (s.inference.tensor_parallel_size > 1)
+    assert needs_p2p_disabled(s) == (s.inference.tensor_parallel_size > 1)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": s.inference.shm_size}
+    mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
+    assert mounts["dshm"] == "/dev/shm"
+    assert volumes["model-cache"]["hostPath"]["path"] == s.inference.cache.host_path
+    assert env["HF_HOME"] == mounts["model-cache"]
+    # A `vllm` Service would otherwise inject VLLM_PORT=tcp://..., which vLLM parses as its own setting.
+    assert spec["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vllm_probes_wait_for_loading_and_drain_gracefully(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    spec = pod_spec(run, DEPLOYMENT, "vllm")
+    vllm = container(spec, "vllm")
+    startup = vllm["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert s.inference.startup_budget_seconds <= budget < s.inference.startup_budget_seconds + startup["periodSeconds"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert vllm["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    assert vllm["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert vllm["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    pre_stop = int(vllm["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] == s.inference.termination_grace_seconds > pre_stop
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vllm_is_addressed_per_pod_through_a_headless_service_and_has_a_pdb(stack: str) -> None:
+    run = stack_run(stack)
+    service = obj(run, SERVICE, "vllm-service")
+    assert service["metadata"]["name"] == "vllm"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"] == [{"name": "http", "port": run.settings.inference.port, "targetPort": "http"}]
+    pdb = obj(run, PDB, "vllm-pdb")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    assert pdb["selector"]["matchLabels"]["app.kubernetes.io/name"] == "vllm"
+
+
+def test_a_pvc_model_cache_is_one_shared_claim_and_keeps_the_namespace_at_baseline() -> None:
+    from infra.offline import run_stack
+
+    base = stack_run("prod").settings.inference.model_dump(by_alias=True)
+    base["cache"] = {"kind": "pvc", "pvcSize": "200Gi", "storageClass": "cephfs"}
+    run = run_stack("prod", overrides={"qwen-serving:inference": base})
+    claim = obj(run, "kubernetes:core/v1:PersistentVolumeClaim", "vllm-model-cache")["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]  # replicas on different hosts share it
+    assert claim["resources"]["requests"]["storage"] == "200Gi" and claim["storageClassName"] == "cephfs"
+    volumes = {v["name"]: v for v in pod_spec(run, DEPLOYMENT, "vllm")["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "vllm-model-cache"}}
+    labels = obj(run, NAMESPACE, "namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+
+
+# --- gateway --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_gateway_env_is_rendered_and_secrets_come_by_reference(stack: str) -> None:
+    from infra.render.gateway_env import render_gateway_env
+
+    run = stack_run(stack)
+    s = run.settings
+    gw = container(pod_spec(run, DEPLOYMENT, "gateway"), "gateway")
+    plain = {e["name"]: e["value"] for e in gw["env"] if "value" in e}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gw["env"] if "valueFrom" in e}
+    assert plain == render_gateway_env(
+        s, backends_dns=f"vllm.{s.kubernetes.namespace}.svc.cluster.local:{s.inference.port}",
+        redis_url="redis://redis:6379/0",
+    )
+    assert refs == {
+        "GATEWAY_API_KEY_HASHES": {"name": "gateway-api-keys", "key": "api-key-hashes"},
+        "GATEWAY_REDIS_PASSWORD": {"name": "redis", "key": "password"},
+    }
+    assert obj(run, SECRET, "gateway-secret")["metadata"]["name"] == "gateway-api-keys"
+    assert obj(run, SECRET, "redis-secret")["metadata"]["name"] == "redis"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_gateway_deployment_service_probes_and_pdb(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    deployment = obj(run, DEPLOYMENT, "gateway")
+    assert deployment["spec"]["replicas"] == s.gateway.replicas
+    spec = deployment["spec"]["template"]["spec"]
+    gw = container(spec, "gateway")
+    assert gw["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gw["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gw["image"] == run.outputs["images"]["gateway"]
+    assert gw["resources"]["requests"] == {"cpu": s.gateway.cpu_request, "memory": s.gateway.memory_request}
+    assert spec["terminationGracePeriodSeconds"] > s.gateway.shutdown_grace_seconds
+    service = obj(run, SERVICE, "gateway-service")
+    assert service["metadata"]["name"] == "gateway"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+    assert obj(run, PDB, "gateway-pdb")["spec"]["maxUnavailable"] == 1
+
+
+# --- edge -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_edge_serves_the_rendered_nginx_conf_from_a_configmap(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    conf = obj(run, CONFIG_MAP, "edge-config")["data"]["nginx.conf"]
+    ns = s.kubernetes.namespace
+    assert conf == render_nginx_conf(s, gateway_upstreams=(f"gateway.{ns}.svc.cluster.local:8080",))
+    spec = pod_spec(run, DEPLOYMENT, "edge")
+    nginx = container(spec, "nginx")
+    assert nginx["command"] == ["nginx", "-c", "/etc/nginx/qwen/nginx.conf"]
+    assert nginx["image"] == run.outputs["images"]["edge"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "edge-nginx"
+    assert ("tls" in volumes) == s.edge.tls.enabled
+    if s.edge.tls.enabled:
+        assert volumes["tls"]["secret"]["secretName"] == s.edge.tls.secret_name
+    exporter = container(spec, "nginx-exporter")
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9113}]
+    assert "127.0.0.1:8080/nginx_status" in exporter["args"][0]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_edge_service_type_ports_and_pdb_follow_settings(stack: str) -> None:
+    run = stack_run(stack)
+    edge = run.settings.edge
+    service = obj(run, SERVICE, "edge-service")["spec"]
+    assert service["type"] == edge.service_type
+    ports = {p["name"]: p for p in service["ports"]}
+    assert set(ports) == ({"http", "metrics", "https"} if edge.tls.enabled else {"http", "metrics"})
+    if edge.node_port is not None:
+        assert ports["https" if edge.tls.enabled else "http"]["nodePort"] == edge.node_port
+    assert service.get("loadBalancerIP") == edge.load_balancer_ip
+    assert obj(run, DEPLOYMENT, "edge")["spec"]["replicas"] == edge.replicas
+    assert obj(run, PDB, "edge-pdb")["spec"]["maxUnavailable"] == 1
+
+
+# --- redis ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_redis_is_a_stateful_set_with_aof_on_a_pvc_and_the_password_from_the_secret(stack: str) -> None:
+    run = stack_run(stack)
+    s = run.settings
+    sts = obj(run, STATEFUL_SET, "redis")["spec"]
+    claim = sts["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == s.redis.storage_size
+    assert claim.get("storageClassName") == s.redis.storage_class
+    conf = obj(run, CONFIG_MAP, "redis-config")["data"]["redis.conf"]
+    assert conf == render_redis_conf(s, port=6379, bind="0.0.0.0", data_dir="/data")
+    server = container(sts["template"]["spec"], "redis")
+    assert server["args"][1:] == ["--requirepass", "$(REDIS_PASSWORD)", "--masterauth", "$(REDIS_PASSWORD)"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
+    assert env["REDIS_PASSWORD"] == {"name": "redis", "key": "password"}
+    assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis"}
+    assert server["readinessProbe"]["exec"]["command"][-1].endswith("grep -q PONG")
+    ports = {p["name"]: p["port"] for p in obj(run, SERVICE, "redis-service")["spec"]["ports"]}
+    assert ports == {"redis": 6379, "metrics": 9121}
+    assert ("replicaof" in conf) == (s.site.role == "standby")
+
+
+# --- GPU pool and images --------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_gpu_hosts_are_labelled_and_tainted_and_the_charts_are_pinned(stack: str) -> None:
+    run = stack_run(stack)
+    pool = run.settings.gpu_pool
+    patches = run.of_type("kubernetes:core/v1:NodePatch")
+    assert sorted(p.inputs["metadata"]["name"] for p in patches) == sorted(h.name for h in pool.hosts)
+    for patch in patches:
+        assert patch.inputs["metadata"]["labels"][pool.node_label] == "true"
+        assert patch.inputs["spec"]["taints"] == [{"key": pool.taint_key, "value": "present", "effect": "NoSchedule"}]
+    runtime = obj(run, "kubernetes:node.k8s.io/v1:RuntimeClass", "nvidia-runtime-class")
+    assert runtime["handler"] == "nvidia" and runtime["metadata"]["name"] == "nvidia"
+    releases = {r.name: r.inputs for r in run.of_type(RELEASE)}
+    plugin, dcgm = releases["nvidia-device-plugin"], releases["dcgm-exporter"]
+    assert plugin["version"] == pool.device_plugin_chart_version
+    assert dcgm["version"] == pool.dcgm_exporter_chart_version
+    for release in (plugin, dcgm):
+        assert release["repositoryOpts"]["repo"].startswith("https://nvidia.github.io/")
+        assert release["values"]["nodeSelector"] == {pool.node_label: "true"}
+        assert release["values"]["tolerations"][0]["key"] == pool.taint_key
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_images_are_built_from_pinned_bases_and_pushed_per_settings(stack: str) -> None:
+    run = stack_run(stack)
+    images = run.settings.images
+    built = {r.name: r.inputs for r in run.of_type(IMAGE)}
+    assert set(built) == {"gateway-image", "edge-image"}
+    assert built["gateway-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
+    assert built["edge-image"]["build"]["args"] == {"NGINX_BASE": images.nginx_base}
+    for inputs in built.values():
+        assert inputs["skipPush"] is (not images.push)
+        assert inputs["imageName"].startswith(images.registry + "/")
+
+
+# --- security -------------------------------------------------------------------------------------
+def _restricted_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    pod = spec.get("securityContext") or {}
+    if pod.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("pod seccomp")
+    for c in spec["containers"]:
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{c['name']}: drop ALL")
+        if not (sc.get("runAsNonRoot") or pod.get("runAsNonRoot")):
+            problems.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{c['name']}: readOnlyRootFilesystem")
+        if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
+            problems.append(f"{c['name']}: resources")
+    if any("hostPath" in v for v in spec.get("volumes", [])):
+        problems.append("hostPath volume")
+    return problems
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_gateway_edge_and_redis_meet_pod_security_restricted(stack: str) -> None:
+    run = stack_run(stack)
+    for type_, name in ((DEPLOYMENT, "gateway"), (DEPLOYMENT, "edge"), (STATEFUL_SET, "redis")):
+        spec = pod_spec(run, type_, name)
+        assert _restricted_problems(spec) == [], name
+        assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_namespace_enforces_what_vllm_needs_and_audits_restricted(stack: str) -> None:
+    run = stack_run(stack)
+    labels = obj(run, NAMESPACE, "namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == pod_security_level(run.settings)
+    assert labels["pod-security.kubernetes.io/audit"] == labels["pod-security.kubernetes.io/warn"] == "restricted"
+    vllm = container(pod_spec(run, DEPLOYMENT, "vllm"), "vllm")["securityContext"]
+    assert vllm["allowPrivilegeEscalation"] is False and vllm["capabilities"]["drop"] == ["ALL"]
+    assert not vllm.get("privileged")
+
+
+def _walk_plain(value: Any, is_secret: Any) -> list[str]:
+    """Every string in `value` that is NOT inside a secret-wrapped input."""
+    if is_secret(value):
+        return []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [str(k), *_walk_plain(v, is_secret)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _walk_plain(v, is_secret)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_secrets_never_appear_in_plain_inputs(stack: str) -> None:
+    import hashlib
+    import json
+
+    from infra.offline import SECRET_PLACEHOLDERS, is_secret
+
+    run = stack_run(stack)
+    hashes = json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
+    redis_password = "offline-" + hashlib.sha256(b"redis-password").hexdigest()[:24]  # the mock's RandomPassword
+    needles = [*hashes, redis_password]
+    for r in run.resources:
+        for text in _walk_plain(r.inputs, is_secret):
+            for needle in needles:
+                assert needle not in text, f"a secret is in plain inputs of {r.type} {r.name}"
+    for name in ("gateway-secret", "redis-secret"):
+        assert is_secret(run.one(SECRET, name).inputs["stringData"]), name
+    api_keys = json.loads(obj(run, SECRET, "gateway-secret")["stringData"]["api-key-hashes"])
+    assert api_keys == hashes  # the unwrapped value is what the gateway reads
+
+
+def test_startup_budget_drives_the_probe() -> None:
+    """Changing the setting changes the probe (the assertion above is not a coincidence of defaults)."""
+    from infra.offline import run_stack
+
+    base = stack_run("dev").settings.inference.model_dump(by_alias=True)
+    run = run_stack("dev", overrides={"qwen-serving:inference": base | {"startupBudgetSeconds": 1200}})
+    startup = container(pod_spec(run, DEPLOYMENT, "vllm"), "vllm")["startupProbe"]
+    assert startup["failureThreshold"] == math.ceil(1200 / startup["periodSeconds"])
