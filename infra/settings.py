@@ -40,6 +40,7 @@ SECRET_KEYS: dict[str, str] = {
     "alertmanagerSmtpPassword": "the SMTP password for e-mail alerts",
     "logSinkPassword": "the password of the log sink (Elasticsearch or Loki)",
     "grafanaAdminPassword": "Grafana's admin password (kube-prometheus-stack)",
+    "redisPassword": "the Redis password; a standby site must use its primary's (generated per site when unset)",
 }
 
 DIGEST_RE = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
@@ -250,6 +251,7 @@ class LogSettings(_Section):
     user: str = "fluent-bit"
     index: str = Field(default="qwen-serving-logs", pattern=NAME_RE)
     retention_days: int = Field(default=30, ge=1)
+    setup_image: str = "curlimages/curl:8.11.1"  # the Job that installs the ILM policy (Elasticsearch)
 
 
 class AutoscalingSettings(_Section):

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import Output, ResourceOptions
 
+from infra.components.labels import labels
 from infra.settings import PROJECT, SettingsError, StackSettings
 from monitoring import logs as log_pipeline
 from monitoring import promql as m
@@ -26,6 +27,9 @@ PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
 KEDA_API = "keda.sh/v1alpha1"
 KPS_NAME = "kps"  # fullnameOverride: the chart's objects are kps-prometheus, kps-alertmanager, ...
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+# Called by the API server: KEDA's metrics API (6443), KEDA's and the Prometheus operator's admission
+# webhooks (9443, 10250).
+API_SERVER_PORTS = (6443, 9443, 10250)
 
 CHART_REPOS = {
     "kube-prometheus-stack": "https://prometheus-community.github.io/helm-charts",
@@ -106,6 +110,7 @@ class Monitoring(pulumi.ComponentResource):
             opts=child,
         )
         in_ns = ResourceOptions(parent=self, depends_on=[self.namespace])
+        self.network_policies = self._network_policies(in_ns)
 
         grafana_secret = k8s.core.v1.Secret(
             "grafana-admin",
@@ -119,7 +124,7 @@ class Monitoring(pulumi.ComponentResource):
         alertmanager_secret = k8s.core.v1.Secret(
             "alertmanager-config",
             metadata=self._meta("alertmanager-config", "alertmanager"),
-            string_data={"alertmanager.yaml": Output.secret(alertmanager_text)},
+            string_data={"alertmanager.yaml": Output.secret(alertmanager_text)},  # type: ignore[arg-type]
             opts=in_ns,
         )
 
@@ -195,13 +200,7 @@ class Monitoring(pulumi.ComponentResource):
     # --- helpers -------------------------------------------------------------------------------------
 
     def _labels(self, component: str, name: str = "monitoring") -> dict[str, str]:
-        return {
-            "app.kubernetes.io/name": name,
-            "app.kubernetes.io/instance": self._settings.site.name,
-            "app.kubernetes.io/component": component,
-            "app.kubernetes.io/part-of": PROJECT,
-            "app.kubernetes.io/managed-by": "pulumi",
-        }
+        return labels(self._settings, name, component)
 
     def _meta(self, name: str, component: str, *, namespace: str | None = None,
               extra_labels: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
@@ -210,6 +209,30 @@ class Monitoring(pulumi.ComponentResource):
             namespace=namespace or self.namespace_name,
             labels={**self._labels(component, name), **(extra_labels or {})},
         )
+
+    def _network_policies(self, opts: ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
+        """Deny ingress by default; allow the namespace's own pods (Grafana -> Prometheus, Prometheus ->
+        exporters, KEDA -> Prometheus) and the API server's calls to the webhooks and KEDA's metrics API
+        (the API server is not a pod, so those ports are open to any source)."""
+        np = k8s.networking.v1
+
+        def policy(name: str, ingress: list[k8s.networking.v1.NetworkPolicyIngressRuleArgs] | None
+                   ) -> k8s.networking.v1.NetworkPolicy:
+            return np.NetworkPolicy(
+                f"monitoring-netpol-{name}",
+                metadata=self._meta(name, "network"),
+                spec=np.NetworkPolicySpecArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(),
+                                              policy_types=["Ingress"], ingress=ingress),
+                opts=opts,
+            )
+
+        return [
+            policy("default-deny", None),
+            policy("allow-same-namespace", [np.NetworkPolicyIngressRuleArgs(
+                from_=[np.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs())])]),
+            policy("allow-apiserver-webhooks", [np.NetworkPolicyIngressRuleArgs(ports=[
+                np.NetworkPolicyPortArgs(port=port, protocol="TCP") for port in API_SERVER_PORTS])]),
+        ]
 
     def _kps_values(self, *, grafana_secret_name: str, alertmanager_secret_name: str) -> dict[str, Any]:
         mon = self._settings.monitoring
@@ -368,17 +391,57 @@ class Monitoring(pulumi.ComponentResource):
         )
 
     def _ilm_setup(self, opts: ResourceOptions) -> None:
-        """The 30-day (retentionDays) deletion policy and the index template that applies it."""
+        """The retentionDays deletion policy and the index template that applies it, PUT by a Job."""
         s = self._settings
         logs = s.monitoring.logs
-        k8s.core.v1.ConfigMap(
+        policy = k8s.core.v1.ConfigMap(
             "log-retention-policy",
             metadata=self._meta("log-retention-policy", "logs"),
             data={
                 "ilm-policy.json": json.dumps(log_pipeline.ilm_policy(s), indent=2),
                 "index-template.json": json.dumps(log_pipeline.index_template(s), indent=2),
-                "endpoint": f"{'https' if logs.tls else 'http'}://{logs.host}:{logs.port}",
-                "index": logs.index,
             },
             opts=opts,
+        )
+        endpoint = f"{'https' if logs.tls else 'http'}://{logs.host}:{logs.port}"
+        put = 'curl -fsS -u "$ES_USER:$ES_PASSWORD" -X PUT -H "Content-Type: application/json"'
+        script = (f"set -eu; {put} {endpoint}/_ilm/policy/{logs.index} --data-binary @/policy/ilm-policy.json; "
+                  f"{put} {endpoint}/_index_template/{logs.index} --data-binary @/policy/index-template.json")
+        k8s.batch.v1.Job(
+            "log-retention-setup",
+            metadata=self._meta("log-retention-setup", "logs"),
+            spec=k8s.batch.v1.JobSpecArgs(
+                backoff_limit=6,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels("logs", "log-retention-setup")),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        restart_policy="OnFailure",
+                        security_context=k8s.core.v1.PodSecurityContextArgs(
+                            run_as_non_root=True, run_as_user=65532,
+                            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
+                        containers=[k8s.core.v1.ContainerArgs(
+                            name="put-policy",
+                            image=logs.setup_image,
+                            command=["sh", "-c", script],
+                            env=[
+                                k8s.core.v1.EnvVarArgs(name="ES_USER", value=logs.user),
+                                k8s.core.v1.EnvVarArgs(name="ES_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
+                                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name="log-sink",
+                                                                                     key="password"))),
+                            ],
+                            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="policy", mount_path="/policy",
+                                                                       read_only=True)],
+                            resources=k8s.core.v1.ResourceRequirementsArgs(
+                                requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
+                            security_context=k8s.core.v1.SecurityContextArgs(
+                                allow_privilege_escalation=False, read_only_root_filesystem=True,
+                                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"])),
+                        )],
+                        volumes=[k8s.core.v1.VolumeArgs(
+                            name="policy", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                name="log-retention-policy"))],
+                    ),
+                ),
+            ),
+            opts=ResourceOptions(parent=self, depends_on=[policy]),
         )
