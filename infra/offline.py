@@ -41,6 +41,7 @@ SECRET_PLACEHOLDERS: dict[str, str] = {
     "alertmanagerSmtpPassword": "plan-placeholder",
     "logSinkPassword": "plan-placeholder",
     "grafanaAdminPassword": "plan-placeholder",
+    "redisPassword": "plan-placeholder-redis-password",
 }
 
 

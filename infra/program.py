@@ -15,7 +15,7 @@ from infra.components.network import Network, NetworkArgs
 from infra.components.redis import Redis, RedisArgs
 from infra.global_program import declare_global
 from infra.global_settings import DnsSettings, global_settings_from_config, is_global_config
-from infra.settings import StackSettings, settings_from_config
+from infra.settings import PROJECT, SettingsError, StackSettings, settings_from_config
 
 
 def read_settings() -> StackSettings | DnsSettings:
@@ -41,16 +41,27 @@ def site_exports(settings: StackSettings) -> dict[str, object]:
     }
 
 
+def redis_password_config(settings: StackSettings) -> pulumi.Output[str] | None:
+    """Secret config `redisPassword`; None lets the Redis tier generate one. A standby must have it: its
+    Redis authenticates to the primary's with the primary's password."""
+    password = pulumi.Config(PROJECT).get_secret("redisPassword")
+    if password is None and settings.site.role == "standby":
+        raise SettingsError([(f"{PROJECT}:redisPassword", "a standby replicates the primary's Redis: set it to the "
+                              f"primary's password with `pulumi config set --secret {PROJECT}:redisPassword ...`")])
+    return password
+
+
 def declare(settings: StackSettings) -> dict[str, object]:
     """Declare every tier for one site; returns the stack outputs."""
     outputs = site_exports(settings)
     # Tiers, in dependency order (infra/components/*). Children in the namespace take its name as an
     # output, so they wait for it.
+    redis_password = redis_password_config(settings)
     network = Network("network", NetworkArgs(settings=settings))
     ns = network.namespace_name
     pool = GpuNodePool("gpu-pool", GpuNodePoolArgs(settings=settings))
     images = Images("images", ImagesArgs(settings=settings))
-    redis = Redis("redis", RedisArgs(settings=settings, namespace=ns))
+    redis = Redis("redis", RedisArgs(settings=settings, namespace=ns, password=redis_password))
     inference = Inference(
         "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref),
         opts=pulumi.ResourceOptions(depends_on=[pool]),

@@ -27,7 +27,7 @@ WORKLOADS = {
     "kubernetes:apps/v1:DaemonSet",
 }
 GPU = "nvidia.com/gpu"
-SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
+SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN$|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
 # The only tier that may run as root: the official vLLM image does (and needs /dev/shm, GPUs).
 ROOT_ALLOWED = {"vllm"}
 

@@ -354,8 +354,8 @@ def test_secrets_never_appear_in_plain_inputs(stack: str) -> None:
 
     run = stack_run(stack)
     hashes = json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
-    redis_password = "offline-" + hashlib.sha256(b"redis-password").hexdigest()[:24]  # the mock's RandomPassword
-    needles = [*hashes, redis_password]
+    generated = "offline-" + hashlib.sha256(b"redis-password").hexdigest()[:24]  # the mock's RandomPassword
+    needles = [*hashes, generated, SECRET_PLACEHOLDERS["redisPassword"]]
     for r in run.resources:
         for text in _walk_plain(r.inputs, is_secret):
             for needle in needles:
@@ -374,3 +374,21 @@ def test_startup_budget_drives_the_probe() -> None:
     run = run_stack("dev", overrides={"qwen-serving:inference": base | {"startupBudgetSeconds": 1200}})
     startup = container(pod_spec(run, DEPLOYMENT, "vllm"), "vllm")["startupProbe"]
     assert startup["failureThreshold"] == math.ceil(1200 / startup["periodSeconds"])
+
+
+def test_redis_password_is_generated_per_site_unless_set_and_a_standby_must_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from infra.offline import SECRET_PLACEHOLDERS, is_secret, run_stack
+    from infra.settings import SettingsError
+
+    run = stack_run("prod")  # the harness sets redisPassword: it is used as given
+    assert obj(run, SECRET, "redis-secret")["stringData"]["password"] == SECRET_PLACEHOLDERS["redisPassword"]
+    assert not run.of_type("random:index/randomPassword:RandomPassword")
+
+    monkeypatch.delitem(SECRET_PLACEHOLDERS, "redisPassword")
+    generated = run_stack("prod")
+    assert [r.name for r in generated.of_type("random:index/randomPassword:RandomPassword")] == ["redis-password"]
+    assert is_secret(generated.one(SECRET, "redis-secret").inputs["stringData"])
+    with pytest.raises(SettingsError, match=r"qwen-serving:redisPassword"):
+        run_stack("prod-dr")
