@@ -69,7 +69,7 @@ def test_pod_form_loads_with_password_from_the_command_line(stack: str, workdir:
         role = client.info("replication")["role"]
         assert role == ("slave" if settings.redis.replica_of else "master")
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port).ping()
+            redis.Redis(port=port, retry=None).ping()  # no retries: fail at once
         if not settings.redis.replica_of:
             client.set("session:x", "1")
     if not settings.redis.replica_of:
@@ -85,7 +85,7 @@ def test_local_form_takes_the_password_from_an_included_file(workdir: Path) -> N
                                       data_dir=str(workdir), password_file_include=str(secret)))
     with running(conf) as (port, _):
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port).ping()
+            redis.Redis(port=port, retry=None).ping()  # no retries: fail at once
 
 
 def test_noeviction_refuses_writes_at_maxmemory_instead_of_dropping_sessions(workdir: Path) -> None:
