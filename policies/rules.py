@@ -158,10 +158,13 @@ def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolatio
         if r.resource_type != "kubernetes:networking.k8s.io/v1:NetworkPolicy":
             continue
         spec = r.props.get("spec") or {}
-        if not (spec.get("podSelector") or {}).get("matchLabels") and not spec.get("ingress"):
+        selects_all = not (spec.get("podSelector") or {}).get("matchLabels") and not (
+            spec.get("podSelector") or {}).get("matchExpressions")
+        if selects_all and "Ingress" in (spec.get("policyTypes") or []) and not spec.get("ingress"):
             denied.add(str((r.props.get("metadata") or {}).get("namespace", "")))
     for ns in sorted(namespaces - denied):
-        report(f"namespace '{ns}' has no default-deny NetworkPolicy (empty podSelector, no ingress rules)", None)
+        report(f"namespace '{ns}' has no default-deny NetworkPolicy (empty podSelector, policyTypes "
+               "Ingress, no ingress rules)", None)
 
 
 MANDATORY = EnforcementLevel.MANDATORY

@@ -1,0 +1,116 @@
+"""Layer 4: the policy pack passes every stack, and catches misconfigurations planted in real resources."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import replace
+from functools import cache
+from typing import Any
+
+import pytest
+
+from infra.offline import Captured, OfflineRun, run_stack
+from policies.rules import POLICIES
+from policies.runner import evaluate
+
+STACKS = ["dev", "staging", "prod", "prod-dr"]
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+
+@cache
+def prod() -> OfflineRun:
+    return run_stack("prod")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_passes_the_pack(stack: str) -> None:
+    assert evaluate(run_stack(stack).resources) == []
+
+
+def pod(inputs: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = inputs["spec"]["template"]["spec"]
+    return spec
+
+
+def container(inputs: dict[str, Any]) -> dict[str, Any]:
+    first: dict[str, Any] = pod(inputs)["containers"][0]
+    return first
+
+
+def plant(type_: str, name: str, change: Callable[[dict[str, Any]], None]) -> list[Captured]:
+    """The prod resources with one resource's inputs changed."""
+    resources = []
+    for r in prod().resources:
+        if r.type == type_ and r.name == name:
+            inputs = copy.deepcopy(r.inputs)
+            change(inputs)
+            r = replace(r, inputs=inputs)
+        resources.append(r)
+    return resources
+
+
+def set_key(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(inputs: dict[str, Any]) -> None:
+        node = container(inputs)
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return change
+
+
+def drop_gpu_toleration(inputs: dict[str, Any]) -> None:
+    pod(inputs)["tolerations"] = []
+
+
+def plain_password(inputs: dict[str, Any]) -> None:
+    container(inputs).setdefault("env", []).append({"name": "GATEWAY_REDIS_PASSWORD", "value": "hunter2"})
+
+
+def root_pod(inputs: dict[str, Any]) -> None:
+    pod(inputs).pop("securityContext", None)
+    for c in pod(inputs)["containers"]:
+        c.pop("securityContext", None)
+
+
+def expose(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["type"] = "LoadBalancer"
+
+
+def no_pdb_selector(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": "nothing"}}
+
+
+def allow_all(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["ingress"] = [{}]
+
+
+PLANTED = [
+    ("images-have-a-fixed-version", DEPLOYMENT, "gateway", set_key("image", "registry.local/gateway:latest")),
+    ("images-have-a-fixed-version", DEPLOYMENT, "edge", set_key("image", "nginx")),
+    ("containers-have-requests-and-limits", DEPLOYMENT, "gateway", set_key("resources.limits", None)),
+    ("workloads-have-probes", DEPLOYMENT, "vllm", set_key("readinessProbe", None)),
+    ("gpus-only-on-the-gpu-pool", DEPLOYMENT, "vllm", drop_gpu_toleration),
+    ("no-plain-secrets-in-env", DEPLOYMENT, "gateway", plain_password),
+    ("runs-as-non-root", DEPLOYMENT, "edge", root_pod),
+    ("only-the-edge-is-exposed", "kubernetes:core/v1:Service", "redis-service", expose),
+    ("every-workload-has-a-pdb", "kubernetes:policy/v1:PodDisruptionBudget", "gateway-pdb", no_pdb_selector),
+    ("namespaces-deny-by-default", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "netpol-default-deny", allow_all),
+]
+
+
+@pytest.mark.parametrize(("policy", "type_", "name", "change"), PLANTED, ids=[f"{p[0]}:{p[2]}" for p in PLANTED])
+def test_planted_misconfiguration_is_caught(
+    policy: str, type_: str, name: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    prod().one(type_, name)  # the resource exists, so the plant really lands
+    violations = evaluate(plant(type_, name, change))
+    assert violations and {v.policy for v in violations} == {policy}, violations
+
+
+def test_every_policy_has_a_planted_case() -> None:
+    assert {p.name for p in POLICIES} == {p[0] for p in PLANTED}
