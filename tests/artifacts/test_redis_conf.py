@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from infra.render.redis import render_redis_conf
 from localstack.processes import free_port
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
 
 PASSWORD = "artifact-test-password"
+
+
+def no_retry_client(port: int) -> redis.Redis:
+    """A client without a password that fails at once (redis-py retries with backoff for ~4 s by default)."""
+    return redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
 
 
 def redis_server() -> str:
@@ -69,7 +76,7 @@ def test_pod_form_loads_with_password_from_the_command_line(stack: str, workdir:
         role = client.info("replication")["role"]
         assert role == ("slave" if settings.redis.replica_of else "master")
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port, retry=None).ping()  # no retries: fail at once
+            no_retry_client(port).ping()
         if not settings.redis.replica_of:
             client.set("session:x", "1")
     if not settings.redis.replica_of:
@@ -85,7 +92,7 @@ def test_local_form_takes_the_password_from_an_included_file(workdir: Path) -> N
                                       data_dir=str(workdir), password_file_include=str(secret)))
     with running(conf) as (port, _):
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port, retry=None).ping()  # no retries: fail at once
+            no_retry_client(port).ping()
 
 
 def test_noeviction_refuses_writes_at_maxmemory_instead_of_dropping_sessions(workdir: Path) -> None:
