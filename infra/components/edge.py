@@ -81,8 +81,9 @@ class Edge(pulumi.ComponentResource):
             spec=k8s.core.v1.ServiceSpecArgs(
                 type=edge.service_type,
                 load_balancer_ip=edge.load_balancer_ip if edge.service_type == "LoadBalancer" else None,
-                # Keep client addresses (access logs, X-Forwarded-For) instead of SNATing through other nodes.
-                external_traffic_policy="Local",
+                # A LoadBalancer keeps client addresses (logs, X-Forwarded-For); a NodePort must answer on
+                # every node, including those without an edge pod.
+                external_traffic_policy="Local" if edge.service_type == "LoadBalancer" else "Cluster",
                 selector=selector_labels(s, "edge"),
                 ports=ports,
             ),

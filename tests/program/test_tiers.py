@@ -230,6 +230,7 @@ def test_edge_service_type_ports_and_pdb_follow_settings(stack: str) -> None:
     if edge.node_port is not None:
         assert ports["https" if edge.tls.enabled else "http"]["nodePort"] == edge.node_port
     assert service.get("loadBalancerIP") == edge.load_balancer_ip
+    assert service["externalTrafficPolicy"] == ("Local" if edge.service_type == "LoadBalancer" else "Cluster")
     assert obj(run, DEPLOYMENT, "edge")["spec"]["replicas"] == edge.replicas
     assert obj(run, PDB, "edge-pdb")["spec"]["maxUnavailable"] == 1
 
