@@ -124,5 +124,7 @@ class Gateway(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret]),
+            # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
+                                        ignore_changes=["spec.replicas"] if s.monitoring.enabled else None),
         )

@@ -68,6 +68,7 @@ class Inference(pulumi.ComponentResource):
         self.args = render_vllm_args(s, model=s.model.name, host="0.0.0.0", port=inf.port)
 
         cache_volume = self._cache_volume(s, ns, child)
+        keda = s.monitoring.enabled and s.monitoring.autoscaling.enabled
         self.service = k8s.core.v1.Service(
             "vllm-service",
             metadata=metadata(s, "vllm", "inference", namespace=ns),
@@ -95,7 +96,8 @@ class Inference(pulumi.ComponentResource):
                     spec=self._pod_spec(s, args, cache_volume),
                 ),
             ),
-            opts=child,
+            # KEDA (monitoring tier) owns the scale when it is on: `pulumi up` must not reset it.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"] if keda else None),
         )
         self.pdb = disruption_budget(s, "vllm", "inference", namespace=ns, opts=child)
         self.register_outputs({
