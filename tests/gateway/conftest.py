@@ -84,13 +84,19 @@ class Fleet:
 def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
     model = ensure_tiny_model()
     started: list[VllmHandle] = []
+
+    def start(name: str) -> VllmHandle:
+        handle = start_vllm(build_dir / f"vllm-{name}", settings=stack_settings, model_dir=model,
+                            served_name=MODEL, wait=False)
+        started.append(handle)
+        return handle
+
     try:
-        for name in ("a", "b", "c"):
-            started.append(start_vllm(build_dir / f"vllm-{name}", settings=stack_settings, model_dir=model,
-                                      served_name=MODEL, wait=False))
+        pair = [start("a"), start("b")]
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda h: h.wait_ready(), started[:2]))
-        yield Fleet(*started)
+            list(pool.map(lambda h: h.wait_ready(), pair))
+        # The spare boots in the background while the first tests run; only the failover test waits for it.
+        yield Fleet(*pair, start("c"))
     finally:
         for handle in started:
             handle.stop()

@@ -1,0 +1,90 @@
+"""Routing against two real vLLMs: session affinity, least-outstanding spreading, client-disconnect cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import redis
+
+from app.gateway.backends.routing import rendezvous_score
+from localstack.services import RedisHandle, VllmHandle
+from tests.gateway.conftest import Fleet, Gateway, auth, chat_body, vllm_metric
+
+DONE = "vllm:request_success_total"
+
+
+def session_for(target: VllmHandle, others: list[VllmHandle]) -> str:
+    """A session id that rendezvous hashing maps to `target` among `others`."""
+    while True:
+        sid = f"sess-{uuid.uuid4()}"
+        scores = {h.port: rendezvous_score(sid, f"127.0.0.1:{h.port}") for h in others}
+        if max(scores, key=lambda p: scores[p]) == target.port:
+            return sid
+
+
+async def test_a_session_sticks_to_one_backend(gw: Gateway, fleet: Fleet) -> None:
+    backends = [fleet.a, fleet.b]
+    for target in backends:
+        sid = session_for(target, backends)
+        before = {h.port: vllm_metric(h, DONE) for h in backends}
+        async with gw.client() as http:
+            for i in range(3):
+                resp = await http.post("/v1/chat/completions", headers={**auth("alice"), "X-Session-Id": sid},
+                                       json=chat_body(f"turn {i}", max_tokens=2))
+                assert resp.status_code == 200
+        after = {h.port: vllm_metric(h, DONE) for h in backends}
+        assert after[target.port] - before[target.port] == 3
+        assert sum(after.values()) - sum(before.values()) == 3
+
+
+async def test_requests_without_session_spread_by_outstanding_load(gw: Gateway, fleet: Fleet) -> None:
+    backends = [fleet.a, fleet.b]
+    before = {h.port: vllm_metric(h, DONE) for h in backends}
+
+    async def one() -> None:
+        async with gw.client() as http:
+            resp = await http.post("/v1/chat/completions", headers=auth("alice"),
+                                   json=chat_body(max_tokens=150, ignore_eos=True))
+            assert resp.status_code == 200
+
+    await asyncio.gather(*(one() for _ in range(6)))
+    deltas = [vllm_metric(h, DONE) - before[h.port] for h in backends]
+    assert sum(deltas) == 6
+    assert min(deltas) >= 2, deltas  # not all on one backend
+
+
+async def test_client_disconnect_cancels_the_vllm_request(
+    gw: Gateway, fleet: Fleet, redis_server: RedisHandle
+) -> None:
+    backends = [fleet.a, fleet.b]
+    running = "vllm:num_requests_running"
+    generated_before = sum(vllm_metric(h, "vllm:generation_tokens_total") for h in backends)
+    async with gw.client() as http:
+        body = chat_body("go on forever", max_tokens=2000, ignore_eos=True, stream=True)
+        async with http.stream("POST", "/v1/chat/completions", headers=auth("alice"), json=body) as resp:
+            assert resp.status_code == 200
+            # Keep the iterator referenced: an abandoned one is closed by the GC, which already disconnects.
+            lines = resp.aiter_lines()
+            received = 0
+            while received < 5:
+                received += (await anext(lines)).startswith("data:")
+            # vLLM updates its gauges once per engine step: wait until it shows our request running.
+            deadline = time.monotonic() + 5
+            while sum(vllm_metric(h, running) for h in backends) != 1:
+                assert time.monotonic() < deadline, "the streamed request never showed as running"
+                await asyncio.sleep(0.05)
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while sum(vllm_metric(h, running) for h in backends) > 0:
+        assert time.monotonic() < deadline, "vLLM kept generating after the client went away"
+        await asyncio.sleep(0.1)
+    generated = sum(vllm_metric(h, "vllm:generation_tokens_total") for h in backends) - generated_before
+    assert generated < 2000  # aborted, not run to the end
+    # The gateway released the stream's concurrency slot and its active-stream gauge.
+    r = redis.Redis(port=redis_server.port, password=redis_server.password, decode_responses=True)
+    await asyncio.sleep(0.3)
+    assert int(r.get("qs:rl:concurrent:key:alice") or 0) == 0
+    async with gw.client() as http:
+        assert "gateway_active_streams 0.0" in (await http.get("/metrics")).text
