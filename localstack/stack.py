@@ -120,6 +120,7 @@ class LocalStack:
     endpoint: Endpoint | None = None
     settings: StackSettings | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    owns_state: bool = False  # True once this stack wrote pids.json (so stop() may remove it)
 
     @property
     def root(self) -> Path:
@@ -234,7 +235,9 @@ class LocalStack:
                 print(f"warning: stopping {getattr(handle, 'name', handle)}: {err}", file=sys.stderr)
         self.redis, self.nginx, self.prometheus = None, None, None
         self.vllm, self.gateways = [], []
-        (self.root / PIDS_FILE).unlink(missing_ok=True)
+        if self.owns_state:  # never the state file of another, running stack
+            (self.root / PIDS_FILE).unlink(missing_ok=True)
+            self.owns_state = False
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -264,6 +267,7 @@ class LocalStack:
             entries.append({"name": h.name, "pid": proc.pid, "pgid": proc.pid, "start_time": proc.start_time})
         state = {"owner_pid": os.getpid(), "processes": entries}
         _write_private_json(self.root / PIDS_FILE, state)
+        self.owns_state = True
 
 
 # --- helpers shared with `down` / `status` -----------------------------------------------------------
@@ -292,12 +296,14 @@ def ensure_not_running(root: Path) -> None:
 
 def stop_recorded(root: Path) -> list[dict[str, Any]]:
     """Stop exactly the recorded processes that are still the same; returns those stopped."""
+    entries = read_state(root)
+    # Remove the record first: the running `up` takes that as "stopped by make down", not as a crash.
+    (root / PIDS_FILE).unlink(missing_ok=True)
     stopped = []
-    for entry in reversed(read_state(root)):
+    for entry in reversed(entries):
         if alive(entry):
             stop_group(int(entry["pgid"]))
             stopped.append(entry)
-    (root / PIDS_FILE).unlink(missing_ok=True)
     return stopped
 
 

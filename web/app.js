@@ -7,11 +7,12 @@ const KEY_STORE = "qs.apiKey";        // sessionStorage: this tab only
 const SESSION_STORE = "qs.sessionId"; // localStorage: survives reloads
 const MODEL_STORE = "qs.model";
 const MAX_TOKENS_STORE = "qs.maxTokens";
+const EXTRA_STORE = "qs.extraBody";
 
 const $ = (id) => document.getElementById(id);
 const els = {
   model: $("model"), newChat: $("new-chat"), toggleSettings: $("toggle-settings"), settings: $("settings"),
-  apiKey: $("api-key"), maxTokens: $("max-tokens"), error: $("error"), messages: $("messages"),
+  apiKey: $("api-key"), maxTokens: $("max-tokens"), extraBody: $("extra-body"), error: $("error"), messages: $("messages"),
   composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
 };
 
@@ -95,6 +96,17 @@ async function describeFailure(resp) {
   return "Request failed (" + resp.status + ")" + (detail ? ": " + detail : ".");
 }
 
+// Optional extra OpenAI/vLLM request fields from Settings (e.g. temperature); null if not valid JSON.
+function extraFields() {
+  const text = els.extraBody.value.trim();
+  if (!text) return {};
+  try {
+    const value = JSON.parse(text);
+    if (value && typeof value === "object" && !Array.isArray(value)) return value;
+  } catch (_) { /* reported below */ }
+  return null;
+}
+
 // --- models and history ----------------------------------------------------------------------------
 async function loadModels() {
   let resp;
@@ -174,6 +186,11 @@ async function send(text) {
     showError("No model available yet: check the API key under Settings, then reload.");
     return;
   }
+  const extra = extraFields();
+  if (extra === null) {
+    showError('Extra request fields must be a JSON object, e.g. {"temperature": 0.2}; fix it under Settings.');
+    return;
+  }
   addMessage("user", text);
   const out = addMessage("assistant", "");
   out.parentElement.classList.add("pending");
@@ -184,7 +201,9 @@ async function send(text) {
     const resp = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: JSON.stringify({ model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }] }),
+      body: JSON.stringify({
+        ...extra, model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }],
+      }),
       signal: controller.signal,
     });
     if (!resp.ok) {
@@ -270,10 +289,12 @@ els.apiKey.addEventListener("change", async () => {
 
 els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORE, els.model.value));
 els.maxTokens.addEventListener("change", () => localStorage.setItem(MAX_TOKENS_STORE, els.maxTokens.value));
+els.extraBody.addEventListener("change", () => localStorage.setItem(EXTRA_STORE, els.extraBody.value));
 
 async function init() {
   els.apiKey.value = sessionStorage.getItem(KEY_STORE) || "";
   els.maxTokens.value = localStorage.getItem(MAX_TOKENS_STORE) || els.maxTokens.value;
+  els.extraBody.value = localStorage.getItem(EXTRA_STORE) || "";
   if (!els.apiKey.value) {
     els.settings.hidden = false;
     els.toggleSettings.setAttribute("aria-expanded", "true");
