@@ -7,9 +7,11 @@ these same functions, so what they check is what `make up` runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,10 +170,20 @@ def start_redis(
     return handle
 
 
+def short_tmp_dir(workdir: Path) -> Path:
+    """A temp dir for vLLM whose path is short: it puts ZeroMQ unix sockets (`<TMPDIR>/<uuid>`, limited to
+    107 bytes) there. build/tmp/<hash of workdir>, or the system temp dir if the checkout is too deep."""
+    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:10]
+    tmp = REPO_ROOT / "build" / "tmp" / tag
+    if len(str(tmp)) + 40 > 100:
+        tmp = Path(tempfile.gettempdir()) / f"qs-{tag}"
+    return tmp
+
+
 def vllm_env(workdir: Path) -> dict[str, str]:
     """vLLM writes caches and temp files under these; keep them all inside `workdir`."""
     cache = workdir / "cache"
-    tmp = workdir / "tmp"
+    tmp = short_tmp_dir(workdir)
     for d in (cache, tmp):
         d.mkdir(parents=True, exist_ok=True)
     return {
@@ -211,6 +223,7 @@ def start_vllm(
     timeout: float = 300.0,
     env_var: str | None = None,
     wait: bool = True,
+    name: str = "vllm",
 ) -> VllmHandle:
     """One vLLM (CPU build) replica serving `model_dir`; healthy when /v1/models answers."""
     if not VLLM_PYTHON.exists():
@@ -221,10 +234,10 @@ def start_vllm(
     check_port(port, "vLLM", env_var)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = vllm_command(settings, model=str(model_dir), port=port, served_name=served_name)
-    proc = ManagedProcess("vllm", cmd, workdir / "vllm.log", env=vllm_env(workdir), cwd=workdir).start()
+    proc = ManagedProcess(name, cmd, workdir / "vllm.log", env=vllm_env(workdir), cwd=workdir).start()
     url = f"http://127.0.0.1:{port}"
     handle = VllmHandle(
-        "vllm", port, proc, lambda: http_ok(f"{url}/v1/models"), timeout, served_name=served_name,
+        name, port, proc, lambda: http_ok(f"{url}/v1/models"), timeout, served_name=served_name,
     )
     if wait:
         handle.wait_ready(progress)

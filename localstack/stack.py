@@ -176,7 +176,7 @@ class LocalStack:
         for i in range(cfg.vllm_replicas):
             self.vllm.append(start_vllm(
                 root / f"vllm-{i}", settings=settings, model_dir=model_dir, served_name=served,
-                timeout=cfg.vllm_timeout, wait=False,
+                timeout=cfg.vllm_timeout, wait=False, name=f"vllm-{i}",
             ))
             self._record()
         for i, handle in enumerate(self.vllm):

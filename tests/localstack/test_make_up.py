@@ -29,14 +29,15 @@ class MakeUp:
     def __init__(self, state: Path, port: int):
         self.state, self.port = state, port
         self.env = {**os.environ, "PORT": str(port), "LOCAL_STATE_DIR": str(state)}
-        self.log = (state / "make-up.out").open("ab")
+        self.out = state / f"make-up-{len(list(state.glob('make-up-*.out')))}.out"
+        self.log = self.out.open("wb")
         self.proc = subprocess.Popen(
             ["make", "--no-print-directory", "up"], cwd=REPO, env=self.env, stdout=self.log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
     def output(self) -> str:
-        return (self.state / "make-up.out").read_text(errors="replace")
+        return self.out.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 420) -> None:
         deadline = time.monotonic() + timeout
