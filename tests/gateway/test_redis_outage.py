@@ -1,0 +1,80 @@
+"""Redis goes away and comes back: chat keeps answering, limits fail open (or closed), sessions survive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.settings import StackSettings
+from localstack.services import RedisHandle, start_redis
+from tests.gateway.conftest import Gateway, StartGateway, auth, chat_body
+
+
+@pytest.fixture(scope="module")
+def own_redis(build_dir: Path, stack_settings: StackSettings) -> Iterator[RedisHandle]:
+    handle = start_redis(build_dir / "redis-outage", settings=stack_settings, password="outage-password")
+    yield handle
+    handle.stop()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+async def wait_redis(gw: Gateway, state: str) -> dict[str, object]:
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        while True:
+            ready = await http.get("/readyz")
+            body: dict[str, object] = ready.json()
+            if body["redis"] == state:
+                assert ready.status_code == 200  # backends are fine: still ready
+                return body
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.2)
+
+
+async def test_outage_and_recovery(start_gw: StartGateway, own_redis: RedisHandle) -> None:
+    env = {"redis_url": own_redis.url, "redis_password": own_redis.password or "", "redis_retry_seconds": "0.5"}
+    open_gw = start_gw(**env)
+    closed_gw = start_gw(**env, rate_limit_fail_open="false")
+    sid = "outage-session-1"
+    headers = {**auth("alice"), "X-Session-Id": sid}
+    async with open_gw.client() as http, closed_gw.client() as closed:
+        first = await http.post("/v1/chat/completions", headers=headers, json=chat_body("before the outage"))
+        assert first.status_code == 200
+        own_redis.stop()
+        try:
+            await wait_redis(open_gw, "down")
+            during = await http.post("/v1/chat/completions", headers=headers, json=chat_body("during"))
+            assert during.status_code == 200, during.text  # answered, without history
+            alone = await http.post("/v1/chat/completions", headers=auth("alice"), json=chat_body("during"))
+            assert during.json()["usage"]["prompt_tokens"] == alone.json()["usage"]["prompt_tokens"]
+            stream = await http.post("/v1/chat/completions", headers=headers, json=chat_body("s", stream=True))
+            assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
+            read = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
+            assert read.status_code == 503 and read.json()["error"]["code"] == "sessions_unavailable"
+            refused = await closed.post("/v1/chat/completions", headers=auth("alice"), json=chat_body())
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "rate_limit_unavailable"
+            metrics = (await http.get("/metrics")).text
+            assert metric(metrics, "gateway_rate_limit_fail_open_total") >= 3
+            assert metric(metrics, "gateway_redis_errors_total") >= 3
+            assert metric(metrics, "gateway_redis_up") == 0
+        finally:
+            own_redis.restart()
+        await wait_redis(open_gw, "up")
+        stored = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
+    assert stored.status_code == 200
+    answer = first.json()["choices"][0]["message"]["content"]
+    # Written before the outage (AOF on disk); turns during the outage were not stored.
+    assert stored.json()["messages"] == [
+        {"role": "user", "content": "before the outage"},
+        {"role": "assistant", "content": answer},
+    ]
