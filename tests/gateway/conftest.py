@@ -96,7 +96,7 @@ def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda h: h.wait_ready(), pair))
         # The spare boots in the background while the first tests run; only the failover test waits for it.
-        yield Fleet(*pair, start("c"))
+        yield Fleet(pair[0], pair[1], start("c"))
     finally:
         for handle in started:
             handle.stop()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.gateway.conftest import Fleet, Gateway, StartGateway, auth, chat_body
+from tests.gateway.conftest import Fleet, StartGateway, auth, chat_body
 from tests.gateway.test_routing import session_for
 
 
