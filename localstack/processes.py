@@ -102,7 +102,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def last_line(path: Path) -> str:
     for line in reversed(tail(path, 5).splitlines()):
-        if line.strip():
+        if line.strip() and not line.startswith("--- "):  # skip our own "starting" header
             return line.strip()
     return ""
 
