@@ -1,0 +1,103 @@
+"""API keys (stored as hashes) and OIDC JWTs (JWKS cached, rotated); failures are 401 in OpenAI's shape."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.gateway.conftest import AUDIENCE, ISSUER, MODEL, Gateway, JwksServer, StartGateway, auth, chat_body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def post(gw: Gateway, headers: dict[str, str]) -> httpx.Response:
+    async with gw.client() as http:
+        return await http.post("/v1/chat/completions", headers=headers, json=chat_body())
+
+
+def assert_401(resp: httpx.Response, code: str) -> None:
+    assert resp.status_code == 401, resp.text
+    assert resp.headers["www-authenticate"] == "Bearer"
+    error = resp.json()["error"]
+    assert error["type"] == "authentication_error" and error["code"] == code
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_api_key"),
+        ({"Authorization": "Bearer sk-not-a-key"}, "invalid_api_key"),
+        ({"Authorization": "Basic YWxpY2U6cHc="}, "invalid_api_key"),
+        ({"Authorization": "Bearer"}, "invalid_api_key"),
+        ({"Authorization": "Bearer a.b.c"}, "invalid_token"),  # JWT-shaped garbage
+    ],
+)
+async def test_bad_credentials(gw: Gateway, headers: dict[str, str], code: str) -> None:
+    assert_401(await post(gw, headers), code)
+
+
+async def test_models_need_auth_but_probes_do_not(gw: Gateway) -> None:
+    async with gw.client() as http:
+        assert_401(await http.get("/v1/models"), "missing_api_key")
+        assert (await http.get("/v1/models", headers=auth("bob"))).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await http.get(path)).status_code == 200
+
+
+async def test_openai_client_raises_authentication_error(gw: Gateway) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_valid_jwt_is_accepted_and_owns_its_sessions(gw: Gateway, jwks: JwksServer) -> None:
+    token = jwks.token(sub="jwt-user")
+    async with gw.client() as http:
+        headers = {**bearer(token), "X-Session-Id": "jwt-session-0001"}
+        assert (await http.post("/v1/chat/completions", headers=headers, json=chat_body())).status_code == 200
+        mine = await http.get("/v1/sessions/jwt-session-0001", headers=bearer(jwks.token(sub="jwt-user")))
+        other = await http.get("/v1/sessions/jwt-session-0001", headers=bearer(jwks.token(sub="someone-else")))
+    assert mine.status_code == 200
+    assert other.status_code == 404
+
+
+async def test_invalid_jwts(gw: Gateway, jwks: JwksServer) -> None:
+    now = int(time.time())
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        "expired": jwks.token(exp=now - 120),
+        "wrong audience": jwks.token(aud="another-service"),
+        "wrong issuer": jwks.token(iss="https://evil.example"),
+        "forged signature": jwks.token(key=stranger),
+        "unknown key id": jwks.token(kid="nobody", key=stranger),
+        "no subject": jwks.token(sub=None),
+    }
+    for name, token in cases.items():
+        resp = await post(gw, bearer(token))
+        assert resp.status_code == 401, name
+        assert_401(resp, "invalid_token")
+    assert ISSUER and AUDIENCE
+
+
+async def test_key_rotation_refetches_the_jwks(gw: Gateway, jwks: JwksServer) -> None:
+    assert (await post(gw, bearer(jwks.token()))).status_code == 200
+    fetches = jwks.fetches
+    new_kid = jwks.rotate()
+    resp = await post(gw, bearer(jwks.token(kid=new_kid)))
+    assert resp.status_code == 200, resp.text
+    assert jwks.fetches == fetches + 1  # fetched once for the unknown kid, then cached
+    assert (await post(gw, bearer(jwks.token(kid=new_kid)))).status_code == 200
+    assert jwks.fetches == fetches + 1
+
+
+async def test_auth_disabled_for_local_development(start_gw: StartGateway) -> None:
+    open_gw = start_gw(auth_enabled="false", api_key_hashes="{}")
+    assert (await post(open_gw, {})).status_code == 200
+    assert "AUTH IS DISABLED" in open_gw.log()
