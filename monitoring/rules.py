@@ -38,6 +38,8 @@ QUANTILES = (50, 95, 99)
 
 # Which errors spend the availability budget: the server's fault, not the client's (4xx, 429).
 SERVER_ERROR = "~5.."
+# The API the SLO is about; the gateway also counts its own /metrics and probe requests.
+API_ROUTES = "~/v1/.+"
 
 
 def _record(name: str, expr: str) -> Rule:
@@ -55,8 +57,8 @@ def _alert(name: str, expr: str, *, for_: str, severity: str, summary: str, desc
 
 
 def recording_rules() -> list[Rule]:
-    gw = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)
-    gw_err = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, status=SERVER_ERROR)
+    gw = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES)
+    gw_err = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES, status=SERVER_ERROR)
     rules = [_record(RPS, f"sum by (job) (rate({gw}[5m]))")]
     for window in ERROR_RATIO_WINDOWS:
         rules.append(_record(
@@ -93,8 +95,9 @@ def capacity_alerts(settings: StackSettings) -> list[Rule]:
     failures = a.health_check_failures
     window = health_check_window(settings)
     factor = 1 + a.request_rate_increase_percent / 100
-    now = f"sum by (job) (rate({m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)}[5m]))"
-    before = f"sum by (job) (rate({m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY)}[5m] offset 1h))"
+    api = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES)
+    now = f"sum by (job) (rate({api}[5m]))"
+    before = f"sum by (job) (rate({api}[5m] offset 1h))"
     return [
         _alert(
             "GpuUtilizationHigh",

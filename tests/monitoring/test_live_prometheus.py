@@ -1,0 +1,222 @@
+"""Against a live local Prometheus after real traffic: the rules find vLLM's and the gateway's metrics.
+
+The local stack starts through the same code `make up` uses (LocalStack: Redis, vLLM on CPU with the
+tiny model, the gateway, Nginx), plus the two exporters and Prometheus from localstack/prometheus.py,
+scraping every second with the rendered rules. Traffic goes through Nginx with the dev API key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from localstack.processes import free_port
+from localstack.prometheus import (
+    PrometheusHandle,
+    monitoring_settings,
+    start_nginx_exporter,
+    start_prometheus,
+    start_redis_exporter,
+)
+from localstack.services import ServiceHandle
+from localstack.stack import LocalConfig, LocalStack
+from monitoring import promql as m
+from monitoring import rules as r
+from monitoring.logs import render_fluent_bit
+from tests.monitoring.conftest import SCRATCH
+from tests.monitoring.fluent_bit import process
+
+pytestmark = pytest.mark.slow
+ROOT = SCRATCH / "live"
+
+
+@dataclass
+class Live:
+    stack: LocalStack
+    prometheus: PrometheusHandle
+    exporters: list[ServiceHandle]
+    requests_sent: int
+
+
+def _traffic(stack: LocalStack) -> int:
+    assert stack.endpoint is not None
+    headers = {"Authorization": f"Bearer {stack.endpoint.api_key}"}
+    sent = 0
+    with httpx.Client(base_url=stack.endpoint.url, headers=headers, timeout=60) as client:
+        for i in range(6):
+            body = {"model": stack.endpoint.model, "max_tokens": 16, "temperature": 0,
+                    "messages": [{"role": "user", "content": f"hello {i}"}]}
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+                assert resp.status_code == 200
+                assert any(line.startswith("data: ") for line in resp.iter_lines())
+            sent += 2
+        # A client error: counted by the gateway, never an availability error.
+        bad = client.post("/v1/chat/completions", json={"model": "no-such-model", "messages": []})
+        assert 400 <= bad.status_code < 500
+        sent += 1
+    return sent
+
+
+@pytest.fixture(scope="session")
+def live() -> Iterator[Live]:
+    shutil.rmtree(ROOT, ignore_errors=True)
+    stack = LocalStack(LocalConfig(root=ROOT / "stack", port=free_port(), prometheus=False, gateway_replicas=1,
+                                   say=lambda _: None))
+    exporters: list[ServiceHandle] = []
+    prometheus: PrometheusHandle | None = None
+    try:
+        stack.start()
+        assert stack.redis is not None and stack.nginx is not None
+        exporters.append(start_nginx_exporter(
+            ROOT / "exporters", status_url=f"http://127.0.0.1:{stack.nginx.port}/nginx_status"))
+        exporters.append(start_redis_exporter(ROOT / "exporters", redis_port=stack.redis.port,
+                                              password=stack.redis.password))
+        targets = {
+            m.JOB_VLLM: [f"127.0.0.1:{h.port}" for h in stack.vllm],
+            m.JOB_GATEWAY: [f"127.0.0.1:{g.port}" for g in stack.gateways],
+            m.JOB_EDGE: [f"127.0.0.1:{exporters[0].port}"],
+            m.JOB_REDIS: [f"127.0.0.1:{exporters[1].port}"],
+        }
+        prometheus = start_prometheus(ROOT / "prometheus", targets=targets, settings=monitoring_settings())
+        # rate() needs a sample from before the traffic and one from after it.
+        _wait_for(prometheus, f'count(up{{job=~"{m.JOB_VLLM}|{m.JOB_GATEWAY}"}} == 1) == 2')
+        _wait_for(prometheus, f"count({m.VLLM_SUCCESS})")
+        sent = _traffic(stack)
+        # (vLLM's own success counter may lag a request or two behind its access log; any is enough.)
+        _wait_for(prometheus, f"sum({m.VLLM_SUCCESS}) > 0")
+        _wait_for(prometheus, f'sum({m.GW_REQUESTS}{{route=~"/v1/.+"}}) >= {sent}')
+        yield Live(stack, prometheus, exporters, sent)
+    finally:
+        for handle in [prometheus, *reversed(exporters)]:
+            if handle is not None:
+                handle.stop()
+        stack.stop()
+
+
+def _wait_for(prometheus: PrometheusHandle, promql: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _query(prometheus, promql):
+        if time.monotonic() > deadline:
+            targets = httpx.get(f"{prometheus.api}/targets", timeout=10).json()["data"]["activeTargets"]
+            health = [(t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
+            raise AssertionError(f"Prometheus never answered {promql!r} within {timeout:.0f} s; "
+                                 f"targets: {health}")
+        time.sleep(0.5)
+
+
+def _query(prometheus: PrometheusHandle, promql: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{prometheus.api}/query", params={"query": promql}, timeout=10)
+    resp.raise_for_status()
+    body = resp.json()
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def query(live: Live, promql: str) -> list[dict[str, Any]]:
+    return _query(live.prometheus, promql)
+
+
+def eventually(live: Live, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Poll until the query returns data (rules evaluate every second locally)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = query(live, promql)
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def diagnose(live: Live) -> str:
+    up = {(s["metric"]["job"], s["value"][1]) for s in query(live, "up")}
+    raw = {m.VLLM_SUCCESS: query(live, f"sum({m.VLLM_SUCCESS})"), m.GW_REQUESTS: query(live, f"sum({m.GW_REQUESTS})")}
+    targets = httpx.get(f"{live.prometheus.api}/targets", timeout=10).json()["data"]["activeTargets"]
+    errors = [(t["labels"]["job"], t["lastError"]) for t in targets if t["lastError"]]
+    return f"up={sorted(up)} raw={raw} scrape errors={errors}"
+
+
+def value(sample: dict[str, Any]) -> float:
+    return float(sample["value"][1])
+
+
+@pytest.mark.parametrize("series", [r.RPS, r.VLLM_RPS, r.TOKENS_PER_SECOND, r.PROMPT_TOKENS_PER_SECOND])
+def test_rate_rules_see_the_traffic(live: Live, series: str) -> None:
+    result = eventually(live, f"{series} > 0")
+    assert result, f"{series} has no positive value after real traffic; {diagnose(live)}"
+    assert {s["metric"]["job"] for s in result} <= {m.JOB_VLLM, m.JOB_GATEWAY}
+
+
+@pytest.mark.parametrize("series", [
+    *(r.TTFT_QUANTILE.format(q=q) for q in r.QUANTILES),
+    *(r.GW_TTFT_QUANTILE.format(q=q) for q in r.QUANTILES),
+])
+def test_ttft_quantiles_are_real_numbers(live: Live, series: str) -> None:
+    result = eventually(live, series)
+    assert result, f"{series} returned nothing"
+    seconds = value(result[0])
+    assert math.isfinite(seconds) and 0 < seconds < 60
+
+
+def test_request_rate_counts_the_api_not_scrapes(live: Live) -> None:
+    """The gateway also counts its /metrics and /readyz hits; the recorded RPS must leave them out."""
+    api_total = value(query(live, f'sum({m.GW_REQUESTS}{{route=~"/v1/.+"}})')[0])
+    assert api_total == live.requests_sent
+    routes = {s["metric"]["route"] for s in query(live, f"sum by (route) ({m.GW_REQUESTS})")}
+    assert "/metrics" in routes  # the scrapes are counted by the gateway ...
+    before = value(eventually(live, r.RPS)[0])
+    time.sleep(3)  # ... and keep coming, but the recorded rate only decays: no new API traffic
+    assert value(eventually(live, r.RPS)[0]) <= before
+
+
+def test_error_ratio_is_zero_not_missing(live: Live) -> None:
+    """4xx happened, no 5xx: the availability ratio is a real 0, so the burn-rate alerts can evaluate."""
+    result = eventually(live, r.ERROR_RATIO.format(window="5m"))
+    assert result and value(result[0]) == 0.0
+    statuses = {s["metric"]["status"] for s in query(live, f"sum by (status) ({m.GW_REQUESTS})")}
+    assert "200" in statuses and any(s.startswith("4") for s in statuses)
+
+
+def test_metric_names_the_rules_use_are_exported(live: Live) -> None:
+    names = {s["metric"]["__name__"] for s in query(live, 'count by (__name__) ({job=~"vllm|gateway"})')}
+    needed = {m.VLLM_RUNNING, m.VLLM_WAITING, m.VLLM_KV_USAGE, m.VLLM_SUCCESS, m.VLLM_GENERATION_TOKENS,
+              m.VLLM_PROMPT_TOKENS, f"{m.VLLM_TTFT}_bucket", m.GW_REQUESTS, f"{m.GW_TTFT}_bucket",
+              m.GW_BACKEND_HEALTHY, m.GW_ACTIVE_STREAMS}
+    assert needed <= names, f"not exported: {sorted(needed - names)}"
+
+
+def test_every_rule_evaluates_cleanly_and_no_outage_alert_fires(live: Live) -> None:
+    eventually(live, r.VLLM_RPS)
+    groups = httpx.get(f"{live.prometheus.api}/rules", timeout=10).json()["data"]["groups"]
+    rules = [rule for g in groups for rule in g["rules"]]
+    assert len(rules) == sum(len(g["rules"]) for g in r.rule_groups(monitoring_settings()))
+    assert all(rule["health"] == "ok" for rule in rules), [
+        (rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"]
+    time.sleep(2)  # past the first evaluations, when targets had not been scraped yet
+    for job in (m.JOB_VLLM, m.JOB_GATEWAY, m.JOB_EDGE, m.JOB_REDIS):
+        assert [value(s) for s in query(live, f'up{{job="{job}"}}')] == [1.0], job
+    assert value(query(live, m.NGINX_UP)[0]) == 1.0 and value(query(live, m.REDIS_UP)[0]) == 1.0
+    active = {s["metric"]["alertname"] for s in query(live, "ALERTS")}
+    assert not active & {"NoHealthyVllmBackend", "RedisDown", "TargetHealthCheckFailing"}, active
+
+
+def test_a_logged_gateway_line_goes_through_the_fluent_bit_parser(live: Live) -> None:
+    log_file = Path(live.stack.gateways[0].process.log_path)
+    lines = [ln for ln in log_file.read_text().splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON lines in {log_file}"
+    raw = lines[-1]
+    config = yaml.safe_load(render_fluent_bit(monitoring_settings()))
+    path = "/var/log/containers/gateway-7f9c-abcde_qwen-serving_gateway-0123456789abcdef.log"
+    _, record = process(config, path, f"2026-11-24T23:10:02.123456789Z stdout F {raw}")
+    expected = json.loads(raw)
+    assert {k: record[k] for k in expected} == expected
+    assert {"level", "msg", "ts", "logger"} <= set(record)
