@@ -10,7 +10,7 @@ import redis
 
 from app.gateway.backends.routing import rendezvous_score
 from localstack.services import RedisHandle, VllmHandle
-from tests.gateway.conftest import Fleet, Gateway, auth, chat_body, vllm_metric
+from tests.gateway.conftest import Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
 
 DONE = "vllm:request_success_total"
 
@@ -88,3 +88,13 @@ async def test_client_disconnect_cancels_the_vllm_request(
     assert int(r.get("qs:rl:concurrent:key:alice") or 0) == 0
     async with gw.client() as http:
         assert "gateway_active_streams 0.0" in (await http.get("/metrics")).text
+
+
+async def test_backends_from_dns(start_gw: StartGateway, fleet: Fleet) -> None:
+    """A DNS name (the headless Service in a cluster; `localhost` here) is resolved into backends."""
+    gw = start_gw(backends="", backends_dns=f"localhost:{fleet.a.port}", dns_interval_seconds="0.5")
+    async with gw.client() as http:
+        resp = await http.post("/v1/chat/completions", headers=auth("alice"), json=chat_body())
+        ready = (await http.get("/readyz")).json()
+    assert resp.status_code == 200
+    assert ready["backends"][f"127.0.0.1:{fleet.a.port}"]["healthy"] is True
