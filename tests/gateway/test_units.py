@@ -8,11 +8,11 @@ import pytest
 
 from app.gateway.backends.pool import Backend
 from app.gateway.backends.routing import choose_backend
+from app.gateway.errors import ApiError
 from app.gateway.proxy import StreamAccount, sse_events
 from app.gateway.sessions.history import approx_tokens, compose
 from app.gateway.sessions.store import validate_session_id
 from app.gateway.settings import GatewaySettings, GatewaySettingsError, load_settings
-from app.gateway.errors import ApiError
 
 
 def turn(i: int, size: int = 40) -> list[dict[str, str]]:
@@ -89,7 +89,8 @@ def test_bad_session_ids(sid: str) -> None:
     [
         ({}, ["GATEWAY_BACKENDS"]),
         ({"GATEWAY_BACKENDS": "nohostport"}, ["GATEWAY_BACKENDS"]),
-        ({"GATEWAY_BACKENDS": "a:1", "GATEWAY_AUTH_ENABLED": "true"}, ["GATEWAY_AUTH_ENABLED", "GATEWAY_API_KEY_HASHES"]),
+        ({"GATEWAY_BACKENDS": "a:1", "GATEWAY_AUTH_ENABLED": "true"},
+         ["GATEWAY_AUTH_ENABLED", "GATEWAY_API_KEY_HASHES"]),
         ({"GATEWAY_BACKENDS": "a:1", "GATEWAY_API_KEY_HASHES": "{\"plain-key\": \"x\"}"}, ["sha256"]),
         ({"GATEWAY_BACKENDS": "a:1", "GATEWAY_API_KEY_HASHES": "not json"}, ["GATEWAY_API_KEY_HASHES"]),
         ({"GATEWAY_BACKENDS": "a:1", "GATEWAY_AUTH_ENABLED": "false", "GATEWAY_OIDC_ISSUER": "https://x"},
