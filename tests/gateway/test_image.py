@@ -1,0 +1,53 @@
+"""The gateway image's recipe: pinned base, non-root, no build tools, packages pinned like the venv."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "app/gateway/Dockerfile").read_text()
+
+
+def pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def test_requirements_are_pinned_exactly_as_in_constraints() -> None:
+    image, venv = pins(REPO / "app/gateway/requirements.txt"), pins(REPO / "constraints.txt")
+    assert image, "no pins"
+    for name, version in image.items():
+        assert venv.get(name) == version, f"{name}=={version} differs from constraints.txt ({venv.get(name)})"
+
+
+def test_requirements_are_complete_for_the_gateway() -> None:
+    """Installed with --no-deps: every dependency (for Python 3.11 on Linux, no extras) must be listed."""
+    image = set(pins(REPO / "app/gateway/requirements.txt"))
+    missing = []
+    for name in sorted(image):
+        for text in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": "", "python_full_version": "3.11.9"}):
+                continue
+            if canonicalize_name(req.name) not in image:
+                missing.append(f"{name} -> {req.name}")
+    assert missing == []
+
+
+def test_dockerfile_is_pinned_non_root_and_tool_free() -> None:
+    assert re.search(r"^ARG PYTHON_BASE=\S+@sha256:[0-9a-f]{64}$", DOCKERFILE, re.M)
+    final_stage = DOCKERFILE.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER 10001:10001$", final_stage, re.M)
+    assert not re.search(r"gcc|build-essential|apt-get install|curl|wget", final_stage)
+    assert 'CMD ["python", "-m", "app.gateway"]' in final_stage
+    assert "--only-binary=:all:" in DOCKERFILE and "--no-deps" in DOCKERFILE
