@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -148,12 +149,7 @@ class LocalStack:
         check_port(cfg.port, "Nginx (the web page and API)", "PORT")
 
         api_key = ensure_api_key(root)
-        overrides: dict[str, Any] = {
-            "inference": {"replicas": cfg.vllm_replicas},
-            "gpuPool": {"hosts": [{"name": "localhost", "gpus": cfg.vllm_replicas}]},
-        }
-        if cfg.gateway_replicas:
-            overrides["gateway"] = {"replicas": cfg.gateway_replicas, "maxReplicas": cfg.gateway_replicas}
+        overrides = settings_overrides(cfg)
         settings = self.settings = local_settings(api_key, overrides=overrides)
         served = settings.model.served_name
 
@@ -268,6 +264,20 @@ class LocalStack:
         state = {"owner_pid": os.getpid(), "processes": entries}
         _write_private_json(self.root / PIDS_FILE, state)
         self.owns_state = True
+
+
+def settings_overrides(cfg: LocalConfig) -> dict[str, Any]:
+    """What this run changes in local.yaml: vLLM replicas (one pretend GPU each), real weights' name."""
+    overrides: dict[str, Any] = {
+        "inference": {"replicas": cfg.vllm_replicas},
+        "gpuPool": {"hosts": [{"name": "localhost", "gpus": cfg.vllm_replicas}]},
+    }
+    if cfg.model is not None:  # real weights: serve them under their directory's name
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.model.name).strip("-") or "local-model"
+        overrides["model"] = {"name": name, "servedName": name}
+    if cfg.gateway_replicas:
+        overrides["gateway"] = {"replicas": cfg.gateway_replicas, "maxReplicas": cfg.gateway_replicas}
+    return overrides
 
 
 # --- helpers shared with `down` / `status` -----------------------------------------------------------

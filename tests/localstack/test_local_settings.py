@@ -11,7 +11,7 @@ import pytest
 from app.inference.capacity import GB
 from infra.settings import SettingsError
 from localstack.settings import API_KEY_PREFIX, ensure_api_key, local_settings
-from localstack.stack import LocalConfig, StackError, state_dir
+from localstack.stack import LocalConfig, StackError, settings_overrides, state_dir
 
 
 def test_local_yaml_parses_with_auth_on_and_the_key_hash() -> None:
@@ -66,3 +66,13 @@ def test_model_env_accepts_a_model_directory(workdir: Path) -> None:
     cfg = LocalConfig.from_env({"MODEL": str(workdir), "LOCAL_STATE_DIR": str(workdir / "state")})
     assert cfg.model == workdir.resolve()
     assert cfg.root == (workdir / "state").resolve()
+
+
+def test_real_weights_are_served_under_their_directory_name(workdir: Path) -> None:
+    model = workdir / "Qwen2.5 7B Instruct"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = LocalConfig.from_env({"MODEL": str(model), "VLLM_REPLICAS": "2"})
+    s = local_settings("sk-local-x", overrides=settings_overrides(cfg))
+    assert s.model.served_name == "Qwen2.5-7B-Instruct"
+    assert s.inference.replicas == 2 and s.gpu_pool.total_gpus == 2
