@@ -105,6 +105,11 @@ def test_make_up_twice_then_down_and_ctrl_c_leave_nothing_behind(workdir: Path, 
     assert again.returncode == 1
     assert "already running" in again.stderr and "make down" in again.stderr
 
+    status = subprocess.run([str(PYTHON), "-m", "localstack", "status"], cwd=REPO, env=first.env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0 and f"endpoint: http://127.0.0.1:{port}" in status.stdout
+    assert status.stdout.count("running") == len(entries)
+
     down = subprocess.run(["make", "--no-print-directory", "down"], cwd=REPO, env=first.env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert down.returncode == 0, down.stderr
