@@ -48,12 +48,12 @@ class Live:
     requests_sent: int
 
 
-def _traffic(stack: LocalStack) -> int:
+def _traffic(stack: LocalStack, rounds: int) -> int:
     assert stack.endpoint is not None
     headers = {"Authorization": f"Bearer {stack.endpoint.api_key}"}
     sent = 0
     with httpx.Client(base_url=stack.endpoint.url, headers=headers, timeout=60) as client:
-        for i in range(6):
+        for i in range(rounds):
             body = {"model": stack.endpoint.model, "max_tokens": 16, "temperature": 0,
                     "messages": [{"role": "user", "content": f"hello {i}"}]}
             assert client.post("/v1/chat/completions", json=body).status_code == 200
@@ -92,7 +92,12 @@ def live() -> Iterator[Live]:
         # rate() needs a sample from before the traffic and one from after it.
         _wait_for(prometheus, f'count(up{{job=~"{m.JOB_VLLM}|{m.JOB_GATEWAY}"}} == 1) == 2')
         _wait_for(prometheus, f"count({m.VLLM_SUCCESS})")
-        sent = _traffic(stack)
+        # The gateway's labelled counters only exist after their first request, and rate() never sees
+        # a series' first value: one round first, scraped, then the traffic the rates are about.
+        sent = _traffic(stack, rounds=1)
+        _wait_for(prometheus, f'count({m.GW_REQUESTS}{{route=~"/v1/.+"}}) >= 2')
+        _wait_for(prometheus, f"count({m.GW_TTFT}_bucket)")
+        sent += _traffic(stack, rounds=5)
         # (vLLM's own success counter may lag a request or two behind its access log; any is enough.)
         _wait_for(prometheus, f"sum({m.VLLM_SUCCESS}) > 0")
         _wait_for(prometheus, f'sum({m.GW_REQUESTS}{{route=~"/v1/.+"}}) >= {sent}')
