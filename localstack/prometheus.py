@@ -16,6 +16,7 @@ from infra.settings import StackSettings, parse_settings
 from localstack.processes import ManagedProcess, ProcessError, free_port, http_ok
 from localstack.services import ServiceHandle, require_program
 from localstack.settings import LOCAL_YAML, read_stack_file
+from monitoring import promql as m
 from monitoring.rules import render_rules
 from monitoring.scrape import RULE_FILE, render_prometheus_config
 
@@ -107,3 +108,51 @@ def start_redis_exporter(workdir: Path, *, redis_port: int, password: str | None
                            timeout)
     handle.wait_ready()
     return handle
+
+
+@dataclass
+class LocalMonitoring:
+    """Prometheus and the exporters of the local stack, stopped together."""
+
+    prometheus: PrometheusHandle
+    exporters: list[ServiceHandle]
+
+    def handles(self) -> list[ServiceHandle]:
+        return [*self.exporters, self.prometheus]
+
+    def stop(self) -> None:
+        for handle in reversed(self.handles()):
+            handle.stop()
+
+
+def start_local_monitoring(
+    workdir: Path,
+    *,
+    vllm: Sequence[int],
+    gateways: Sequence[int],
+    nginx_status_url: str | None = None,
+    redis_port: int | None = None,
+    redis_password: str | None = None,
+    settings: StackSettings | None = None,
+) -> LocalMonitoring:
+    """What `make up` runs for monitoring: the Nginx and Redis exporters (when given) and Prometheus
+    scraping vLLM, the gateways and those exporters under the cluster's job names."""
+    exporters: list[ServiceHandle] = []
+    targets: dict[str, list[str]] = {
+        m.JOB_VLLM: [f"127.0.0.1:{port}" for port in vllm],
+        m.JOB_GATEWAY: [f"127.0.0.1:{port}" for port in gateways],
+    }
+    try:
+        if nginx_status_url:
+            exporters.append(start_nginx_exporter(workdir / "exporters", status_url=nginx_status_url))
+            targets[m.JOB_EDGE] = [f"127.0.0.1:{exporters[-1].port}"]
+        if redis_port:
+            exporters.append(start_redis_exporter(workdir / "exporters", redis_port=redis_port,
+                                                  password=redis_password))
+            targets[m.JOB_REDIS] = [f"127.0.0.1:{exporters[-1].port}"]
+        prometheus = start_prometheus(workdir / "prometheus", targets=targets, settings=settings)
+    except BaseException:
+        for handle in reversed(exporters):
+            handle.stop()
+        raise
+    return LocalMonitoring(prometheus, exporters)

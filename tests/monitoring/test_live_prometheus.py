@@ -21,13 +21,7 @@ import pytest
 import yaml
 
 from localstack.processes import free_port
-from localstack.prometheus import (
-    PrometheusHandle,
-    monitoring_settings,
-    start_nginx_exporter,
-    start_prometheus,
-    start_redis_exporter,
-)
+from localstack.prometheus import LocalMonitoring, PrometheusHandle, monitoring_settings, start_local_monitoring
 from localstack.services import ServiceHandle
 from localstack.stack import LocalConfig, LocalStack
 from monitoring import promql as m
@@ -73,22 +67,16 @@ def live() -> Iterator[Live]:
     shutil.rmtree(ROOT, ignore_errors=True)
     stack = LocalStack(LocalConfig(root=ROOT / "stack", port=free_port(), prometheus=False, gateway_replicas=1,
                                    say=lambda _: None))
-    exporters: list[ServiceHandle] = []
-    prometheus: PrometheusHandle | None = None
+    monitoring: LocalMonitoring | None = None
     try:
         stack.start()
         assert stack.redis is not None and stack.nginx is not None
-        exporters.append(start_nginx_exporter(
-            ROOT / "exporters", status_url=f"http://127.0.0.1:{stack.nginx.port}/nginx_status"))
-        exporters.append(start_redis_exporter(ROOT / "exporters", redis_port=stack.redis.port,
-                                              password=stack.redis.password))
-        targets = {
-            m.JOB_VLLM: [f"127.0.0.1:{h.port}" for h in stack.vllm],
-            m.JOB_GATEWAY: [f"127.0.0.1:{g.port}" for g in stack.gateways],
-            m.JOB_EDGE: [f"127.0.0.1:{exporters[0].port}"],
-            m.JOB_REDIS: [f"127.0.0.1:{exporters[1].port}"],
-        }
-        prometheus = start_prometheus(ROOT / "prometheus", targets=targets, settings=monitoring_settings())
+        monitoring = start_local_monitoring(
+            ROOT / "monitoring", vllm=[h.port for h in stack.vllm], gateways=[g.port for g in stack.gateways],
+            nginx_status_url=f"http://127.0.0.1:{stack.nginx.port}/nginx_status",
+            redis_port=stack.redis.port, redis_password=stack.redis.password, settings=monitoring_settings(),
+        )
+        prometheus = monitoring.prometheus
         # rate() needs a sample from before the traffic and one from after it.
         _wait_for(prometheus, f'count(up{{job=~"{m.JOB_VLLM}|{m.JOB_GATEWAY}"}} == 1) == 2')
         _wait_for(prometheus, f"count({m.VLLM_SUCCESS})")
@@ -101,11 +89,10 @@ def live() -> Iterator[Live]:
         # (vLLM's own success counter may lag a request or two behind its access log; any is enough.)
         _wait_for(prometheus, f"sum({m.VLLM_SUCCESS}) > 0")
         _wait_for(prometheus, f'sum({m.GW_REQUESTS}{{route=~"/v1/.+"}}) >= {sent}')
-        yield Live(stack, prometheus, exporters, sent)
+        yield Live(stack, prometheus, monitoring.exporters, sent)
     finally:
-        for handle in [prometheus, *reversed(exporters)]:
-            if handle is not None:
-                handle.stop()
+        if monitoring is not None:
+            monitoring.stop()
         stack.stop()
 
 
