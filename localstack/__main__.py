@@ -30,7 +30,7 @@ from localstack.stack import (
 )
 
 
-def banner(endpoint: Endpoint, seconds: float, rss: int, processes: int) -> str:
+def banner(endpoint: Endpoint, seconds: float, rss: int, processes: int, prometheus: str | None = None) -> str:
     body = json.dumps({"model": endpoint.model, "messages": [{"role": "user", "content": "Hello!"}]})
     return f"""
 ready in {seconds:.1f} s  ({processes} processes, {rss / 2**30:.2f} GiB resident)
@@ -38,6 +38,7 @@ ready in {seconds:.1f} s  ({processes} processes, {rss / 2**30:.2f} GiB resident
   API:       {endpoint.url}/v1   (OpenAI-compatible)
   API key:   {endpoint.api_key}   (development key; also in {state_dir() / ENDPOINT_FILE})
   model:     {endpoint.model}
+  metrics:   {prometheus or "(Prometheus not started)"}   (Prometheus: rules, targets, graphs)
 
   curl -sN {endpoint.url}/v1/chat/completions \\
     -H 'Authorization: Bearer {endpoint.api_key}' -H 'Content-Type: application/json' \\
@@ -64,7 +65,7 @@ def up() -> int:
     try:
         endpoint = stack.start()
         elapsed = time.monotonic() - started
-        print(banner(endpoint, elapsed, stack.rss_bytes(), len(stack.pids())), flush=True)
+        print(banner(endpoint, elapsed, stack.rss_bytes(), len(stack.pids()), stack.prometheus_url), flush=True)
         while True:
             time.sleep(1)
             if not (stack.root / PIDS_FILE).exists():

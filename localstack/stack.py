@@ -117,7 +117,7 @@ class LocalStack:
     vllm: list[VllmHandle] = field(default_factory=list)
     gateways: list[GatewayHandle] = field(default_factory=list)
     nginx: NginxHandle | None = None
-    prometheus: Any = None
+    monitoring: Any = None  # localstack.prometheus.LocalMonitoring: Prometheus + the Nginx/Redis exporters
     endpoint: Endpoint | None = None
     settings: StackSettings | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -127,8 +127,13 @@ class LocalStack:
     def root(self) -> Path:
         return self.config.root.resolve()
 
+    @property
+    def prometheus_url(self) -> str | None:
+        return self.monitoring.prometheus.url if self.monitoring is not None else None
+
     def handles(self) -> list[Any]:
-        found: list[Any] = [self.redis, *self.vllm, *self.gateways, self.nginx, self.prometheus]
+        monitoring = self.monitoring.handles() if self.monitoring is not None else []
+        found: list[Any] = [self.redis, *self.vllm, *self.gateways, self.nginx, *monitoring]
         return [h for h in found if h is not None]
 
     # --- start -----------------------------------------------------------------------------------
@@ -200,26 +205,31 @@ class LocalStack:
         say(f"nginx      ready on 127.0.0.1:{cfg.port}")
 
         if cfg.prometheus:
-            self._start_prometheus(say)
+            self._start_monitoring(redis_password, say)
 
         self.endpoint = Endpoint(f"http://127.0.0.1:{cfg.port}", api_key, served)
         _write_private_json(root / ENDPOINT_FILE, self.endpoint.as_json())
         self.timings["total"] = time.monotonic() - t0
         return self.endpoint
 
-    def _start_prometheus(self, say: Callable[[str], None]) -> None:
-        try:
-            from localstack.prometheus import start_prometheus
-        except ImportError:
-            say("prometheus skipped (localstack/prometheus.py not available yet)")
-            return
-        targets = {
-            "vllm": [f"127.0.0.1:{h.port}" for h in self.vllm],
-            "gateway": [f"127.0.0.1:{g.port}" for g in self.gateways],
-        }
-        self.prometheus = start_prometheus(self.root / "prometheus", targets=targets)
+    def _start_monitoring(self, redis_password: str, say: Callable[[str], None]) -> None:
+        """Prometheus with the rendered rules, scraping vLLM, the gateways and the Nginx/Redis exporters.
+
+        Its settings are local.yaml's with a 1 s scrape interval (`monitoring_settings`), so graphs move.
+        """
+        from localstack.prometheus import start_local_monitoring
+
+        assert self.redis is not None and self.nginx is not None
+        self.monitoring = start_local_monitoring(
+            self.root / "monitoring",
+            vllm=[h.port for h in self.vllm],
+            gateways=[g.port for g in self.gateways],
+            nginx_status_url=f"http://127.0.0.1:{self.config.port}/nginx_status",
+            redis_port=self.redis.port,
+            redis_password=redis_password,
+        )
         self._record()
-        say(f"prometheus ready on {self.prometheus.url}")
+        say(f"prometheus ready on {self.prometheus_url}")
 
     # --- stop --------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -229,7 +239,7 @@ class LocalStack:
                 handle.stop()
             except Exception as err:  # keep stopping the others
                 print(f"warning: stopping {getattr(handle, 'name', handle)}: {err}", file=sys.stderr)
-        self.redis, self.nginx, self.prometheus = None, None, None
+        self.redis, self.nginx, self.monitoring = None, None, None
         self.vllm, self.gateways = [], []
         if self.owns_state:  # never the state file of another, running stack
             (self.root / PIDS_FILE).unlink(missing_ok=True)

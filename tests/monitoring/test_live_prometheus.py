@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from localstack.processes import free_port
-from localstack.prometheus import LocalMonitoring, PrometheusHandle, monitoring_settings, start_local_monitoring
+from localstack.prometheus import LocalMonitoring, PrometheusHandle, monitoring_settings
 from localstack.services import ServiceHandle
 from localstack.stack import LocalConfig, LocalStack
 from monitoring import promql as m
@@ -65,17 +65,13 @@ def _traffic(stack: LocalStack, rounds: int) -> int:
 @pytest.fixture(scope="session")
 def live() -> Iterator[Live]:
     shutil.rmtree(ROOT, ignore_errors=True)
-    stack = LocalStack(LocalConfig(root=ROOT / "stack", port=free_port(), prometheus=False, gateway_replicas=1,
+    # Prometheus and the exporters start inside LocalStack, exactly as in `make up`.
+    stack = LocalStack(LocalConfig(root=ROOT / "stack", port=free_port(), prometheus=True, gateway_replicas=1,
                                    say=lambda _: None))
-    monitoring: LocalMonitoring | None = None
     try:
         stack.start()
-        assert stack.redis is not None and stack.nginx is not None
-        monitoring = start_local_monitoring(
-            ROOT / "monitoring", vllm=[h.port for h in stack.vllm], gateways=[g.port for g in stack.gateways],
-            nginx_status_url=f"http://127.0.0.1:{stack.nginx.port}/nginx_status",
-            redis_port=stack.redis.port, redis_password=stack.redis.password, settings=monitoring_settings(),
-        )
+        monitoring: LocalMonitoring = stack.monitoring
+        assert monitoring is not None
         prometheus = monitoring.prometheus
         # rate() needs a sample from before the traffic and one from after it.
         _wait_for(prometheus, f'count(up{{job=~"{m.JOB_VLLM}|{m.JOB_GATEWAY}"}} == 1) == 2')
@@ -91,8 +87,6 @@ def live() -> Iterator[Live]:
         _wait_for(prometheus, f'sum({m.GW_REQUESTS}{{route=~"/v1/.+"}}) >= {sent}')
         yield Live(stack, prometheus, monitoring.exporters, sent)
     finally:
-        if monitoring is not None:
-            monitoring.stop()
         stack.stop()
 
 
