@@ -7,6 +7,8 @@ GATEWAY_SHUTDOWN_GRACE_SECONDS to finish. A second signal exits at once.
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import threading
 from types import FrameType
@@ -46,6 +48,7 @@ def main() -> int:
         print(err, file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to the log, for ops
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

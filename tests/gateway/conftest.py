@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,11 +93,12 @@ def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
         return handle
 
     try:
-        pair = [start("a"), start("b")]
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda h: h.wait_ready(), pair))
-        # The spare boots in the background while the first tests run; only the failover test waits for it.
-        yield Fleet(pair[0], pair[1], start("c"))
+        handles = [start("a"), start("b"), start("c")]
+        # All three boot together, before any test: a vLLM booting in the background (CPU-heavy) would
+        # distort the timing of whatever test runs next to it.
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda h: h.wait_ready(), handles))
+        yield Fleet(handles[0], handles[1], handles[2], _c_ready=True)
     finally:
         for handle in started:
             handle.stop()
@@ -222,7 +224,7 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
         "GATEWAY_FIRST_TOKEN_TIMEOUT": "20",
         "GATEWAY_IDLE_TIMEOUT": "10",
         "GATEWAY_TOTAL_TIMEOUT": "60",
-        "GATEWAY_MAX_TOKENS_CAP": "2048",
+        "GATEWAY_MAX_TOKENS_CAP": "4000",  # vLLM here: max_model_len 4096
         "GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0",
         "GATEWAY_SHUTDOWN_GRACE_SECONDS": "5",
     }
@@ -256,11 +258,11 @@ def gw(start_gw: StartGateway) -> Gateway:
 
 
 def vllm_metric(handle: VllmHandle, name: str) -> float:
-    """Sum of a vLLM Prometheus metric's samples (e.g. `vllm:num_requests_running`)."""
+    """Sum of a vLLM metric's samples: `vllm:num_requests_running`, or a label prefix `name{a="b"`."""
     text = httpx.get(f"{handle.url}/metrics", timeout=5).text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith(name + ("," if "{" in name else "{")) or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -268,3 +270,13 @@ def vllm_metric(handle: VllmHandle, name: str) -> float:
 def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8,
             "temperature": 0, **extra}
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung host): only a timeout gets past it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()

@@ -28,7 +28,7 @@ CASES: list[tuple[str, str, Any, dict[str, str], int, str | None]] = [
     ("n too large", CHAT, {"model": MODEL, "messages": USER, "n": 99}, {}, 422, "invalid_request"),
     ("max_tokens over cap", CHAT, {"model": MODEL, "messages": USER, "max_tokens": 100000}, {}, 400,
      "max_tokens_too_large"),
-    ("max_completion_tokens over cap", CHAT, {"model": MODEL, "messages": USER, "max_completion_tokens": 9999},
+    ("max_completion_tokens over cap", CHAT, {"model": MODEL, "messages": USER, "max_completion_tokens": 99999},
      {}, 400, "max_tokens_too_large"),
     ("unknown model", CHAT, {"model": "gpt-17", "messages": USER}, {}, 404, "model_not_found"),
     ("too many messages", CHAT, {"model": MODEL, "messages": USER * 300}, {}, 400, "too_many_messages"),

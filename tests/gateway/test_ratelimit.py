@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import redis
 
 from localstack.services import RedisHandle
 from tests.gateway.conftest import StartGateway, auth, chat_body
@@ -35,28 +36,32 @@ async def test_requests_per_minute_shared_by_two_gateways(start_gw: StartGateway
     assert 'gateway_rate_limited_total{limit="rpm"}' in metrics
 
 
-async def test_concurrent_streams_limit_shared_by_two_gateways(start_gw: StartGateway) -> None:
-    limits = {"rate_limit_concurrent": "2", "max_tokens_cap": "4000"}
-    one, two = start_gw(**limits), start_gw(**limits)
-    body = chat_body(max_tokens=4000, ignore_eos=True, stream=True)  # ~8 s each: long enough to overlap
+async def test_concurrent_requests_limit_shared_by_two_gateways(
+    start_gw: StartGateway, black_hole: int, redis_server: RedisHandle
+) -> None:
+    """Two requests held open (their backend hangs until the first-token timeout) fill carol's two slots."""
+    limits = {"rate_limit_concurrent": "2", "backends": f"127.0.0.1:{black_hole}", "first_token_timeout": "4",
+              "retry_attempts": "1"}
+    one, two = start_gw(expect_ready=False, **limits), start_gw(expect_ready=False, **limits)
+    slots = redis.Redis(port=redis_server.port, password=redis_server.password)
+    key = "qs:rl:concurrent:key:carol"
+    body = chat_body(stream=True)
     async with one.client() as a, two.client() as b:
-        async with a.stream("POST", "/v1/chat/completions", headers=auth("carol"), json=body) as s1, \
-                b.stream("POST", "/v1/chat/completions", headers=auth("carol"), json=body) as s2:
-            assert s1.status_code == s2.status_code == 200
-            third, fourth = await asyncio.gather(
-                a.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
-                b.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
-            )
-            other_key = await a.post("/v1/chat/completions", headers=auth("bob"), json=chat_body())
-        # Both streams were closed by the client: their slots come back.
+        held = [asyncio.create_task(c.post("/v1/chat/completions", headers=auth("carol"), json=body)) for c in (a, b)]
         deadline = time.monotonic() + 10
-        while (after := await b.post("/v1/chat/completions", headers=auth("carol"), json=chat_body())).status_code \
-                == 429:
-            assert time.monotonic() < deadline, "the closed streams' slots were never released"
-            await asyncio.sleep(0.2)
+        while int(slots.get(key) or 0) < 2:
+            assert time.monotonic() < deadline, "the two held requests never took their slots"
+            await asyncio.sleep(0.05)
+        third, fourth = await asyncio.gather(
+            a.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
+            b.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
+        )
+        other_key = await a.post("/v1/chat/completions", headers=auth("bob"), json=chat_body())
+        timed_out = await asyncio.gather(*held)  # the hung backend: 504 after the first-token timeout
     for resp in (third, fourth):
         assert resp.status_code == 429, resp.text
         assert resp.headers["retry-after"] == "1"
         assert resp.json()["error"]["code"] == "concurrency_limit_exceeded"
-    assert other_key.status_code == 200
-    assert after.status_code == 200
+    assert other_key.status_code == 504  # bob has slots; he only meets the hung backend
+    assert [r.status_code for r in timed_out] == [504, 504]
+    assert int(slots.get(key) or 0) == 0  # released when the requests ended

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.gateway.api.body import parse_model, read_json_object
 from app.gateway.api.context import Caller, Ctx, GatewayContext
@@ -63,8 +63,14 @@ class SSEResponse(StreamingResponse):
         self._stream, self._finish = stream, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                log.info("client disconnected mid-stream", extra={"backend": self._stream.backend.address})
+            return message
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, watched_receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stream.close()

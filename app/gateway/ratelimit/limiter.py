@@ -18,16 +18,20 @@ from app.gateway.logging import log
 from app.gateway.metrics import Metrics
 from app.gateway.redis_client import RedisGuard, RedisUnavailable
 
-# KEYS[1] counter, ARGV[1] limit, ARGV[2] ttl seconds, ARGV[3] '1' for a concurrency slot (undo when refused,
-# refresh the TTL on every admission). Returns {allowed, count, ttl}.
+# One round trip per admission. KEYS: the minute's request counter, the concurrency counter.
+# ARGV: rpm limit, concurrency limit, concurrency-key TTL. Returns {0, ttl} when over the per-minute limit,
+# {-1, 1} when over the concurrency limit (its INCR undone), {1, 0} when admitted.
 _ADMIT = """
 local n = redis.call('INCR', KEYS[1])
-if n == 1 or ARGV[3] == '1' or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[1]) then
-  if ARGV[3] == '1' then redis.call('DECR', KEYS[1]) end
-  return {0, n, redis.call('TTL', KEYS[1])}
+if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], 61) end
+if n > tonumber(ARGV[1]) then return {0, redis.call('TTL', KEYS[1])} end
+local c = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if c > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[2])
+  return {-1, 1}
 end
-return {1, n, redis.call('TTL', KEYS[1])}
+return {1, 0}
 """
 
 # Never below zero (a slot released after its key expired).
@@ -67,6 +71,9 @@ class RateLimiter:
         self._redis, self._metrics = redis, metrics
         self.rpm, self.concurrent, self.fail_open = rpm, concurrent, fail_open
         self._slot_ttl = slot_ttl_seconds
+        # Sent once, then called by SHA (EVALSHA; redis-py reloads it if Redis restarted empty).
+        self._admit = redis.client.register_script(_ADMIT)
+        self._release = redis.client.register_script(_RELEASE)
 
     def _unavailable(self) -> None:
         if not self.fail_open:
@@ -75,33 +82,26 @@ class RateLimiter:
         self._metrics.rate_limit_fail_open.inc()
 
     async def admit(self, subject: str) -> Slot:
-        """Check the per-minute limit, then take a concurrency slot; 429 with Retry-After when over."""
-        window = int(time.time() // 60)
-        rpm_key = f"qs:rl:rpm:{subject}:{window}"
+        """Count the request in this minute's window, then take a concurrency slot; 429 + Retry-After if over."""
+        rpm_key = f"qs:rl:rpm:{subject}:{int(time.time() // 60)}"
+        slot_key = f"qs:rl:concurrent:{subject}"
         try:
-            allowed, _count, ttl = await self._redis.run(
-                "ratelimit", lambda r: r.eval(_ADMIT, 1, rpm_key, self.rpm, 61, "0")
+            verdict, retry = await self._redis.run(
+                "ratelimit",
+                lambda r: self._admit(keys=[rpm_key, slot_key], args=[self.rpm, self.concurrent, self._slot_ttl],
+                                      client=r),
             )
         except RedisUnavailable:
             self._unavailable()
             return Slot(None, self)
-        if not allowed:
+        if verdict == 0:
             self._metrics.rate_limited.labels("rpm").inc()
-            retry = max(int(ttl), 1)
+            retry = max(int(retry), 1)
             raise ApiError(
                 429, f"Rate limit reached: {self.rpm} requests per minute; retry in {retry} s",
                 code="rate_limit_exceeded", headers={"Retry-After": str(retry)},
             )
-        slot_key = f"qs:rl:concurrent:{subject}"
-        try:
-            allowed, _count, _ttl = await self._redis.run(
-                "ratelimit",
-                lambda r: r.eval(_ADMIT, 1, slot_key, self.concurrent, self._slot_ttl, "1"),
-            )
-        except RedisUnavailable:
-            self._unavailable()
-            return Slot(None, self)
-        if not allowed:
+        if verdict == -1:
             self._metrics.rate_limited.labels("concurrent").inc()
             raise ApiError(
                 429, f"Too many concurrent requests: the limit is {self.concurrent}",
@@ -111,6 +111,6 @@ class RateLimiter:
 
     async def release(self, key: str) -> None:
         try:
-            await self._redis.run("ratelimit", lambda r: r.eval(_RELEASE, 1, key))
+            await self._redis.run("ratelimit", lambda r: self._release(keys=[key], client=r))
         except RedisUnavailable:
             log.warning("could not release a concurrency slot; it expires with its key", extra={"key": key})
