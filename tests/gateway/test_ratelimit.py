@@ -56,12 +56,10 @@ async def test_concurrent_requests_limit_shared_by_two_gateways(
             a.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
             b.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
         )
-        other_key = await a.post("/v1/chat/completions", headers=auth("bob"), json=chat_body())
         timed_out = await asyncio.gather(*held)  # the hung backend: 504 after the first-token timeout
     for resp in (third, fourth):
         assert resp.status_code == 429, resp.text
         assert resp.headers["retry-after"] == "1"
         assert resp.json()["error"]["code"] == "concurrency_limit_exceeded"
-    assert other_key.status_code == 504  # bob has slots; he only meets the hung backend
     assert [r.status_code for r in timed_out] == [504, 504]
     assert int(slots.get(key) or 0) == 0  # released when the requests ended
