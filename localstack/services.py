@@ -254,7 +254,8 @@ def start_gateway(
     timeout: float = 60.0,
     wait: bool = True,
 ) -> GatewayHandle:
-    """One gateway replica (uvicorn in the project venv); ready when /readyz answers 2xx."""
+    """One gateway replica, started as its image starts it (`python -m app.gateway`: uvicorn that drains
+    on SIGTERM); ready when /readyz answers 2xx."""
     workdir = workdir.resolve()
     port = port or free_port()
     check_port(port, name, env_var)
@@ -268,11 +269,7 @@ def start_gateway(
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
     }
-    cmd = [
-        str(PROJECT_PYTHON), "-m", "uvicorn", "app.gateway.main:app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        "--timeout-graceful-shutdown", "5",
-    ]
+    cmd = [str(PROJECT_PYTHON), "-m", "app.gateway"]
     proc = ManagedProcess(name, cmd, workdir / f"{name}.log", env=full_env, cwd=REPO_ROOT).start()
     url = f"http://127.0.0.1:{port}"
     handle = GatewayHandle(name, port, proc, lambda: http_ok(f"{url}/readyz"), timeout)

@@ -17,7 +17,7 @@ from localstack.stack import Endpoint, LocalConfig, LocalStack
 BUILD = Path(__file__).resolve().parents[2] / "build"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def local_stack() -> Iterator[LocalStack]:
     root = BUILD / "test-e2e" / f"stack-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
@@ -29,18 +29,18 @@ def local_stack() -> Iterator[LocalStack]:
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def endpoint(local_stack: LocalStack) -> Endpoint:
     assert local_stack.endpoint is not None
     return local_stack.endpoint
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(endpoint: Endpoint) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{endpoint.url}/v1", api_key=endpoint.api_key, max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def http(endpoint: Endpoint) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=endpoint.url, headers={"Authorization": f"Bearer {endpoint.api_key}"}, timeout=30

@@ -55,12 +55,12 @@ def auth(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[name]}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack_settings() -> StackSettings:
     return local_settings(KEYS["alice"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def build_dir() -> Path:
     shutil.rmtree(BUILD, ignore_errors=True)
     BUILD.mkdir(parents=True)
@@ -81,7 +81,7 @@ class Fleet:
         return self.c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
     model = ensure_tiny_model()
     started: list[VllmHandle] = []
@@ -104,7 +104,7 @@ def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
             handle.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_server(build_dir: Path, stack_settings: StackSettings) -> Iterator[RedisHandle]:
     handle = start_redis(build_dir / "redis", settings=stack_settings, password="test-redis-password")
     yield handle
@@ -165,7 +165,7 @@ def _b64(n: int) -> str:
     return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def jwks() -> Iterator[JwksServer]:
     server = JwksServer()
     yield server
@@ -188,6 +188,17 @@ class Gateway:
     def log(self) -> str:
         return self.handle.process.log_path.read_text(errors="replace")
 
+    def wait_backends_healthy(self, count: int, timeout: float = 30.0) -> None:
+        """Ready means one healthy backend; routing tests need the gateway to have probed all of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            backends = httpx.get(f"{self.url}/readyz", timeout=5).json().get("backends", {})
+            if sum(1 for b in backends.values() if b["healthy"]) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway sees {backends}, not {count} healthy backends")
+            time.sleep(0.1)
+
 
 StartGateway = Callable[..., Gateway]
 
@@ -205,7 +216,7 @@ def gateway_process(workdir: Path, env: dict[str, str], name: str) -> GatewayHan
     return GatewayHandle(name, port, proc, lambda: http_ok(f"{url}/readyz"), 30.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[str, str]:
     return {
         "GATEWAY_BACKENDS": f"127.0.0.1:{fleet.a.port},127.0.0.1:{fleet.b.port}",
@@ -230,7 +241,7 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway]:
     running: list[GatewayHandle] = []
     counter = iter(range(1, 1000))
@@ -251,10 +262,12 @@ def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway
         handle.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gw(start_gw: StartGateway) -> Gateway:
     """The main gateway: backends A and B, shared Redis, API keys and OIDC."""
-    return start_gw()
+    gateway = start_gw()
+    gateway.wait_backends_healthy(2)
+    return gateway
 
 
 def vllm_metric(handle: VllmHandle, name: str) -> float:

@@ -8,6 +8,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import Fleet, StartGateway, auth, chat_body
 from tests.gateway.test_routing import session_for
@@ -17,6 +18,9 @@ def sse_payloads(raw: str) -> list[str]:
     return [e.removeprefix("data: ").strip() for e in raw.split("\n\n") if e.strip()]
 
 
+# Timing-sensitive on a 2-core machine shared by three CPU vLLMs (see README "Known issues"): a real
+# regression fails every attempt; a stall of the machine gets two more.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 async def test_killing_a_backend_mid_traffic(start_gw: StartGateway, fleet: Fleet) -> None:
     spare = fleet.spare()
     gw = start_gw(backends=f"127.0.0.1:{fleet.a.port},127.0.0.1:{spare.port}")

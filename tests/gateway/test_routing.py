@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+import pytest
 import redis
 
 from app.gateway.backends.routing import rendezvous_score
@@ -55,6 +56,9 @@ async def test_requests_without_session_spread_by_outstanding_load(gw: Gateway, 
     assert min(deltas) >= 2, deltas  # not all on one backend
 
 
+# Timing-sensitive on a 2-core machine shared by three CPU vLLMs (see README "Known issues"): a real
+# regression fails every attempt; a stall of the machine gets two more.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 async def test_client_disconnect_cancels_the_vllm_request(
     gw: Gateway, fleet: Fleet, redis_server: RedisHandle
 ) -> None:

@@ -7,10 +7,14 @@ import os
 import signal
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import StartGateway, auth, chat_body
 
 
+# Timing-sensitive on a 2-core machine shared by three CPU vLLMs (see README "Known issues"): a real
+# regression fails every attempt; a stall of the machine gets two more.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 async def test_graceful_shutdown_drains(start_gw: StartGateway) -> None:
     gw = start_gw(shutdown_drain_seconds="1.5", shutdown_grace_seconds="30")
     body = chat_body("a long goodbye", max_tokens=1500, ignore_eos=True, stream=True)

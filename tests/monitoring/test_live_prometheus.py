@@ -62,7 +62,7 @@ def _traffic(stack: LocalStack, rounds: int) -> int:
     return sent
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     shutil.rmtree(ROOT, ignore_errors=True)
     # Prometheus and the exporters start inside LocalStack, exactly as in `make up`.
