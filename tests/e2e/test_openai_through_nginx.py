@@ -23,6 +23,9 @@ def test_models_lists_the_served_model(client: openai.OpenAI, endpoint: Endpoint
     assert [m.id for m in client.models.list().data] == [endpoint.model]
 
 
+# The intermittent delivery lag through the gateway on this 2-core machine (README "Known issues") can
+# bunch the chunks of one stream; a proxy that buffers fails every attempt.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 def test_stream_arrives_incrementally_not_buffered(client: openai.OpenAI, endpoint: Endpoint) -> None:
     started = time.monotonic()
     stream = client.chat.completions.create(
