@@ -18,6 +18,7 @@ from infra.components.labels import (
     restricted_pod,
     selector_labels,
     spread_by_host,
+    surge_rollout,
     tcp_probe,
 )
 from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
@@ -140,10 +141,7 @@ class Edge(pulumi.ComponentResource):
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=edge.replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "edge")),
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
-                ),
+                strategy=surge_rollout(),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(
                         labels=labels(s, "edge", "edge"),

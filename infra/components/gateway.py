@@ -21,6 +21,7 @@ from infra.components.labels import (
     restricted_pod,
     selector_labels,
     spread_by_host,
+    surge_rollout,
 )
 from infra.render.gateway_env import render_gateway_env
 from infra.settings import StackSettings
@@ -106,10 +107,7 @@ class Gateway(pulumi.ComponentResource):
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=gw.replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "gateway")),
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
-                ),
+                strategy=surge_rollout(),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(s, "gateway", "api")),
                     spec=k8s.core.v1.PodSpecArgs(

@@ -114,6 +114,14 @@ def disruption_budget(
     )
 
 
+def surge_rollout() -> k8s.apps.v1.DeploymentStrategyArgs:
+    """Roll out one extra pod at a time and never take a serving one down first."""
+    return k8s.apps.v1.DeploymentStrategyArgs(
+        type="RollingUpdate",
+        rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
+    )
+
+
 def http_probe(
     path: str, port: str, *, period: int, failures: int, timeout: int = 5, initial_delay: int | None = None
 ) -> k8s.core.v1.ProbeArgs:
