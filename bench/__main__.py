@@ -1,15 +1,23 @@
-"""`make bench` = `python -m bench`: every benchmark (timing goals live here, not in tests)."""
+"""`make bench` = `python -m bench [latency|pace] ...`: every benchmark (timing goals live here, not in tests).
+
+- latency (default): the gateway's added latency against vLLM direct (bench/gateway_latency.py)
+- pace: how fast each test model decodes on this machine (bench/test_model_pace.py)
+"""
 
 from __future__ import annotations
 
 import sys
 
-from bench import gateway_latency
+from bench import gateway_latency, test_model_pace
+
+COMMANDS = {"latency": gateway_latency.main, "pace": test_model_pace.main}
 
 
-def main() -> int:
-    return gateway_latency.main(sys.argv[1:])
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return gateway_latency.main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from app.inference.tiny_model import ensure_tiny_model
+from app.inference.tiny_model import FAST_MODEL, ensure_test_model
 from localstack.services import REPO_ROOT, ServiceHandle, start_gateway, start_redis, start_vllm
 from localstack.settings import key_hash, local_settings
 from localstack.stack import gateway_env
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         print("starting Redis, vLLM (CPU, tiny model) and the gateway ...", flush=True)
         redis = start_redis(work / "redis", settings=settings)
         started.append(redis)
-        vllm = start_vllm(work / "vllm", settings=settings, model_dir=ensure_tiny_model(), served_name=model)
+        vllm = start_vllm(work / "vllm", settings=settings, model_dir=ensure_test_model(FAST_MODEL), served_name=model)
         started.append(vllm)
         env = gateway_env(settings, [vllm], redis, api_key_hashes={key_hash(API_KEY): "bench"})
         env.update({"GATEWAY_RATE_LIMIT_RPM": "1000000", "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.inference.tiny_model import ensure_tiny_model, is_built
+from app.inference.tiny_model import PACED_MODEL, TEST_MODELS, ensure_test_model, is_built, model_dir
 from infra.render.gateway_env import render_gateway_env
 from infra.render.nginx import render_nginx_conf
 from infra.settings import StackSettings
@@ -58,11 +58,15 @@ class StackError(RuntimeError):
 
 @dataclass
 class LocalConfig:
-    """What a run of the local stack may vary; `from_env` reads PORT, MODEL, VLLM_REPLICAS, LOCAL_STATE_DIR."""
+    """What a run of the local stack may vary; `from_env` reads PORT, MODEL, TEST_MODEL, VLLM_REPLICAS,
+    LOCAL_STATE_DIR."""
 
     root: Path = DEFAULT_ROOT
     port: int = 8080
-    model: Path | None = None  # real weights; default: the tiny model
+    model: Path | None = None  # real weights; default: a test model built here
+    # Which test model when `model` is None: the paced one decodes at a GPU-like rate, so the chat page
+    # streams as it would in production; `tiny-qwen2` is faster to start and answer where that matters.
+    test_model: str = PACED_MODEL
     vllm_replicas: int = 1
     gateway_replicas: int | None = None  # default: settings.gateway.replicas
     prometheus: bool = True
@@ -89,9 +93,12 @@ class LocalConfig:
         model = Path(env["MODEL"]).expanduser().resolve() if env.get("MODEL") else None
         if model is not None and not (model / "config.json").is_file():
             problems.append(f"MODEL={env['MODEL']}: no config.json there; point it at a Hugging Face model dir")
+        test_model = env.get("TEST_MODEL", PACED_MODEL)
+        if test_model not in TEST_MODELS:
+            problems.append(f"TEST_MODEL={test_model!r}: choose one of {', '.join(TEST_MODELS)}")
         if problems:
             raise StackError("\n".join(problems))
-        return cls(root=state_dir(env), port=port, model=model, vllm_replicas=replicas)
+        return cls(root=state_dir(env), port=port, model=model, vllm_replicas=replicas, test_model=test_model)
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -160,10 +167,10 @@ class LocalStack:
 
         t0 = time.monotonic()
         if cfg.model is None:
-            model_dir = ensure_tiny_model_verbose(say)
+            weights = ensure_test_model_verbose(cfg.test_model, say)
         else:
-            model_dir = cfg.model
-            say(f"model: {model_dir} (from MODEL)")
+            weights = cfg.model
+            say(f"model: {weights} (from MODEL)")
         self.timings["model"] = time.monotonic() - t0
 
         t = time.monotonic()
@@ -176,7 +183,7 @@ class LocalStack:
         t = time.monotonic()
         for i in range(cfg.vllm_replicas):
             self.vllm.append(start_vllm(
-                root / f"vllm-{i}", settings=settings, model_dir=model_dir, served_name=served,
+                root / f"vllm-{i}", settings=settings, model_dir=weights, served_name=served,
                 timeout=cfg.vllm_timeout, wait=False, name=f"vllm-{i}",
             ))
             self._record()
@@ -245,6 +252,12 @@ class LocalStack:
             (self.root / PIDS_FILE).unlink(missing_ok=True)
             self.owns_state = False
 
+    def restart(self, handle: ServiceHandle) -> None:
+        """Start one of this stack's servers again (after stop() or kill()) and record its new pid, so
+        `make down` and `status` keep seeing exactly the running processes."""
+        handle.restart()
+        self._record()
+
     def __enter__(self) -> LocalStack:
         self.start()
         return self
@@ -285,6 +298,8 @@ def settings_overrides(cfg: LocalConfig) -> dict[str, Any]:
     if cfg.model is not None:  # real weights: serve them under their directory's name
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.model.name).strip("-") or "local-model"
         overrides["model"] = {"name": name, "servedName": name}
+    else:
+        overrides["model"] = {"name": cfg.test_model, "servedName": cfg.test_model}
     if cfg.gateway_replicas:
         overrides["gateway"] = {"replicas": cfg.gateway_replicas, "maxReplicas": cfg.gateway_replicas}
     return overrides
@@ -354,15 +369,14 @@ def nginx_conf(settings: StackSettings, *, port: int, gateways: list[GatewayHand
     )
 
 
-def ensure_tiny_model_verbose(say: Callable[[str], None]) -> Path:
-    from app.inference.tiny_model import DEFAULT_DIR
-
-    if is_built(DEFAULT_DIR):
-        say(f"model: tiny Qwen2 (cached in {DEFAULT_DIR.relative_to(REPO_ROOT)})")
-        return DEFAULT_DIR
-    say("model: building the tiny Qwen2 (random weights, local tokenizer; once, a few seconds)...")
+def ensure_test_model_verbose(name: str, say: Callable[[str], None]) -> Path:
+    cached = model_dir(name)
+    if is_built(cached, name):
+        say(f"model: {name}, a random-weight test Qwen2 (cached in {cached.relative_to(REPO_ROOT)})")
+        return cached
+    say(f"model: building {name} (random weights, local tokenizer; once, a few seconds)...")
     t = time.monotonic()
-    path = ensure_tiny_model()
+    path = ensure_test_model(name)
     say(f"model: built in {time.monotonic() - t:.1f} s -> {path.relative_to(REPO_ROOT)}")
     return path
 

@@ -67,6 +67,7 @@ def build_context(settings: GatewaySettings, metrics: Metrics) -> GatewayContext
         limiter=RateLimiter(
             redis, metrics,
             rpm=settings.rate_limit_rpm,
+            window_seconds=settings.rate_limit_window_seconds,
             concurrent=settings.rate_limit_concurrent,
             fail_open=settings.rate_limit_fail_open,
             slot_ttl_seconds=int(settings.total_timeout + settings.shutdown_grace_seconds + 60),

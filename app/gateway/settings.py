@@ -43,7 +43,8 @@ class GatewaySettings(BaseSettings):
     oidc_jwks_cache_seconds: float = Field(default=300.0, gt=0)
     oidc_jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
 
-    rate_limit_rpm: int = Field(default=120, ge=1)
+    rate_limit_rpm: int = Field(default=120, ge=1)  # requests per window (per minute by default)
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)  # the sliding window
     rate_limit_concurrent: int = Field(default=8, ge=1)
     rate_limit_fail_open: bool = True
 

@@ -1,10 +1,15 @@
-"""A deterministic tiny Qwen2 for running real vLLM on a CPU: random weights, a locally trained tokenizer.
+"""Deterministic random-weight Qwen2 test models for running real vLLM on a CPU, with a local tokenizer.
+
+Two shapes, one builder (see `TEST_MODELS`):
+- `tiny-qwen2`: as fast as possible (hundreds of tokens/s per stream). For tests where only speed matters.
+- `paced-qwen2`: compute-bound so that it decodes at a GPU-like, steady rate (tens of tokens/s per stream
+  on 2 cores): streams arrive incrementally and a kill or a disconnect lands while vLLM is still generating.
 
 Nothing is downloaded. The builder (`build`) needs torch/transformers/tokenizers, which live in the vLLM
-venv (`.venv-vllm`); `ensure_tiny_model()` runs from the project venv and shells out to it. Fixed seeds
+venv (`.venv-vllm`); `ensure_test_model()` runs from the project venv and shells out to it. Fixed seeds
 make the same bytes every time; the cache is keyed by a hash of this file, so editing the builder rebuilds.
 
-    .venv-vllm/bin/python -m app.inference.tiny_model build build/models/tiny-qwen2
+    .venv-vllm/bin/python -m app.inference.tiny_model build build/models/paced-qwen2 paced-qwen2
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DIR = REPO_ROOT / "build" / "models" / "tiny-qwen2"
+MODELS_DIR = REPO_ROOT / "build" / "models"
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 STAMP = ".builder-sha256"
 
@@ -40,32 +45,40 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-# Model shape: head_dim 64 (256 / 4) is one the CPU attention kernels support; 16 is not.
-MODEL_SHAPE: dict[str, Any] = {
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": True,
+# Both shapes share tokenizer, positions and tied embeddings; head_dim 64 is one the CPU attention kernels
+# support (16 is not). The paced shape's per-token compute (~200 M parameters, 12 layers) is what makes
+# decoding take ~14 ms a token on this machine kind; its measured rate is in app/inference/README.md.
+_COMMON: dict[str, Any] = {"max_position_embeddings": 4096, "tie_word_embeddings": True, "num_key_value_heads": 2}
+TEST_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-qwen2": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, **_COMMON},
+    "paced-qwen2": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 12,
+                    "num_attention_heads": 16, **_COMMON},
 }
+FAST_MODEL, PACED_MODEL = "tiny-qwen2", "paced-qwen2"
 
 
-def builder_hash() -> str:
-    """Hash of this file's source: the cache key of a built model."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+def model_dir(name: str) -> Path:
+    """Where `ensure_test_model(name)` keeps a built model: build/models/<name>."""
+    return MODELS_DIR / name
 
 
-def is_built(dest: Path) -> bool:
+def builder_hash(name: str) -> str:
+    """Hash of this file's source and the model's name: the cache key of a built model."""
+    return hashlib.sha256(Path(__file__).read_bytes() + name.encode()).hexdigest()
+
+
+def is_built(dest: Path, name: str) -> bool:
     stamp = dest / STAMP
-    return stamp.is_file() and stamp.read_text().strip() == builder_hash()
+    return stamp.is_file() and stamp.read_text().strip() == builder_hash(name)
 
 
-def ensure_tiny_model(dest: Path | None = None) -> Path:
-    """Return a directory holding the tiny model, building it (via .venv-vllm) only if missing or stale."""
-    dest = (dest or DEFAULT_DIR).resolve()
-    if is_built(dest):
+def ensure_test_model(name: str = FAST_MODEL, dest: Path | None = None) -> Path:
+    """Return a directory holding test model `name`, building it (via .venv-vllm) only if missing or stale."""
+    if name not in TEST_MODELS:
+        raise ValueError(f"unknown test model {name!r}; choose one of {', '.join(TEST_MODELS)}")
+    dest = (dest or model_dir(name)).resolve()
+    if is_built(dest, name):
         return dest
     if not VLLM_PYTHON.exists():
         raise RuntimeError(f"{VLLM_PYTHON} is missing: run `make setup` to install the CPU build of vLLM")
@@ -76,12 +89,12 @@ def ensure_tiny_model(dest: Path | None = None) -> Path:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "TMPDIR": str(staging), "XDG_CACHE_HOME": str(dest.parent / ".cache")}
         proc = subprocess.run(
-            [str(VLLM_PYTHON), "-m", "app.inference.tiny_model", "build", str(staging / "model")],
+            [str(VLLM_PYTHON), "-m", "app.inference.tiny_model", "build", str(staging / "model"), name],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"building the tiny model failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                f"building the test model {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
             )
         if dest.exists():
             shutil.rmtree(dest)
@@ -111,8 +124,9 @@ def training_corpus(lines: int = 4000) -> list[str]:
     return out
 
 
-def build(dest: Path) -> None:
-    """Write tokenizer + random-weight Qwen2 into `dest`. Runs in .venv-vllm (torch, transformers)."""
+def build(dest: Path, name: str) -> None:
+    """Write tokenizer + random-weight Qwen2 `name` into `dest`. Runs in .venv-vllm (torch, transformers)."""
+    shape = TEST_MODELS[name]
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -133,7 +147,7 @@ def build(dest: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, bos_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        model_max_length=shape["max_position_embeddings"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(str(dest))
@@ -142,23 +156,24 @@ def build(dest: Path) -> None:
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
         vocab_size=len(tokenizer), bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
-        torch_dtype="bfloat16", **MODEL_SHAPE,
+        torch_dtype="bfloat16", **shape,
     )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
     model.save_pretrained(str(dest), safe_serialization=True)
-    (dest / STAMP).write_text(builder_hash() + "\n")
+    (dest / STAMP).write_text(builder_hash(name) + "\n")
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "build":
-        build(Path(argv[1]))
+    names = " | ".join(TEST_MODELS)
+    if len(argv) == 3 and argv[0] == "build" and argv[2] in TEST_MODELS:
+        build(Path(argv[1]), argv[2])
         return 0
-    if len(argv) in (1, 2) and argv[0] == "ensure":
-        print(ensure_tiny_model(Path(argv[1]) if len(argv) == 2 else None))
+    if len(argv) in (1, 2) and argv[0] == "ensure" and (len(argv) == 1 or argv[1] in TEST_MODELS):
+        print(ensure_test_model(argv[1] if len(argv) == 2 else FAST_MODEL))
         return 0
-    print("usage: python -m app.inference.tiny_model build <dir>   (in .venv-vllm)\n"
-          "       python -m app.inference.tiny_model ensure [<dir>]", file=sys.stderr)
+    print(f"usage: python -m app.inference.tiny_model build <dir> <{names}>   (in .venv-vllm)\n"
+          f"       python -m app.inference.tiny_model ensure [{names}]", file=sys.stderr)
     return 2
 
 

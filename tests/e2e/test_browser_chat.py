@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Route, ViewportSize, expect, sync_playwright
 
 from localstack.stack import Endpoint, LocalStack
+from tests.waiting import metric, wait_until
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 CHROMIUM_ARGS = [
@@ -134,26 +133,12 @@ def test_stop_button_ends_a_stream(page: Page, endpoint: Endpoint, local_stack: 
     wait_idle(page, timeout=2_000)
     expect(page.locator(".msg.assistant").last).to_have_class("msg assistant stopped")
     stopped_at = assistant_texts(page)[-1]
-    page.wait_for_timeout(500)
+    # The abort went all the way back: vLLM is no longer generating for us ...
+    vllm = local_stack.vllm[0]
+    wait_until(lambda: metric(vllm.url, "vllm:num_requests_running") == 0, "vLLM stops generating", within=10)
+    # ... so nothing more can be on its way, and nothing more was shown.
     assert assistant_texts(page)[-1] == stopped_at, "text kept arriving after stop"
     assert len(stopped_at.split()) < 2500  # far from the 3000 tokens asked for
-    # The abort went all the way back: vLLM is no longer generating for us.
-    assert _running_requests(local_stack) == 0
-
-
-def _running_requests(stack: LocalStack, within: float = 5.0) -> float:
-    deadline = time.monotonic() + within
-    value = -1.0
-    while time.monotonic() < deadline:
-        value = 0.0
-        for vllm in stack.vllm:
-            for line in httpx.get(f"{vllm.url}/metrics", timeout=5).text.splitlines():
-                if line.startswith("vllm:num_requests_running{"):
-                    value += float(line.rsplit(" ", 1)[1])
-        if value == 0:
-            return value
-        time.sleep(0.2)
-    return value
 
 
 def test_bad_extra_fields_are_refused_before_sending(page: Page, endpoint: Endpoint) -> None:
@@ -221,7 +206,7 @@ def test_backend_down_is_reported_then_recovers(page: Page, endpoint: Endpoint, 
         wait_idle(page)
         assert page.locator(".msg.assistant").count() == 0
     finally:
-        vllm.restart()
+        local_stack.restart(vllm)
     for gateway in local_stack.gateways:
         gateway.wait_ready()
     send(page, "and now?")

@@ -1,6 +1,8 @@
-"""Real servers for the gateway tests, started once per session through the local stack's own code.
+"""Real servers for the gateway tests, started once per package through the local stack's own code.
 
-- vLLM (CPU build, tiny model): A and B serve every routing test; C is a spare the failover test kills.
+- vLLM (CPU build): A and B serve the fast test model (`tiny-qwen2`: routing, auth, limits, sessions only
+  need answers, quickly); P serves the paced model (`paced-qwen2`, tens of tokens/s like a GPU) for the
+  tests that act while vLLM is still generating: kill mid-stream, disconnect cancels, drain on shutdown.
 - Redis: one shared instance (tests that stop Redis start their own).
 - A JWKS server: the test's stand-in for the company's OIDC provider (a tiny local HTTP server).
 - Gateways: real `python -m app.gateway` subprocesses, made by `start_gw(**env)`; all stopped at the end.
@@ -27,7 +29,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.inference.tiny_model import ensure_tiny_model
+from app.inference.tiny_model import FAST_MODEL, PACED_MODEL, ensure_test_model
 from infra.settings import StackSettings
 from localstack.processes import ManagedProcess, free_port, http_ok
 from localstack.services import (
@@ -40,9 +42,10 @@ from localstack.services import (
     start_vllm,
 )
 from localstack.settings import local_settings
+from tests.waiting import metric
 
 BUILD = REPO_ROOT / "build" / "test-gateway"
-MODEL = "tiny-qwen2"
+MODEL = "tiny-qwen2"  # the name every backend serves under (the paced one too), as one Deployment would
 KEYS = {"alice": "sk-test-alice-0123456789", "bob": "sk-test-bob-0123456789", "carol": "sk-test-carol-01234567"}
 ISSUER, AUDIENCE = "https://login.example.internal", "qwen-serving"
 
@@ -57,7 +60,8 @@ def auth(name: str) -> dict[str, str]:
 
 @pytest.fixture(scope="package")
 def stack_settings() -> StackSettings:
-    return local_settings(KEYS["alice"])
+    # Every backend serves under one name, as the replicas of one Deployment would.
+    return local_settings(KEYS["alice"], overrides={"model": {"name": MODEL, "servedName": MODEL}})
 
 
 @pytest.fixture(scope="package")
@@ -69,36 +73,35 @@ def build_dir() -> Path:
 
 @dataclass
 class Fleet:
-    a: VllmHandle
-    b: VllmHandle
-    c: VllmHandle
-    _c_ready: bool = False
+    a: VllmHandle  # fast model
+    b: VllmHandle  # fast model
+    paced_backend: VllmHandle  # paced model; see paced()
 
-    def spare(self) -> VllmHandle:
-        if not self._c_ready:
-            self.c.wait_ready()
-            self._c_ready = True
-        return self.c
+    def paced(self) -> VllmHandle:
+        """The paced backend, running: a test that killed it (failover) leaves the restart to its next user."""
+        if not self.paced_backend.process.running():
+            self.paced_backend.restart()
+        return self.paced_backend
 
 
 @pytest.fixture(scope="package")
 def fleet(build_dir: Path, stack_settings: StackSettings) -> Iterator[Fleet]:
-    model = ensure_tiny_model()
+    models = {name: ensure_test_model(name) for name in (FAST_MODEL, PACED_MODEL)}
     started: list[VllmHandle] = []
 
-    def start(name: str) -> VllmHandle:
-        handle = start_vllm(build_dir / f"vllm-{name}", settings=stack_settings, model_dir=model,
-                            served_name=MODEL, wait=False)
+    def start(name: str, model: str) -> VllmHandle:
+        handle = start_vllm(build_dir / f"vllm-{name}", settings=stack_settings, model_dir=models[model],
+                            served_name=MODEL, wait=False, name=f"vllm-{name}")
         started.append(handle)
         return handle
 
     try:
-        handles = [start("a"), start("b"), start("c")]
-        # All three boot together, before any test: a vLLM booting in the background (CPU-heavy) would
-        # distort the timing of whatever test runs next to it.
-        with ThreadPoolExecutor(3) as pool:
+        handles = [start("a", FAST_MODEL), start("b", FAST_MODEL), start("p", PACED_MODEL)]
+        # All boot together, before any test: a vLLM booting in the background (CPU-heavy) would slow
+        # whatever test runs next to it.
+        with ThreadPoolExecutor(len(handles)) as pool:
             list(pool.map(lambda h: h.wait_ready(), handles))
-        yield Fleet(handles[0], handles[1], handles[2], _c_ready=True)
+        yield Fleet(*handles)
     finally:
         for handle in started:
             handle.stop()
@@ -270,14 +273,9 @@ def gw(start_gw: StartGateway) -> Gateway:
     return gateway
 
 
-def vllm_metric(handle: VllmHandle, name: str) -> float:
-    """Sum of a vLLM metric's samples: `vllm:num_requests_running`, or a label prefix `name{a="b"`."""
-    text = httpx.get(f"{handle.url}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + ("," if "{" in name else "{")) or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def vllm_metric(handle: VllmHandle, name: str, **labels: str) -> float:
+    """Sum of a vLLM metric's samples (`vllm:num_requests_running`, `vllm:request_success_total`, ...)."""
+    return metric(handle.url, name, **labels)
 
 
 def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def test_config_from_env_defaults() -> None:
         ({"PORT": "http"}, "PORT='http'"),
         ({"VLLM_REPLICAS": "0"}, "VLLM_REPLICAS='0': give 1 to 4"),
         ({"MODEL": "/nonexistent/model"}, "MODEL=/nonexistent/model: no config.json there"),
+        ({"TEST_MODEL": "huge"}, "TEST_MODEL='huge': choose one of tiny-qwen2, paced-qwen2"),
     ],
 )
 def test_bad_environment_names_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:
@@ -66,6 +67,15 @@ def test_model_env_accepts_a_model_directory(workdir: Path) -> None:
     cfg = LocalConfig.from_env({"MODEL": str(workdir), "LOCAL_STATE_DIR": str(workdir / "state")})
     assert cfg.model == workdir.resolve()
     assert cfg.root == (workdir / "state").resolve()
+
+
+def test_the_test_model_is_served_under_its_name() -> None:
+    paced = LocalConfig.from_env({})
+    fast = LocalConfig.from_env({"TEST_MODEL": "tiny-qwen2"})
+    assert paced.test_model == "paced-qwen2"  # the default: streams at a GPU-like pace
+    for cfg in (paced, fast):
+        s = local_settings("sk-local-x", overrides=settings_overrides(cfg))
+        assert s.model.served_name == cfg.test_model
 
 
 def test_real_weights_are_served_under_their_directory_name(workdir: Path) -> None:

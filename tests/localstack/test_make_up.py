@@ -28,7 +28,8 @@ class MakeUp:
 
     def __init__(self, state: Path, port: int):
         self.state, self.port = state, port
-        self.env = {**os.environ, "PORT": str(port), "LOCAL_STATE_DIR": str(state)}
+        # The fast test model: these tests are about starting and stopping, not about pacing.
+        self.env = {**os.environ, "PORT": str(port), "LOCAL_STATE_DIR": str(state), "TEST_MODEL": "tiny-qwen2"}
         self.out = state / f"make-up-{len(list(state.glob('make-up-*.out')))}.out"
         self.log = self.out.open("wb")
         self.proc = subprocess.Popen(
@@ -122,7 +123,7 @@ def test_make_up_twice_then_down_and_ctrl_c_leave_nothing_behind(workdir: Path, 
     second = MakeUp(workdir, port)
     runs.append(second)
     second.wait_ready()
-    assert "model: tiny Qwen2 (cached" in second.output()
+    assert "model: tiny-qwen2, a random-weight test Qwen2 (cached" in second.output()
     _chat_works(workdir)
     entries = second.recorded()
     os.killpg(second.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

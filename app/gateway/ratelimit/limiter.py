@@ -1,6 +1,8 @@
 """Per-identity limits kept in Redis, so every gateway replica enforces one shared limit.
 
-- Requests per minute: a fixed one-minute window, INCR + EXPIRE in one Lua script (atomic).
+- Requests per window (a minute by default): a sliding window — each admitted request is a member of a
+  sorted set scored by Redis's own clock, members older than the window are pruned at admission — so
+  there is no calendar boundary at which a caller gets twice the limit.
 - Concurrent requests (streams included): a counter INCRemented on admission (refused and undone in the
   same script when over the limit) and DECRemented when the response ends. The key carries a TTL longer
   than any request, so a gateway that dies mid-request cannot leak a slot forever.
@@ -10,7 +12,7 @@ When Redis is unavailable the limits fail open (default; counted in a metric) or
 
 from __future__ import annotations
 
-import time
+import uuid
 from dataclasses import dataclass
 
 from app.gateway.errors import ApiError
@@ -18,19 +20,28 @@ from app.gateway.logging import log
 from app.gateway.metrics import Metrics
 from app.gateway.redis_client import RedisGuard, RedisUnavailable
 
-# One round trip per admission. KEYS: the minute's request counter, the concurrency counter.
-# ARGV: rpm limit, concurrency limit, concurrency-key TTL. Returns {0, ttl} when over the per-minute limit,
-# {-1, 1} when over the concurrency limit (its INCR undone), {1, 0} when admitted.
+# One round trip per admission. KEYS: the identity's request log (sorted set), its concurrency counter.
+# ARGV: request limit, window (ms), concurrency limit, concurrency-key TTL (s), this request's member.
+# Returns {0, seconds until a request leaves the window} when over the request limit, {-1, 1} when over
+# the concurrency limit (its INCR undone), {1, 0} when admitted (and logged). Refused requests are not
+# logged, so retrying while limited does not extend the wait. Redis's clock: one time for all replicas.
 _ADMIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], 61) end
-if n > tonumber(ARGV[1]) then return {0, redis.call('TTL', KEYS[1])} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, math.ceil((tonumber(oldest[2]) + window - now) / 1000)}
+end
 local c = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if c > tonumber(ARGV[2]) then
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if c > tonumber(ARGV[3]) then
   redis.call('DECR', KEYS[2])
   return {-1, 1}
 end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], window)
 return {1, 0}
 """
 
@@ -64,12 +75,14 @@ class RateLimiter:
         metrics: Metrics,
         *,
         rpm: int,
+        window_seconds: float = 60.0,
         concurrent: int,
         fail_open: bool,
         slot_ttl_seconds: int,
     ):
         self._redis, self._metrics = redis, metrics
         self.rpm, self.concurrent, self.fail_open = rpm, concurrent, fail_open
+        self.window_ms = max(1, round(window_seconds * 1000))
         self._slot_ttl = slot_ttl_seconds
         # Sent once, then called by SHA (EVALSHA; redis-py reloads it if Redis restarted empty).
         self._admit = redis.client.register_script(_ADMIT)
@@ -82,14 +95,13 @@ class RateLimiter:
         self._metrics.rate_limit_fail_open.inc()
 
     async def admit(self, subject: str) -> Slot:
-        """Count the request in this minute's window, then take a concurrency slot; 429 + Retry-After if over."""
-        rpm_key = f"qs:rl:rpm:{subject}:{int(time.time() // 60)}"
+        """Check the request window, then take a concurrency slot; 429 + Retry-After if over either."""
+        log_key = f"qs:rl:requests:{subject}"
         slot_key = f"qs:rl:concurrent:{subject}"
+        args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl, uuid.uuid4().hex]
         try:
             verdict, retry = await self._redis.run(
-                "ratelimit",
-                lambda r: self._admit(keys=[rpm_key, slot_key], args=[self.rpm, self.concurrent, self._slot_ttl],
-                                      client=r),
+                "ratelimit", lambda r: self._admit(keys=[log_key, slot_key], args=args, client=r),
             )
         except RedisUnavailable:
             self._unavailable()
@@ -98,7 +110,7 @@ class RateLimiter:
             self._metrics.rate_limited.labels("rpm").inc()
             retry = max(int(retry), 1)
             raise ApiError(
-                429, f"Rate limit reached: {self.rpm} requests per minute; retry in {retry} s",
+                429, f"Rate limit reached: {self.rpm} requests per {self.window_ms / 1000:g} s; retry in {retry} s",
                 code="rate_limit_exceeded", headers={"Retry-After": str(retry)},
             )
         if verdict == -1:
