@@ -28,7 +28,7 @@ down:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy infra app localstack monitoring policies tests bench
+	.venv/bin/mypy stackspec infra app localstack policies tests bench
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

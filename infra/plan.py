@@ -21,8 +21,8 @@ import kubernetes_validate
 import yaml
 
 from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
-from infra.settings import SettingsError
 from policies.runner import evaluate
+from stackspec.settings import SettingsError
 
 PLAN_DIR = REPO / "build" / "plan"
 

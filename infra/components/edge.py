@@ -22,8 +22,8 @@ from infra.components.labels import (
     tcp_probe,
 )
 from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
-from infra.render.nginx import K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
-from infra.settings import StackSettings
+from stackspec.render.nginx import K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
+from stackspec.settings import StackSettings
 
 NGINX_UID = 101  # the `nginx` user of the official image
 CONF_DIR = "/etc/nginx/qwen"

@@ -1,12 +1,13 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
-Its environment is rendered from settings (infra/render/gateway_env.py); the two secrets come in by
+Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
 secretKeyRef. The HPA on CPU is declared by the monitoring tier (it owns autoscaling).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pulumi
@@ -23,8 +24,8 @@ from infra.components.labels import (
     spread_by_host,
     surge_rollout,
 )
-from infra.render.gateway_env import render_gateway_env
-from infra.settings import StackSettings
+from stackspec.render.gateway_env import render_gateway_env
+from stackspec.settings import StackSettings
 
 GATEWAY_UID = 10001
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
@@ -116,7 +117,7 @@ class Gateway(pulumi.ComponentResource):
                         enable_service_links=False,
                         security_context=restricted_pod(GATEWAY_UID),
                         # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-                        termination_grace_period_seconds=gw.shutdown_grace_seconds + 10,
+                        termination_grace_period_seconds=math.ceil(gw.shutdown_grace_seconds) + 10,
                         containers=[container],
                         volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
                     ),

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.labels import labels
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
 DCGM_EXPORTER_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"

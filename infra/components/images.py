@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DOCKERFILE = "app/gateway/Dockerfile"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from app.inference.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
 from infra.components.gpu_pool import GpuNodePool
 from infra.components.labels import (
     RESTRICTED_SECCOMP,
@@ -24,7 +23,8 @@ from infra.components.labels import (
     selector_labels,
     spread_by_host,
 )
-from infra.settings import StackSettings
+from stackspec.render.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
+from stackspec.settings import StackSettings
 
 CACHE_MOUNT = "/models"
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal

@@ -11,7 +11,7 @@ import hashlib
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.settings import PROJECT, StackSettings
+from stackspec.settings import PROJECT, StackSettings
 
 RESTRICTED_SECCOMP = k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")
 

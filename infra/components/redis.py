@@ -3,7 +3,6 @@ a redis_exporter sidecar for metrics, and the `redis` Service."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pulumi
@@ -21,20 +20,16 @@ from infra.components.labels import (
     tcp_probe,
 )
 from infra.components.network import REDIS_METRICS_PORT, REDIS_PORT
-from infra.render.redis import render_redis_conf
-from infra.settings import StackSettings
+from stackspec.render.redis import render_redis_conf
+from stackspec.settings import StackSettings, redis_size_bytes
 
 REDIS_UID = 999  # the `redis` user of the official image
 CONF_DIR = "/etc/redis"
-_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
 def memory_limit(maxmemory: str) -> str:
     """maxmemory plus headroom for fragmentation, AOF rewrite buffers and clients (x1.5, at least 256Mi)."""
-    match = re.fullmatch(r"(\d+)([kmg]b?)?", maxmemory.lower())
-    if not match:
-        raise ValueError(f"qwen-serving:redis.maxmemory: {maxmemory!r} is not a size; write e.g. 1gb")
-    size = int(match.group(1)) * _UNITS[match.group(2) or ""]
+    size = redis_size_bytes(maxmemory)
     return f"{max(256, -(-size * 3 // 2 // 1024**2))}Mi"
 
 

@@ -28,7 +28,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.inference.tiny_model import ensure_tiny_model
-from infra.settings import StackSettings
 from localstack.processes import ManagedProcess, free_port, http_ok
 from localstack.services import (
     PROJECT_PYTHON,
@@ -40,6 +39,7 @@ from localstack.services import (
     start_vllm,
 )
 from localstack.settings import local_settings
+from stackspec.settings import StackSettings
 
 BUILD = REPO_ROOT / "build" / "test-gateway"
 MODEL = "tiny-qwen2"

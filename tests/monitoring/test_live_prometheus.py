@@ -24,9 +24,9 @@ from localstack.processes import free_port
 from localstack.prometheus import LocalMonitoring, PrometheusHandle, monitoring_settings
 from localstack.services import ServiceHandle
 from localstack.stack import LocalConfig, LocalStack
-from monitoring import promql as m
-from monitoring import rules as r
-from monitoring.logs import render_fluent_bit
+from stackspec.monitoring import promql as m
+from stackspec.monitoring import rules as r
+from stackspec.monitoring.logs import render_fluent_bit
 from tests.monitoring.conftest import SCRATCH
 from tests.monitoring.fluent_bit import process
 
