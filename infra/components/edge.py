@@ -10,15 +10,14 @@ import pulumi_kubernetes as k8s
 
 from infra.components.labels import (
     content_hash,
+    deployment,
     disruption_budget,
     http_probe,
-    labels,
     metadata,
+    pod_template,
     restricted_container,
-    restricted_pod,
     selector_labels,
     spread_by_host,
-    surge_rollout,
     tcp_probe,
 )
 from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
@@ -135,28 +134,11 @@ class Edge(pulumi.ComponentResource):
                 requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
             security_context=restricted_container(),
         )
-        return k8s.apps.v1.Deployment(
-            "edge",
-            metadata=metadata(s, "edge", "edge", namespace=args.namespace),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=edge.replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "edge")),
-                strategy=surge_rollout(),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels(s, "edge", "edge"),
-                        annotations={"qwen-serving.io/config-hash": content_hash(self.nginx_conf)},
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        affinity=spread_by_host(s, "edge", required=False),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(NGINX_UID),
-                        termination_grace_period_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
-                        containers=[nginx, exporter],
-                        volumes=volumes,
-                    ),
-                ),
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]),
+        template = pod_template(
+            s, "edge", "edge", uid=NGINX_UID, containers=[nginx, exporter], volumes=volumes,
+            grace_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
+            affinity=spread_by_host(s, "edge", required=False),
+            annotations={"qwen-serving.io/config-hash": content_hash(self.nginx_conf)},
         )
+        return deployment(s, "edge", "edge", namespace=args.namespace, replicas=edge.replicas, template=template,
+                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]))

@@ -14,15 +14,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components.labels import (
+    deployment,
     disruption_budget,
     http_probe,
-    labels,
     metadata,
+    pod_template,
     restricted_container,
-    restricted_pod,
     selector_labels,
     spread_by_host,
-    surge_rollout,
 )
 from stackspec.render.gateway_env import render_gateway_env
 from stackspec.settings import StackSettings
@@ -102,28 +101,15 @@ class Gateway(pulumi.ComponentResource):
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
             security_context=restricted_container(),
         )
-        return k8s.apps.v1.Deployment(
-            "gateway",
-            metadata=metadata(s, "gateway", "api", namespace=args.namespace),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=gw.replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "gateway")),
-                strategy=surge_rollout(),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(s, "gateway", "api")),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        affinity=spread_by_host(s, "gateway", required=False),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(GATEWAY_UID),
-                        # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-                        termination_grace_period_seconds=math.ceil(gw.shutdown_grace_seconds) + 10,
-                        containers=[container],
-                        volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
-                    ),
-                ),
-            ),
-            # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
-                                        ignore_changes=["spec.replicas"] if s.monitoring.enabled else None),
+        template = pod_template(
+            s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
+            volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
+            # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
+            grace_seconds=math.ceil(gw.shutdown_grace_seconds) + 10,
+            affinity=spread_by_host(s, "gateway", required=False),
         )
+        # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
+        scaled_by_hpa = ["spec.replicas"] if s.monitoring.enabled else None
+        return deployment(s, "gateway", "api", namespace=args.namespace, replicas=gw.replicas, template=template,
+                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
+                                                      ignore_changes=scaled_by_hpa))

@@ -138,3 +138,56 @@ def tcp_probe(port: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgs
     return k8s.core.v1.ProbeArgs(
         tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=period, failure_threshold=failures
     )
+
+
+def pod_template(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    uid: int,
+    containers: list[k8s.core.v1.ContainerArgs],
+    grace_seconds: int,
+    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
+    affinity: k8s.core.v1.AffinityArgs | None = None,
+    annotations: dict[str, str] | None = None,
+    fs_group: int | None = None,
+) -> k8s.core.v1.PodTemplateSpecArgs:
+    """The pod skeleton every tier we run shares: labels, no service-account token, no service links,
+    Pod Security `restricted`, a termination grace."""
+    return k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(settings, name, component), annotations=annotations),
+        spec=k8s.core.v1.PodSpecArgs(
+            affinity=affinity,
+            automount_service_account_token=False,
+            enable_service_links=False,
+            security_context=restricted_pod(uid, fs_group=fs_group),
+            termination_grace_period_seconds=grace_seconds,
+            containers=containers,
+            volumes=volumes,
+        ),
+    )
+
+
+def deployment(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str],
+    replicas: int,
+    template: k8s.core.v1.PodTemplateSpecArgs,
+    opts: pulumi.ResourceOptions,
+) -> k8s.apps.v1.Deployment:
+    """A Deployment of tier `name` that rolls out with surge (never a serving pod down first)."""
+    return k8s.apps.v1.Deployment(
+        name,
+        metadata=metadata(settings, name, component, namespace=namespace),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(settings, name)),
+            strategy=surge_rollout(),
+            template=template,
+        ),
+        opts=opts,
+    )

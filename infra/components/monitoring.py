@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import Output, ResourceOptions
 
+from infra.components.helm import helm_release
 from infra.components.labels import labels
 from stackspec.monitoring import logs as log_pipeline
 from stackspec.monitoring import promql as m
@@ -122,30 +123,17 @@ class Monitoring(pulumi.ComponentResource):
             opts=in_ns,
         )
 
-        self.prometheus_stack = k8s.helm.v3.Release(
-            "kube-prometheus-stack",
-            k8s.helm.v3.ReleaseArgs(
-                name="kube-prometheus-stack",
-                chart="kube-prometheus-stack",
-                version=mon.kube_prometheus_stack_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["kube-prometheus-stack"]),
-                namespace=mon.namespace,
-                values=self._kps_values(grafana_secret_name="grafana-admin",
-                                        alertmanager_secret_name="alertmanager-config"),
-                timeout=900,
-            ),
+        self.prometheus_stack = helm_release(
+            "kube-prometheus-stack", chart="kube-prometheus-stack", version=mon.kube_prometheus_stack_chart_version,
+            repo=CHART_REPOS["kube-prometheus-stack"], namespace=mon.namespace,
+            values=self._kps_values(grafana_secret_name="grafana-admin",
+                                    alertmanager_secret_name="alertmanager-config"),
+            timeout=900,
             opts=ResourceOptions(parent=self, depends_on=[self.namespace, grafana_secret, alertmanager_secret]),
         )
-        self.keda = k8s.helm.v3.Release(
-            "keda",
-            k8s.helm.v3.ReleaseArgs(
-                name="keda",
-                chart="keda",
-                version=mon.keda_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["keda"]),
-                namespace=mon.namespace,
-                values={"prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
-            ),
+        self.keda = helm_release(
+            "keda", chart="keda", version=mon.keda_chart_version, repo=CHART_REPOS["keda"], namespace=mon.namespace,
+            values={"prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
             opts=in_ns,
         )
         # The CRDs below (ServiceMonitor, PrometheusRule, ScaledObject) come with the charts.
@@ -365,22 +353,16 @@ class Monitoring(pulumi.ComponentResource):
         )
         if logs.sink == "elasticsearch":
             self._ilm_setup(opts)
-        return k8s.helm.v3.Release(
-            "fluent-bit",
-            k8s.helm.v3.ReleaseArgs(
-                name="fluent-bit",
-                chart="fluent-bit",
-                version=s.monitoring.fluent_bit_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["fluent-bit"]),
-                namespace=s.monitoring.namespace,
-                values={
-                    "existingConfigMap": "fluent-bit-config",
-                    "args": ["--workdir=/fluent-bit/etc", f"--config=/fluent-bit/etc/conf/{log_pipeline.CONFIG_FILE}"],
-                    "env": [{"name": log_pipeline.PASSWORD_ENV, "valueFrom": {
-                        "secretKeyRef": {"name": "log-sink", "key": "password"}}}],
-                    "serviceMonitor": {"enabled": True},
-                },
-            ),
+        return helm_release(
+            "fluent-bit", chart="fluent-bit", version=s.monitoring.fluent_bit_chart_version,
+            repo=CHART_REPOS["fluent-bit"], namespace=s.monitoring.namespace,
+            values={
+                "existingConfigMap": "fluent-bit-config",
+                "args": ["--workdir=/fluent-bit/etc", f"--config=/fluent-bit/etc/conf/{log_pipeline.CONFIG_FILE}"],
+                "env": [{"name": log_pipeline.PASSWORD_ENV, "valueFrom": {
+                    "secretKeyRef": {"name": "log-sink", "key": "password"}}}],
+                "serviceMonitor": {"enabled": True},
+            },
             opts=ResourceOptions(parent=self, depends_on=[secret, config, self.prometheus_stack]),
         )
 

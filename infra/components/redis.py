@@ -14,8 +14,8 @@ from infra.components.labels import (
     disruption_budget,
     labels,
     metadata,
+    pod_template,
     restricted_container,
-    restricted_pod,
     selector_labels,
     tcp_probe,
 )
@@ -152,20 +152,12 @@ class Redis(pulumi.ComponentResource):
                 service_name=self.service_name,
                 replicas=1,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "redis")),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels(s, "redis", "cache"),
-                        annotations={"qwen-serving.io/config-hash": content_hash(conf)},
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(REDIS_UID, fs_group=REDIS_UID),
-                        termination_grace_period_seconds=30,  # time to fsync the AOF
-                        containers=[server, exporter],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config"))],
-                    ),
+                template=pod_template(
+                    s, "redis", "cache", uid=REDIS_UID, fs_group=REDIS_UID, containers=[server, exporter],
+                    grace_seconds=30,  # time to fsync the AOF
+                    volumes=[k8s.core.v1.VolumeArgs(
+                        name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config"))],
+                    annotations={"qwen-serving.io/config-hash": content_hash(conf)},
                 ),
                 volume_claim_templates=[claim],
             ),
