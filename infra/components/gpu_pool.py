@@ -3,12 +3,12 @@ plugin and the DCGM exporter (both Helm, pinned chart versions)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components import labels as kube
 from infra.components.helm import helm_release
 from infra.components.labels import labels
 from stackspec.settings import StackSettings
@@ -20,9 +20,7 @@ TAINT_VALUE = "present"
 DCGM_METRICS_PORT = 9400
 
 
-@dataclass
-class GpuNodePoolArgs:
-    settings: StackSettings
+GpuNodePoolArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class GpuNodePool(pulumi.ComponentResource):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from stackspec.settings import StackSettings
+from infra.components import labels as kube
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DOCKERFILE = "app/gateway/Dockerfile"
@@ -58,9 +58,7 @@ def _ref(image: docker.Image) -> pulumi.Output[str]:
     return pulumi.Output.all(image.repo_digest, image.image_name).apply(lambda v: v[0] or v[1])
 
 
-@dataclass
-class ImagesArgs:
-    settings: StackSettings
+ImagesArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class Images(pulumi.ComponentResource):

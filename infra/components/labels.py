@@ -7,6 +7,7 @@ name + instance (they must never change for a live workload).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -14,6 +15,20 @@ import pulumi_kubernetes as k8s
 from stackspec.settings import PROJECT, StackSettings
 
 RESTRICTED_SECCOMP = k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")
+
+
+@dataclass
+class SiteArgs:
+    """What every component of a site takes: the parsed stack settings."""
+
+    settings: StackSettings
+
+
+@dataclass
+class TierArgs(SiteArgs):
+    """A tier in the application namespace (the output carries the dependency on the namespace)."""
+
+    namespace: pulumi.Input[str]
 
 
 def selector_labels(settings: StackSettings, name: str) -> dict[str, str]:
@@ -191,3 +206,34 @@ def deployment(
         ),
         opts=opts,
     )
+
+
+def service(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str],
+    ports: list[tuple[str, int]],
+    opts: pulumi.ResourceOptions,
+    headless: bool = False,
+) -> k8s.core.v1.Service:
+    """The `name` Service in front of tier `name`'s pods; each (port name, port) targets the named container
+    port. Headless: DNS answers with every ready pod (the gateway balances over vLLM itself)."""
+    return k8s.core.v1.Service(
+        f"{name}-service",
+        metadata=metadata(settings, name, component, namespace=namespace),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            cluster_ip="None" if headless else None,
+            selector=selector_labels(settings, name),
+            ports=[k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port_name)
+                   for port_name, port in ports],
+        ),
+        opts=opts,
+    )
+
+
+def secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
+    """An environment variable filled by the kubelet from a Secret's key (never in the manifest)."""
+    return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)))

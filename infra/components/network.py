@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components import labels as kube
 from infra.components.labels import labels, metadata, selector_labels
 from stackspec.settings import StackSettings
 
@@ -30,9 +29,7 @@ def pod_security_level(settings: StackSettings) -> str:
     return "privileged" if settings.inference.cache.kind == "hostPath" else "baseline"
 
 
-@dataclass
-class NetworkArgs:
-    settings: StackSettings
+NetworkArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class Network(pulumi.ComponentResource):
