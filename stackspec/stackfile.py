@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -90,3 +91,50 @@ def with_placeholders(raw: Mapping[str, str]) -> dict[str, str]:
     for short, value in SECRET_PLACEHOLDERS.items():
         filled.setdefault(f"qwen-serving:{short}", value)
     return filled
+
+
+# `images` values that name an image (the Deployments pull them; prod-like sites need them by digest).
+PINNABLE_IMAGE_KEYS = ("vllm", "pythonBase", "nginxBase", "redis", "redisExporter", "nginxExporter")
+_IMAGE_LINE = re.compile(r"^(?P<indent>\s+)(?P<key>\w+):(?P<space>\s+)(?P<ref>[^\s#]+)(?P<rest>.*)$")
+
+
+def image_refs(text: str) -> dict[str, str]:
+    """The pinnable image references under `qwen-serving:images` in a stack file's text: key -> ref."""
+    found: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        if line.strip().startswith("qwen-serving:images:"):
+            inside = True
+            continue
+        if inside and line.strip() and not line.startswith("    ") and not line.strip().startswith("#"):
+            inside = False
+        match = _IMAGE_LINE.match(line) if inside else None
+        if match and match.group("key") in PINNABLE_IMAGE_KEYS:
+            found[match.group("key")] = match.group("ref")
+    return found
+
+
+def pin_digests(text: str, digests: Mapping[str, str]) -> str:
+    """Rewrite a stack file's text so each image in `digests` (ref -> sha256:...) is `ref-without-digest@digest`.
+
+    Only the `qwen-serving:images` lines change; comments, order and every other line stay as they are.
+    """
+    out: list[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("qwen-serving:images:"):
+            inside = True
+        elif inside and stripped and not line.startswith("    ") and not stripped.startswith("#"):
+            inside = False
+        match = _IMAGE_LINE.match(line.rstrip("\n")) if inside else None
+        if match and match.group("key") in PINNABLE_IMAGE_KEYS and match.group("ref") in digests:
+            digest = digests[match.group("ref")]
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ValueError(f"{digest!r} is not a sha256 digest")
+            base = match.group("ref").split("@", 1)[0]
+            newline = "\n" if line.endswith("\n") else ""
+            line = (f"{match.group('indent')}{match.group('key')}:{match.group('space')}{base}@{digest}"
+                    f"{match.group('rest')}{newline}")
+        out.append(line)
+    return "".join(out)

@@ -45,3 +45,9 @@ def test_every_stack_runs_the_pinned_image(stack: str) -> None:
 def test_image_tags_are_read_right(ref: str, tag: str | None) -> None:
     assert image_tag(ref) == tag
     assert (vllm_image_problem(ref) is None) == (tag == VLLM_IMAGE_TAG)
+
+
+def test_the_production_dockerfile_defaults_to_the_pin() -> None:
+    text = (REPO / "app" / "inference" / "Dockerfile").read_text()
+    default = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ARG VLLM_IMAGE="))
+    assert image_tag(default) == VLLM_IMAGE_TAG
