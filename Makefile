@@ -6,14 +6,16 @@ PY := .venv/bin/python
 STACK ?= dev
 STACK_FILE ?=
 PYTEST_ARGS ?=
+PLAN_ARGS ?=
 
-.PHONY: help setup up down test lint plan bench clean
+.PHONY: help setup up down test lint plan pin-digests bench clean
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
 	@echo "make down   - stop everything 'make up' started"
 	@echo "make test   - set up and run every test layer (lint included)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
+	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmarks (not part of test)"
 
@@ -28,13 +30,16 @@ down:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy infra app localstack monitoring policies tests bench
+	.venv/bin/mypy stackspec infra app localstack policies tests bench
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 plan: setup
-	$(PY) -m infra.plan $(if $(STACK_FILE),--stack-file $(STACK_FILE),--stack $(STACK))
+	$(PY) -m infra.plan $(if $(STACK_FILE),--stack-file $(STACK_FILE),--stack $(STACK)) $(PLAN_ARGS)
+
+pin-digests:
+	$(PY) -m infra.pin_digests --stack $(STACK)
 
 bench: setup
 	$(PY) -m bench

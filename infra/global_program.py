@@ -7,7 +7,7 @@ from functools import partial
 import pulumi
 
 from infra.components.dns import DnsFailover, DnsFailoverArgs
-from infra.global_settings import DnsSettings
+from stackspec.dns import DnsSettings
 
 EDGE_ADDRESS_OUTPUT = "edge_address"  # exported by every site stack (infra/program.py)
 

@@ -16,33 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.global_settings import DnsSettings, is_global_config
-from infra.settings import PROJECT, SECRET_KEYS, StackSettings
+from stackspec.dns import DnsSettings, is_global_config
+from stackspec.settings import PROJECT, SECRET_KEYS, StackSettings, settings_from_config
+from stackspec.stackfile import (
+    REPO,
+    SECRET_PLACEHOLDERS,
+    STACKS_DIR,
+    read_stack_config,
+    stack_file,
+    stack_name,
+    with_placeholders,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-STACKS_DIR = REPO / "stacks"
+__all__ = ["REPO", "SECRET_PLACEHOLDERS", "STACKS_DIR", "read_stack_config", "stack_file"]
 
 # The wire marker Pulumi uses for secret values (see notes/pulumi-offline.md).
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
-
-# Offline stand-ins for secret config a stack file cannot carry decryptably. Each is obviously fake.
-PLACEHOLDER_API_KEY = "plan-placeholder-key"
-SECRET_PLACEHOLDERS: dict[str, str] = {
-    "apiKeyHashes": json.dumps({hashlib.sha256(PLACEHOLDER_API_KEY.encode()).hexdigest(): "plan-placeholder"}),
-    "alertmanagerWebhookUrl": "https://alerts.invalid/plan-placeholder",
-    "alertmanagerSmtpPassword": "plan-placeholder",
-    "logSinkPassword": "plan-placeholder",
-    "grafanaAdminPassword": "plan-placeholder",
-    "redisPassword": "plan-placeholder-redis-password",
-}
 
 
 def is_secret(value: Any) -> bool:
@@ -59,6 +55,12 @@ class Captured:
     parent: str
     urn: str
     custom: bool
+
+    @property
+    def props(self) -> dict[str, Any]:
+        """The inputs as plain values (secrets unwrapped): what a policy sees."""
+        props: dict[str, Any] = unwrap_secrets(self.inputs)
+        return props
 
     @property
     def is_kubernetes(self) -> bool:
@@ -158,11 +160,9 @@ class QwenMocks(pulumi_mocks.Mocks):
 def site_outputs(stack_name: str) -> dict[str, Any]:
     """What a site stack's outputs would be, for StackReferences from the global stack (org/project/stack)."""
     from infra.program import site_exports
-    from infra.settings import settings_from_config
 
     raw, _ = read_stack_config(stack_file(stack_name.rsplit("/", 1)[-1]))
-    raw.setdefault(f"{PROJECT}:apiKeyHashes", SECRET_PLACEHOLDERS["apiKeyHashes"])
-    return site_exports(settings_from_config(raw))
+    return site_exports(settings_from_config(with_placeholders(raw)))
 
 
 class CapturingMonitor(pulumi_mocks.MockMonitor):
@@ -186,35 +186,6 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
-def stack_file(stack: str) -> Path:
-    return STACKS_DIR / f"Pulumi.{stack}.yaml"
-
-
-def read_stack_config(path: Path) -> tuple[dict[str, str], list[str]]:
-    """The config the CLI would pass: `{key: str}`, plus the keys that are secret.
-
-    `secure:` values cannot be decrypted offline; they become placeholders (and stay secret).
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"no stack file at {path}; stacks are {sorted(p.name for p in STACKS_DIR.glob('*'))}")
-    document = yaml.safe_load(path.read_text()) or {}
-    config = document.get("config") or {}
-    raw: dict[str, str] = {}
-    secret_keys: list[str] = []
-    for key, value in config.items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            short = key.split(":", 1)[-1]
-            raw[key] = SECRET_PLACEHOLDERS.get(short, "plan-placeholder")
-            secret_keys.append(key)
-        elif isinstance(value, str):
-            raw[key] = value
-        elif isinstance(value, bool):
-            raw[key] = "true" if value else "false"
-        else:
-            raw[key] = json.dumps(value)
-    return raw, secret_keys
-
-
 def run_stack(
     stack: str | None = None,
     *,
@@ -231,7 +202,7 @@ def run_stack(
     from infra import program  # late import: the program module reads the runtime config
 
     path = stack_file_path or stack_file(stack or "dev")
-    name = stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    name = stack or stack_name(path)
     raw, secret_keys = read_stack_config(path)
     for key, value in (overrides or {}).items():
         raw[key] = value if isinstance(value, str) else json.dumps(value)

@@ -1,10 +1,12 @@
 """`make plan`: render a stack offline — resource tree, manifests, strict schema validation, policy report.
 
     python -m infra.plan --stack prod
-    python -m infra.plan --stack-file path/to/Pulumi.x.yaml
+    python -m infra.plan --stack-file path/to/Pulumi.x.yaml [--require-secrets]
 
 Needs no credentials and no Pulumi CLI: the real program runs under Pulumi's mocks (infra/offline.py).
-Exits 1 with the settings error, or with the manifests that fail validation.
+Exits 1 with the settings error (every problem, each naming its key and the fix; no resource is declared),
+or with the manifests that fail validation. Secret config the stack file does not carry is filled with
+visible placeholders unless `--require-secrets` (then each secret the stack's features need must be there).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import kubernetes_validate
 import yaml
 
 from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
-from infra.settings import SettingsError
 from policies.runner import evaluate
+from stackspec.settings import SettingsError
 
 PLAN_DIR = REPO / "build" / "plan"
 
@@ -101,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stack", default="dev", help="stack name: stacks/Pulumi.<stack>.yaml")
     group.add_argument("--stack-file", type=Path, help="any stack file")
+    parser.add_argument("--require-secrets", action="store_true",
+                        help="no placeholders: fail when a secret the stack needs is not in the file")
     args = parser.parse_args(argv)
 
     path = args.stack_file or stack_file(args.stack)
     started = time.perf_counter()
     try:
-        run = run_stack(None if args.stack_file else args.stack, stack_file_path=path)
+        run = run_stack(None if args.stack_file else args.stack, stack_file_path=path,
+                        fill_secrets=not args.require_secrets)
     except SettingsError as err:
         print(f"plan: {path}: {err}", file=sys.stderr)
         return 1

@@ -14,8 +14,8 @@ from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.redis import Redis, RedisArgs
 from infra.global_program import declare_global
-from infra.global_settings import DnsSettings, global_settings_from_config, is_global_config
-from infra.settings import PROJECT, SettingsError, StackSettings, settings_from_config
+from stackspec.dns import DnsSettings, global_settings_from_config, is_global_config
+from stackspec.settings import PROJECT, StackSettings, settings_from_config
 
 
 def read_settings() -> StackSettings | DnsSettings:
@@ -42,13 +42,9 @@ def site_exports(settings: StackSettings) -> dict[str, object]:
 
 
 def redis_password_config(settings: StackSettings) -> pulumi.Output[str] | None:
-    """Secret config `redisPassword`; None lets the Redis tier generate one. A standby must have it: its
-    Redis authenticates to the primary's with the primary's password."""
-    password = pulumi.Config(PROJECT).get_secret("redisPassword")
-    if password is None and settings.site.role == "standby":
-        raise SettingsError([(f"{PROJECT}:redisPassword", "a standby replicates the primary's Redis: set it to the "
-                              f"primary's password with `pulumi config set --secret {PROJECT}:redisPassword ...`")])
-    return password
+    """Secret config `redisPassword`; None lets the Redis tier generate one. (A standby must have it: the
+    settings check that, with every other required secret, before any resource.)"""
+    return pulumi.Config(PROJECT).get_secret("redisPassword")
 
 
 def declare(settings: StackSettings) -> dict[str, object]:

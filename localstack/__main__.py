@@ -14,7 +14,6 @@ import sys
 import time
 from types import FrameType
 
-from infra.settings import SettingsError
 from localstack.processes import ProcessError
 from localstack.stack import (
     ENDPOINT_FILE,
@@ -28,6 +27,7 @@ from localstack.stack import (
     state_dir,
     stop_recorded,
 )
+from stackspec.settings import SettingsError
 
 
 def banner(endpoint: Endpoint, seconds: float, rss: int, processes: int, prometheus: str | None = None) -> str:

@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.settings import StackSettings, parse_settings
 from localstack.processes import ManagedProcess, ProcessError, free_port, http_ok
 from localstack.services import ServiceHandle, require_program
 from localstack.settings import LOCAL_YAML, read_stack_file
-from monitoring import promql as m
-from monitoring.rules import render_rules
-from monitoring.scrape import RULE_FILE, render_prometheus_config
+from stackspec.monitoring import promql as m
+from stackspec.monitoring.rules import render_rules
+from stackspec.monitoring.scrape import RULE_FILE, render_prometheus_config
+from stackspec.settings import StackSettings, parse_settings
 
 LOCAL_SCRAPE_INTERVAL = "1s"  # short, so rules evaluate a few times within a test
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.inference.vllm_args import render_vllm_args
-from infra.render.redis import render_redis_conf
-from infra.settings import StackSettings
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
+from stackspec.render.redis import render_redis_conf
+from stackspec.render.vllm_args import render_vllm_args
+from stackspec.settings import StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PYTHON = Path(sys.executable)

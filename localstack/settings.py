@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import PROJECT, StackSettings, parse_settings
+from stackspec.settings import PROJECT, StackSettings, parse_settings
 
 LOCAL_YAML = Path(__file__).with_name("local.yaml")
 API_KEY_PREFIX = "sk-local-"

@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from app.inference.tiny_model import PACED_MODEL, TEST_MODELS, ensure_test_model, is_built, model_dir
-from infra.render.gateway_env import render_gateway_env
-from infra.render.nginx import render_nginx_conf
-from infra.settings import StackSettings
 from localstack.processes import (
     ProgressFn,
     group_members,
@@ -46,6 +43,9 @@ from localstack.services import (
     start_vllm,
 )
 from localstack.settings import ensure_api_key, key_hash, local_settings
+from stackspec.render.gateway_env import render_gateway_env
+from stackspec.render.nginx import render_nginx_conf
+from stackspec.settings import StackSettings
 
 DEFAULT_ROOT = REPO_ROOT / "build" / "local"
 WEB_ROOT = REPO_ROOT / "web"

@@ -1,11 +1,16 @@
-"""Run the policy pack in-process over an offline plan (what `pulumi preview --policy-pack` would report)."""
+"""Run the policy pack in-process over an offline plan (what `pulumi preview --policy-pack` would report).
+
+It takes any resources shaped like `PlannedResource` (infra/offline.py's `Captured` is one), so the
+policies depend on nothing of the program: `infra.plan` calls this, never the other way round.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any
+from typing import Any, Protocol
 
 from pulumi_policy import (
     PolicyCustomTimeouts,
@@ -17,8 +22,22 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from infra.offline import Captured, unwrap_secrets
 from policies.rules import POLICIES
+
+
+class PlannedResource(Protocol):
+    """One resource of a plan: what the engine would hand the analyzer."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def urn(self) -> str: ...
+    @property
+    def parent(self) -> str: ...
+    @property
+    def props(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +50,7 @@ class Violation:
         return f"[{self.policy}] {self.resource}: {self.message}"
 
 
-def _options(resource: Captured) -> PolicyResourceOptions:
+def _options(resource: PlannedResource) -> PolicyResourceOptions:
     return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], resource.parent or None)
 
 
@@ -44,15 +63,17 @@ async def _await(result: Any) -> None:
     await result
 
 
-def evaluate(resources: list[Captured], policies: list[Any] | None = None) -> list[Violation]:
+def evaluate(resources: Sequence[PlannedResource], policies: list[Any] | None = None) -> list[Violation]:
     """Every violation of every policy over the given resources, sorted."""
     violations: list[Violation] = []
-    props = {r.urn: unwrap_secrets(r.inputs) for r in resources}
+    props = {r.urn: r.props for r in resources}
     names = {r.urn: f"{r.type} {r.name}" for r in resources}
     for policy in policies if policies is not None else POLICIES:
         if isinstance(policy, ResourceValidationPolicy):
             for r in resources:
-                def report(message: str, urn: str | None = None, r: Captured = r, name: str = policy.name) -> None:
+                def report(
+                    message: str, urn: str | None = None, r: PlannedResource = r, name: str = policy.name
+                ) -> None:
                     violations.append(Violation(name, f"{r.type} {r.name}", message))
 
                 args = ResourceValidationArgs(r.type, props[r.urn], r.urn, r.name, _options(r), None)

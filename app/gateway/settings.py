@@ -1,7 +1,13 @@
-"""Gateway settings: environment variables with the `GATEWAY_` prefix (rendered by infra from stack settings).
+"""Gateway settings: environment variables with the `GATEWAY_` prefix. This class is the contract.
+
+`GatewayTuning` holds what an operator tunes per deployment: a stack file's `gateway` section carries
+exactly these fields (camelCase), with these bounds. `GatewaySettings` adds the wiring that comes from the
+other tiers (backends, Redis URL, the served model name, the body limit the edge enforces, secrets). The
+settings contract (stackspec/) builds a `GatewaySettings` from each stack at `make plan`, so every check
+below runs before any resource exists, and renders the environment from that instance field by field.
 
 Secrets (`GATEWAY_REDIS_PASSWORD`, `GATEWAY_API_KEY_HASHES`) come from a Kubernetes Secret; they are
-`SecretStr` so they never show up in reprs or logs.
+`SecretStr` so they never show up in reprs or logs. This module imports nothing else of the repository.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import json
 import re
 from functools import cached_property
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -21,22 +27,24 @@ class GatewaySettingsError(ValueError):
     """Invalid gateway environment; the message names the variable and the fix."""
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+class GatewaySettingsProblems(ValueError):
+    """The cross-field problems of one GatewaySettings: (fields involved, message naming the fix)."""
 
-    # Backends: a static comma-separated host:port list, or the headless Service's host:port.
-    backends: str = ""
-    backends_dns: str = ""
+    def __init__(self, problems: list[tuple[tuple[str, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+class GatewayTuning(BaseModel):
+    """What a deployment tunes (a stack file's `gateway` section): timeouts, limits, auth, sessions."""
+
+    model_config = ConfigDict(frozen=True)
+
     dns_interval_seconds: float = Field(default=5.0, gt=0)
-    model: str = ""  # the served model name; empty = accept what the backends report
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: SecretStr | None = None
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
     redis_retry_seconds: float = Field(default=2.0, gt=0)  # how long to skip Redis after an error
 
     auth_enabled: bool = True
-    api_key_hashes: SecretStr = SecretStr("{}")
     oidc_issuer: str = ""
     oidc_audience: str = ""
     oidc_jwks_url: str = ""
@@ -62,21 +70,33 @@ class GatewaySettings(BaseSettings):
     eject_after_failures: int = Field(default=3, ge=1)  # passive ejection on consecutive 5xx/timeouts
 
     max_tokens_cap: int = Field(default=4096, ge=1)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_content_chars: int = Field(default=200_000, ge=1)  # total characters of the input
 
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)  # readiness false before we stop listening
-    host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
 
+
+class GatewaySettings(GatewayTuning, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    # Backends: a static comma-separated host:port list, or the headless Service's host:port.
+    backends: str = ""
+    backends_dns: str = ""
+    model: str = ""  # the served model name; empty = accept what the backends report
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    api_key_hashes: SecretStr = SecretStr("{}")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # the edge's clientMaxBodySize, in bytes
+    host: str = "0.0.0.0"
+
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
-        problems = settings_problems(self)
+        problems = field_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise GatewaySettingsProblems(problems)
         return self
 
     @cached_property
@@ -93,39 +113,51 @@ class GatewaySettings(BaseSettings):
 
 
 def settings_problems(s: GatewaySettings) -> list[str]:
-    problems: list[str] = []
+    return [message for _, message in field_problems(s)]
+
+
+def field_problems(s: GatewaySettings) -> list[tuple[tuple[str, ...], str]]:
+    """Checks that span fields, each with the fields it involves (the stack model names their keys)."""
+    problems: list[tuple[tuple[str, ...], str]] = []
     if not s.backend_list and not s.backends_dns:
-        problems.append("GATEWAY_BACKENDS or GATEWAY_BACKENDS_DNS must be set (host:port[,host:port...])")
+        problems.append((("backends", "backends_dns"),
+                         "GATEWAY_BACKENDS or GATEWAY_BACKENDS_DNS must be set (host:port[,host:port...])"))
     for entry in s.backend_list:
         if not HOST_PORT_RE.match(entry):
-            problems.append(f"GATEWAY_BACKENDS entry {entry!r} is not host:port")
+            problems.append((("backends",), f"GATEWAY_BACKENDS entry {entry!r} is not host:port"))
     if s.backends_dns and not HOST_PORT_RE.match(s.backends_dns):
-        problems.append(f"GATEWAY_BACKENDS_DNS {s.backends_dns!r} is not host:port of the headless Service")
+        problems.append((("backends_dns",),
+                         f"GATEWAY_BACKENDS_DNS {s.backends_dns!r} is not host:port of the headless Service"))
     try:
         hashes = json.loads(s.api_key_hashes.get_secret_value() or "{}")
     except json.JSONDecodeError:
-        problems.append("GATEWAY_API_KEY_HASHES is not JSON; give {\"<sha256 hex of key>\": \"<name>\"}")
+        problems.append((("api_key_hashes",),
+                         "GATEWAY_API_KEY_HASHES is not JSON; give {\"<sha256 hex of key>\": \"<name>\"}"))
         hashes = {}
     if not isinstance(hashes, dict):
-        problems.append("GATEWAY_API_KEY_HASHES must be a JSON object {sha256-hex: name}")
+        problems.append((("api_key_hashes",), "GATEWAY_API_KEY_HASHES must be a JSON object {sha256-hex: name}"))
         hashes = {}
     for digest in hashes:
         if not SHA256_RE.match(str(digest)):
-            problems.append(
+            problems.append((
+                ("api_key_hashes",),
                 "GATEWAY_API_KEY_HASHES has a key that is not a sha256 hex digest; store "
-                "`printf %s <key> | sha256sum`, never the key itself"
-            )
+                "`printf %s <key> | sha256sum`, never the key itself",
+            ))
             break
     oidc = [s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url]
     if any(oidc) and not all(oidc):
-        problems.append("GATEWAY_OIDC_ISSUER, GATEWAY_OIDC_AUDIENCE and GATEWAY_OIDC_JWKS_URL go together; set all")
+        problems.append((("oidc_issuer", "oidc_audience", "oidc_jwks_url"),
+                         "GATEWAY_OIDC_ISSUER, GATEWAY_OIDC_AUDIENCE and GATEWAY_OIDC_JWKS_URL go together; set all"))
     if s.auth_enabled and not hashes and not s.oidc_jwks_url:
-        problems.append(
+        problems.append((
+            ("api_key_hashes", "auth_enabled"),
             "GATEWAY_AUTH_ENABLED is true but there are no GATEWAY_API_KEY_HASHES and no OIDC; "
-            "add keys, configure OIDC, or set GATEWAY_AUTH_ENABLED=false (local development only)"
-        )
+            "add keys, configure OIDC, or set GATEWAY_AUTH_ENABLED=false (local development only)",
+        ))
     if s.first_token_timeout > s.total_timeout:
-        problems.append("GATEWAY_FIRST_TOKEN_TIMEOUT exceeds GATEWAY_TOTAL_TIMEOUT; lower it")
+        problems.append((("first_token_timeout", "total_timeout"),
+                         "GATEWAY_FIRST_TOKEN_TIMEOUT exceeds GATEWAY_TOTAL_TIMEOUT; lower it"))
     return problems
 
 

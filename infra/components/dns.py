@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.global_settings import DnsSettings
+from stackspec.dns import DnsSettings
 
 
 @dataclass

@@ -8,31 +8,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.labels import (
-    content_hash,
-    disruption_budget,
-    http_probe,
-    labels,
-    metadata,
-    restricted_container,
-    restricted_pod,
-    selector_labels,
-    spread_by_host,
-    surge_rollout,
-    tcp_probe,
-)
+from infra.components import labels as kube
 from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
-from infra.render.nginx import K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
-from infra.settings import StackSettings
+from stackspec.render.nginx import K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
+from stackspec.settings import StackSettings
 
 NGINX_UID = 101  # the `nginx` user of the official image
 CONF_DIR = "/etc/nginx/qwen"
 
 
 @dataclass
-class EdgeArgs:
-    settings: StackSettings
-    namespace: pulumi.Input[str]
+class EdgeArgs(kube.TierArgs):
     image: pulumi.Input[str]
     gateway_service: str
     gateway_port: int
@@ -51,13 +37,13 @@ class Edge(pulumi.ComponentResource):
                                             tls_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}")
         self.config = k8s.core.v1.ConfigMap(
             "edge-config",
-            metadata=metadata(s, "edge", "edge", namespace=ns, object_name="edge-nginx"),
+            metadata=kube.metadata(s, "edge", "edge", namespace=ns, object_name="edge-nginx"),
             data={"nginx.conf": self.nginx_conf},
             opts=child,
         )
         self.service = self._service(s, ns, child)
         self.deployment = self._deployment(s, args)
-        self.pdb = disruption_budget(s, "edge", "edge", namespace=ns, opts=child)
+        self.pdb = kube.disruption_budget(s, "edge", "edge", namespace=ns, opts=child)
         self.register_outputs({"service": self.service_name, "deployment": self.deployment_name})
 
     def _service(self, s: StackSettings, ns: pulumi.Input[str], opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
@@ -78,14 +64,14 @@ class Edge(pulumi.ComponentResource):
             )
         return k8s.core.v1.Service(
             "edge-service",
-            metadata=metadata(s, "edge", "edge", namespace=ns),
+            metadata=kube.metadata(s, "edge", "edge", namespace=ns),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type=edge.service_type,
                 load_balancer_ip=edge.load_balancer_ip if edge.service_type == "LoadBalancer" else None,
                 # A LoadBalancer keeps client addresses (logs, X-Forwarded-For); a NodePort must answer on
                 # every node, including those without an edge pod.
                 external_traffic_policy="Local" if edge.service_type == "LoadBalancer" else "Cluster",
-                selector=selector_labels(s, "edge"),
+                selector=kube.selector_labels(s, "edge"),
                 ports=ports,
             ),
             opts=opts,
@@ -117,46 +103,29 @@ class Edge(pulumi.ComponentResource):
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "100m", "memory": "64Mi"}, limits={"memory": "256Mi"}),
             # Probes check this nginx only; /healthz (gateway readiness) is for the external DNS health check.
-            liveness_probe=http_probe("/nginx-live", "http", period=10, failures=3),
-            readiness_probe=http_probe("/nginx-live", "http", period=5, failures=2),
+            liveness_probe=kube.http_probe("/nginx-live", "http", period=10, failures=3),
+            readiness_probe=kube.http_probe("/nginx-live", "http", period=5, failures=2),
             # Leave the Service first; then the image's STOPSIGNAL (SIGQUIT) lets open streams finish.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
                 exec_=k8s.core.v1.ExecActionArgs(command=["sleep", "5"]))),
-            security_context=restricted_container(),
+            security_context=kube.restricted_container(),
         )
         exporter = k8s.core.v1.ContainerArgs(
             name="nginx-exporter",
             image=s.images.nginx_exporter,
             args=[f"--nginx.scrape-uri=http://127.0.0.1:{EDGE_HTTP_PORT}/nginx_status"],
             ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EDGE_METRICS_PORT)],
-            liveness_probe=tcp_probe("metrics", period=20, failures=3),
-            readiness_probe=tcp_probe("metrics", period=10, failures=3),
+            liveness_probe=kube.tcp_probe("metrics", period=20, failures=3),
+            readiness_probe=kube.tcp_probe("metrics", period=10, failures=3),
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
-            security_context=restricted_container(),
+            security_context=kube.restricted_container(),
         )
-        return k8s.apps.v1.Deployment(
-            "edge",
-            metadata=metadata(s, "edge", "edge", namespace=args.namespace),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=edge.replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "edge")),
-                strategy=surge_rollout(),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels(s, "edge", "edge"),
-                        annotations={"qwen-serving.io/config-hash": content_hash(self.nginx_conf)},
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        affinity=spread_by_host(s, "edge", required=False),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(NGINX_UID),
-                        termination_grace_period_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
-                        containers=[nginx, exporter],
-                        volumes=volumes,
-                    ),
-                ),
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]),
+        template = kube.pod_template(
+            s, "edge", "edge", uid=NGINX_UID, containers=[nginx, exporter], volumes=volumes,
+            grace_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
+            affinity=kube.spread_by_host(s, "edge", required=False),
+            annotations={"qwen-serving.io/config-hash": kube.content_hash(self.nginx_conf)},
         )
+        return kube.deployment(s, "edge", "edge", namespace=args.namespace, replicas=edge.replicas, template=template,
+                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]))

@@ -1,30 +1,21 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
-Its environment is rendered from settings (infra/render/gateway_env.py); the two secrets come in by
+Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
 secretKeyRef. The HPA on CPU is declared by the monitoring tier (it owns autoscaling).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components.labels import (
-    disruption_budget,
-    http_probe,
-    labels,
-    metadata,
-    restricted_container,
-    restricted_pod,
-    selector_labels,
-    spread_by_host,
-    surge_rollout,
-)
-from infra.render.gateway_env import render_gateway_env
-from infra.settings import StackSettings
+from infra.components import labels as kube
+from stackspec.render.gateway_env import render_gateway_env
+from stackspec.settings import StackSettings
 
 GATEWAY_UID = 10001
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
@@ -32,9 +23,7 @@ API_KEYS_KEY = "api-key-hashes"
 
 
 @dataclass
-class GatewayArgs:
-    settings: StackSettings
-    namespace: pulumi.Input[str]
+class GatewayArgs(kube.TierArgs):
     image: pulumi.Input[str]
     backends_dns: str
     redis_url: str
@@ -56,35 +45,22 @@ class Gateway(pulumi.ComponentResource):
 
         self.secret = k8s.core.v1.Secret(
             "gateway-secret",
-            metadata=metadata(s, "gateway", "api", namespace=ns, object_name=self.secret_name),
+            metadata=kube.metadata(s, "gateway", "api", namespace=ns, object_name=self.secret_name),
             type="Opaque",
             string_data={API_KEYS_KEY: pulumi.Output.secret(json.dumps(s.api_key_hashes, sort_keys=True))},
             opts=child,
         )
-        self.service = k8s.core.v1.Service(
-            "gateway-service",
-            metadata=metadata(s, "gateway", "api", namespace=ns),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                selector=selector_labels(s, "gateway"),
-                ports=[k8s.core.v1.ServicePortArgs(name="http", port=SERVICE_PORT, target_port="http")],
-            ),
-            opts=child,
-        )
+        self.service = kube.service(s, "gateway", "api", namespace=ns, ports=[("http", SERVICE_PORT)], opts=child)
         self.deployment = self._deployment(s, args, child)
-        self.pdb = disruption_budget(s, "gateway", "api", namespace=ns, opts=child)
+        self.pdb = kube.disruption_budget(s, "gateway", "api", namespace=ns, opts=child)
         self.register_outputs({"service": self.service_name, "port": self.port, "deployment": self.deployment_name})
-
-    @staticmethod
-    def _secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
-        return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)))
 
     def _deployment(self, s: StackSettings, args: GatewayArgs, opts: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         gw = s.gateway
         env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(self.env.items())]
         env += [
-            self._secret_env("GATEWAY_API_KEY_HASHES", self.secret_name, API_KEYS_KEY),
-            self._secret_env("GATEWAY_REDIS_PASSWORD", args.redis_secret_name, args.redis_password_key),
+            kube.secret_env("GATEWAY_API_KEY_HASHES", self.secret_name, API_KEYS_KEY),
+            kube.secret_env("GATEWAY_REDIS_PASSWORD", args.redis_secret_name, args.redis_password_key),
         ]
         container = k8s.core.v1.ContainerArgs(
             name="gateway",
@@ -95,34 +71,21 @@ class Gateway(pulumi.ComponentResource):
                 requests={"cpu": gw.cpu_request, "memory": gw.memory_request},
                 limits={"memory": gw.memory_request},  # no CPU limit: throttling would stall token streams
             ),
-            startup_probe=http_probe("/healthz", "http", period=2, failures=30),
-            liveness_probe=http_probe("/healthz", "http", period=10, failures=3),
-            readiness_probe=http_probe("/readyz", "http", period=5, failures=2),
+            startup_probe=kube.http_probe("/healthz", "http", period=2, failures=30),
+            liveness_probe=kube.http_probe("/healthz", "http", period=10, failures=3),
+            readiness_probe=kube.http_probe("/readyz", "http", period=5, failures=2),
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
-            security_context=restricted_container(),
+            security_context=kube.restricted_container(),
         )
-        return k8s.apps.v1.Deployment(
-            "gateway",
-            metadata=metadata(s, "gateway", "api", namespace=args.namespace),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=gw.replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "gateway")),
-                strategy=surge_rollout(),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(s, "gateway", "api")),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        affinity=spread_by_host(s, "gateway", required=False),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(GATEWAY_UID),
-                        # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-                        termination_grace_period_seconds=gw.shutdown_grace_seconds + 10,
-                        containers=[container],
-                        volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
-                    ),
-                ),
-            ),
-            # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
-                                        ignore_changes=["spec.replicas"] if s.monitoring.enabled else None),
+        template = kube.pod_template(
+            s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
+            volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
+            # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
+            grace_seconds=math.ceil(gw.shutdown_grace_seconds) + 10,
+            affinity=kube.spread_by_host(s, "gateway", required=False),
         )
+        # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
+        scaled_by_hpa = ["spec.replicas"] if s.monitoring.enabled else None
+        return kube.deployment(s, "gateway", "api", namespace=args.namespace, replicas=gw.replicas, template=template,
+                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
+                                                      ignore_changes=scaled_by_hpa))

@@ -3,14 +3,15 @@ plugin and the DCGM exporter (both Helm, pinned chart versions)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components import labels as kube
+from infra.components.helm import helm_release
 from infra.components.labels import labels
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
 DCGM_EXPORTER_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
@@ -19,9 +20,7 @@ TAINT_VALUE = "present"
 DCGM_METRICS_PORT = 9400
 
 
-@dataclass
-class GpuNodePoolArgs:
-    settings: StackSettings
+GpuNodePoolArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class GpuNodePool(pulumi.ComponentResource):
@@ -84,34 +83,22 @@ class GpuNodePool(pulumi.ComponentResource):
             "nodeSelector": self.node_selector,
             "tolerations": self.tolerations,
         }
-        self.device_plugin = k8s.helm.v3.Release(
-            "nvidia-device-plugin",
-            k8s.helm.v3.ReleaseArgs(
-                name="nvidia-device-plugin",
-                chart="nvidia-device-plugin",
-                version=pool.device_plugin_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DEVICE_PLUGIN_REPO),
-                namespace=self.system_namespace,
-                values={**placement, "runtimeClassName": RUNTIME_CLASS, "affinity": {}},
-            ),
+        self.device_plugin = helm_release(
+            "nvidia-device-plugin", chart="nvidia-device-plugin", version=pool.device_plugin_chart_version,
+            repo=DEVICE_PLUGIN_REPO, namespace=self.system_namespace,
+            values={**placement, "runtimeClassName": RUNTIME_CLASS, "affinity": {}},
             opts=after_namespace,
         )
-        self.dcgm_exporter = k8s.helm.v3.Release(
-            "dcgm-exporter",
-            k8s.helm.v3.ReleaseArgs(
-                name="dcgm-exporter",
-                chart="dcgm-exporter",
-                version=pool.dcgm_exporter_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=DCGM_EXPORTER_REPO),
-                namespace=self.system_namespace,
-                values={
-                    **placement,
-                    "runtimeClassName": RUNTIME_CLASS,
-                    # The monitoring tier's ServiceMonitor selects this Service by name.
-                    "serviceMonitor": {"enabled": False},
-                    "service": {"enable": True},
-                },
-            ),
+        self.dcgm_exporter = helm_release(
+            "dcgm-exporter", chart="dcgm-exporter", version=pool.dcgm_exporter_chart_version,
+            repo=DCGM_EXPORTER_REPO, namespace=self.system_namespace,
+            values={
+                **placement,
+                "runtimeClassName": RUNTIME_CLASS,
+                # The monitoring tier's ServiceMonitor selects this Service by name.
+                "serviceMonitor": {"enabled": False},
+                "service": {"enable": True},
+            },
             opts=after_namespace,
         )
         self.register_outputs({

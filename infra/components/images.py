@@ -13,13 +13,30 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from infra.settings import StackSettings
+from infra.components import labels as kube
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DOCKERFILE = "app/gateway/Dockerfile"
 EDGE_DOCKERFILE = "web/Dockerfile"
 GATEWAY_INPUTS = ("app", "pyproject.toml", "constraints.txt", GATEWAY_DOCKERFILE)
 EDGE_INPUTS = ("web",)
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """One image we build: its Dockerfile, the files whose content tags it, and its base image build-arg."""
+
+    name: str
+    dockerfile: str
+    inputs: tuple[str, ...]
+    base_arg: str  # the Dockerfile's ARG that takes the base image
+    base_setting: str  # the images.* setting it comes from
+
+
+BUILDS: tuple[ImageBuild, ...] = (
+    ImageBuild("gateway", GATEWAY_DOCKERFILE, GATEWAY_INPUTS, "PYTHON_BASE", "python_base"),
+    ImageBuild("edge", EDGE_DOCKERFILE, EDGE_INPUTS, "NGINX_BASE", "nginx_base"),
+)
 
 
 def content_tag(paths: Iterable[str], root: Path = REPO) -> str:
@@ -41,9 +58,7 @@ def _ref(image: docker.Image) -> pulumi.Output[str]:
     return pulumi.Output.all(image.repo_digest, image.image_name).apply(lambda v: v[0] or v[1])
 
 
-@dataclass
-class ImagesArgs:
-    settings: StackSettings
+ImagesArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class Images(pulumi.ComponentResource):
@@ -52,30 +67,22 @@ class Images(pulumi.ComponentResource):
         s = args.settings
         registry = s.images.registry.rstrip("/")
         child = pulumi.ResourceOptions(parent=self)
-        self.gateway_image = docker.Image(
-            "gateway-image",
-            image_name=f"{registry}/gateway:{content_tag(GATEWAY_INPUTS)}",
-            build=docker.DockerBuildArgs(
-                context=str(REPO),
-                dockerfile=str(REPO / GATEWAY_DOCKERFILE),
-                platform="linux/amd64",
-                args={"PYTHON_BASE": s.images.python_base},
-            ),
-            skip_push=not s.images.push,
-            opts=child,
-        )
-        self.edge_image = docker.Image(
-            "edge-image",
-            image_name=f"{registry}/edge:{content_tag(EDGE_INPUTS)}",
-            build=docker.DockerBuildArgs(
-                context=str(REPO),
-                dockerfile=str(REPO / EDGE_DOCKERFILE),
-                platform="linux/amd64",
-                args={"NGINX_BASE": s.images.nginx_base},
-            ),
-            skip_push=not s.images.push,
-            opts=child,
-        )
+        built = {
+            b.name: docker.Image(
+                f"{b.name}-image",
+                image_name=f"{registry}/{b.name}:{content_tag(b.inputs)}",
+                build=docker.DockerBuildArgs(
+                    context=str(REPO),
+                    dockerfile=str(REPO / b.dockerfile),
+                    platform="linux/amd64",
+                    args={b.base_arg: getattr(s.images, b.base_setting)},
+                ),
+                skip_push=not s.images.push,
+                opts=child,
+            )
+            for b in BUILDS
+        }
+        self.gateway_image, self.edge_image = built["gateway"], built["edge"]
         self.gateway_ref = _ref(self.gateway_image)
         self.edge_ref = _ref(self.edge_image)
         self.vllm_ref: str = s.images.vllm  # pulled as pinned in settings (a digest on prod-like sites)

@@ -13,18 +13,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from app.inference.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
+from infra.components import labels as kube
 from infra.components.gpu_pool import GpuNodePool
-from infra.components.labels import (
-    RESTRICTED_SECCOMP,
-    disruption_budget,
-    http_probe,
-    labels,
-    metadata,
-    selector_labels,
-    spread_by_host,
-)
-from infra.settings import StackSettings
+from stackspec.render.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
+from stackspec.settings import StackSettings
 
 CACHE_MOUNT = "/models"
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
@@ -47,9 +39,7 @@ def vllm_env(settings: StackSettings) -> dict[str, str]:
 
 
 @dataclass
-class InferenceArgs:
-    settings: StackSettings
-    namespace: pulumi.Input[str]
+class InferenceArgs(kube.TierArgs):
     pool: GpuNodePool
     image: pulumi.Input[str]
 
@@ -64,27 +54,19 @@ class Inference(pulumi.ComponentResource):
         self.deployment_name = "vllm"
         self.port = inf.port
         self.metrics_port = inf.port  # /metrics on the API port
-        self.backends_dns = f"{self.service_name}.{s.kubernetes.namespace}.svc.cluster.local:{inf.port}"
+        self.backends_dns = s.gateway_backends_dns  # one definition: the gateway's settings were checked with it
         self.args = render_vllm_args(s, model=s.model.name, host="0.0.0.0", port=inf.port)
 
         cache_volume = self._cache_volume(s, ns, child)
         keda = s.monitoring.enabled and s.monitoring.autoscaling.enabled
-        self.service = k8s.core.v1.Service(
-            "vllm-service",
-            metadata=metadata(s, "vllm", "inference", namespace=ns),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None",  # headless: DNS answers with every ready pod, the gateway balances
-                selector=selector_labels(s, "vllm"),
-                ports=[k8s.core.v1.ServicePortArgs(name="http", port=inf.port, target_port="http")],
-            ),
-            opts=child,
-        )
+        self.service = kube.service(s, "vllm", "inference", namespace=ns, ports=[("http", inf.port)], opts=child,
+                               headless=True)
         self.deployment = k8s.apps.v1.Deployment(
             "vllm",
-            metadata=metadata(s, "vllm", "inference", namespace=ns),
+            metadata=kube.metadata(s, "vllm", "inference", namespace=ns),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=inf.replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "vllm")),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector_labels(s, "vllm")),
                 # Every GPU is taken: a surge pod could never schedule. Replace one replica at a time.
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(
                     type="RollingUpdate",
@@ -92,14 +74,14 @@ class Inference(pulumi.ComponentResource):
                 ),
                 progress_deadline_seconds=inf.startup_budget_seconds + 300,
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(s, "vllm", "inference")),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(s, "vllm", "inference")),
                     spec=self._pod_spec(s, args, cache_volume),
                 ),
             ),
             # KEDA (monitoring tier) owns the scale when it is on: `pulumi up` must not reset it.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"] if keda else None),
         )
-        self.pdb = disruption_budget(s, "vllm", "inference", namespace=ns, opts=child)
+        self.pdb = kube.disruption_budget(s, "vllm", "inference", namespace=ns, opts=child)
         self.register_outputs({
             "service": self.service_name, "port": self.port, "deployment": self.deployment_name,
             "backends_dns": self.backends_dns,
@@ -116,7 +98,7 @@ class Inference(pulumi.ComponentResource):
         # One claim shared by every replica (replicas sit on different hosts): it must be ReadWriteMany.
         self.cache_claim = k8s.core.v1.PersistentVolumeClaim(
             "vllm-model-cache",
-            metadata=metadata(s, "vllm", "inference", namespace=ns, object_name="vllm-model-cache"),
+            metadata=kube.metadata(s, "vllm", "inference", namespace=ns, object_name="vllm-model-cache"),
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
                 access_modes=["ReadWriteMany"],
                 storage_class_name=cache.storage_class,
@@ -148,10 +130,10 @@ class Inference(pulumi.ComponentResource):
                 k8s.core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_MOUNT),
             ],
             # Loading weights takes minutes: liveness and readiness wait for the startup probe's budget.
-            startup_probe=http_probe("/health", "http", period=10,
+            startup_probe=kube.http_probe("/health", "http", period=10,
                                      failures=math.ceil(inf.startup_budget_seconds / 10)),
-            readiness_probe=http_probe("/v1/models", "http", period=5, failures=3),
-            liveness_probe=http_probe("/health", "http", period=15, failures=4, timeout=10),
+            readiness_probe=kube.http_probe("/v1/models", "http", period=5, failures=3),
+            liveness_probe=kube.http_probe("/health", "http", period=15, failures=4, timeout=10),
             # Leave the Service (and the gateway's DNS view) before SIGTERM; in-flight streams then finish.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
                 exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(DRAIN_SECONDS)]))),
@@ -159,18 +141,18 @@ class Inference(pulumi.ComponentResource):
             security_context=k8s.core.v1.SecurityContextArgs(
                 allow_privilege_escalation=False,
                 capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                seccomp_profile=RESTRICTED_SECCOMP,
+                seccomp_profile=kube.RESTRICTED_SECCOMP,
             ),
         )
         return k8s.core.v1.PodSpecArgs(
             runtime_class_name=pool.runtime_class_name,
             node_selector=pool.node_selector,
             tolerations=pool.toleration_args(),
-            affinity=spread_by_host(s, "vllm", required=s.site.prod_like),
+            affinity=kube.spread_by_host(s, "vllm", required=s.site.prod_like),
             # A Service named `vllm` would inject VLLM_PORT=tcp://... which vLLM reads as its own setting.
             enable_service_links=False,
             automount_service_account_token=False,
-            security_context=k8s.core.v1.PodSecurityContextArgs(seccomp_profile=RESTRICTED_SECCOMP),
+            security_context=k8s.core.v1.PodSecurityContextArgs(seccomp_profile=kube.RESTRICTED_SECCOMP),
             termination_grace_period_seconds=inf.termination_grace_seconds,
             containers=[container],
             volumes=[

@@ -7,13 +7,28 @@ name + instance (they must never change for a live workload).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.settings import PROJECT, StackSettings
+from stackspec.settings import PROJECT, StackSettings
 
 RESTRICTED_SECCOMP = k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")
+
+
+@dataclass
+class SiteArgs:
+    """What every component of a site takes: the parsed stack settings."""
+
+    settings: StackSettings
+
+
+@dataclass
+class TierArgs(SiteArgs):
+    """A tier in the application namespace (the output carries the dependency on the namespace)."""
+
+    namespace: pulumi.Input[str]
 
 
 def selector_labels(settings: StackSettings, name: str) -> dict[str, str]:
@@ -138,3 +153,87 @@ def tcp_probe(port: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgs
     return k8s.core.v1.ProbeArgs(
         tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=period, failure_threshold=failures
     )
+
+
+def pod_template(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    uid: int,
+    containers: list[k8s.core.v1.ContainerArgs],
+    grace_seconds: int,
+    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
+    affinity: k8s.core.v1.AffinityArgs | None = None,
+    annotations: dict[str, str] | None = None,
+    fs_group: int | None = None,
+) -> k8s.core.v1.PodTemplateSpecArgs:
+    """The pod skeleton every tier we run shares: labels, no service-account token, no service links,
+    Pod Security `restricted`, a termination grace."""
+    return k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(settings, name, component), annotations=annotations),
+        spec=k8s.core.v1.PodSpecArgs(
+            affinity=affinity,
+            automount_service_account_token=False,
+            enable_service_links=False,
+            security_context=restricted_pod(uid, fs_group=fs_group),
+            termination_grace_period_seconds=grace_seconds,
+            containers=containers,
+            volumes=volumes,
+        ),
+    )
+
+
+def deployment(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str],
+    replicas: int,
+    template: k8s.core.v1.PodTemplateSpecArgs,
+    opts: pulumi.ResourceOptions,
+) -> k8s.apps.v1.Deployment:
+    """A Deployment of tier `name` that rolls out with surge (never a serving pod down first)."""
+    return k8s.apps.v1.Deployment(
+        name,
+        metadata=metadata(settings, name, component, namespace=namespace),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(settings, name)),
+            strategy=surge_rollout(),
+            template=template,
+        ),
+        opts=opts,
+    )
+
+
+def service(
+    settings: StackSettings,
+    name: str,
+    component: str,
+    *,
+    namespace: pulumi.Input[str],
+    ports: list[tuple[str, int]],
+    opts: pulumi.ResourceOptions,
+    headless: bool = False,
+) -> k8s.core.v1.Service:
+    """The `name` Service in front of tier `name`'s pods; each (port name, port) targets the named container
+    port. Headless: DNS answers with every ready pod (the gateway balances over vLLM itself)."""
+    return k8s.core.v1.Service(
+        f"{name}-service",
+        metadata=metadata(settings, name, component, namespace=namespace),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            cluster_ip="None" if headless else None,
+            selector=selector_labels(settings, name),
+            ports=[k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port_name)
+                   for port_name, port in ports],
+        ),
+        opts=opts,
+    )
+
+
+def secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
+    """An environment variable filled by the kubelet from a Secret's key (never in the manifest)."""
+    return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)))

@@ -1,6 +1,6 @@
 """The monitoring tier: kube-prometheus-stack, scrape targets, rules, dashboards, autoscaling and logs.
 
-Everything it ships is rendered by monitoring/* from the stack's settings (the local stack renders the
+Everything it ships is rendered by stackspec/monitoring/* from the stack's settings (the local stack renders the
 same text). Secrets (Grafana's admin password, Alertmanager's webhook URL and SMTP password, the log
 sink's password) come only from secret config and only ever land in Kubernetes Secrets.
 """
@@ -15,13 +15,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import Output, ResourceOptions
 
+from infra.components.helm import helm_release
 from infra.components.labels import labels
-from infra.settings import PROJECT, SettingsError, StackSettings
-from monitoring import logs as log_pipeline
-from monitoring import promql as m
-from monitoring.alertmanager import render_alertmanager
-from monitoring.dashboards import render_dashboards
-from monitoring.rules import rule_groups
+from stackspec.monitoring import logs as log_pipeline
+from stackspec.monitoring import promql as m
+from stackspec.monitoring.alertmanager import render_alertmanager
+from stackspec.monitoring.dashboards import render_dashboards
+from stackspec.monitoring.rules import rule_groups
+from stackspec.settings import PROJECT, StackSettings
 
 PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
 KEDA_API = "keda.sh/v1alpha1"
@@ -50,7 +51,7 @@ class ScrapeTarget:
 
 
 def scrape_targets(settings: StackSettings) -> list[ScrapeTarget]:
-    """What the ServiceMonitors select. Job names are the Service names (monitoring/promql.py)."""
+    """What the ServiceMonitors select. Job names are the Service names (stackspec/monitoring/promql.py)."""
     return [
         ScrapeTarget(m.JOB_VLLM, "http", component="inference"),
         ScrapeTarget(m.JOB_GATEWAY, "http", component="gateway"),
@@ -69,12 +70,9 @@ def keda_max_replicas(settings: StackSettings) -> int:
     return max(min(slots, settings.gpu_pool.total_gpus // tp), settings.inference.replicas)
 
 
-def _secret_config(key: str, needed: bool, fix: str) -> Output[str] | None:
-    value = pulumi.Config(PROJECT).get_secret(key)
-    if value is None and needed:
-        raise SettingsError([(f"{PROJECT}:{key}", f"is not set: `pulumi config set --secret {PROJECT}:{key} "
-                                                  f"...`{fix}")])
-    return value
+def _secret_config(key: str) -> Output[str] | None:
+    # Which secrets the stack needs is checked with the settings, before any resource (required_secrets).
+    return pulumi.Config(PROJECT).get_secret(key)
 
 
 @dataclass
@@ -96,13 +94,10 @@ class Monitoring(pulumi.ComponentResource):
         self.app_namespace = s.kubernetes.namespace
         child = ResourceOptions(parent=self)
 
-        grafana_password = _secret_config("grafanaAdminPassword", True, "")
-        webhook = _secret_config("alertmanagerWebhookUrl", mon.alerting.webhook,
-                                 ", or set monitoring.alerting.webhook to false")
-        smtp = _secret_config("alertmanagerSmtpPassword", mon.alerting.email is not None,
-                              ", or remove monitoring.alerting.email")
-        log_password = _secret_config("logSinkPassword", mon.logs.enabled, ", or set monitoring.logs.enabled "
-                                                                           "to false")
+        grafana_password = _secret_config("grafanaAdminPassword")
+        webhook = _secret_config("alertmanagerWebhookUrl")
+        smtp = _secret_config("alertmanagerSmtpPassword")
+        log_password = _secret_config("logSinkPassword")
 
         self.namespace = k8s.core.v1.Namespace(
             "monitoring-namespace",
@@ -128,30 +123,17 @@ class Monitoring(pulumi.ComponentResource):
             opts=in_ns,
         )
 
-        self.prometheus_stack = k8s.helm.v3.Release(
-            "kube-prometheus-stack",
-            k8s.helm.v3.ReleaseArgs(
-                name="kube-prometheus-stack",
-                chart="kube-prometheus-stack",
-                version=mon.kube_prometheus_stack_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["kube-prometheus-stack"]),
-                namespace=mon.namespace,
-                values=self._kps_values(grafana_secret_name="grafana-admin",
-                                        alertmanager_secret_name="alertmanager-config"),
-                timeout=900,
-            ),
+        self.prometheus_stack = helm_release(
+            "kube-prometheus-stack", chart="kube-prometheus-stack", version=mon.kube_prometheus_stack_chart_version,
+            repo=CHART_REPOS["kube-prometheus-stack"], namespace=mon.namespace,
+            values=self._kps_values(grafana_secret_name="grafana-admin",
+                                    alertmanager_secret_name="alertmanager-config"),
+            timeout=900,
             opts=ResourceOptions(parent=self, depends_on=[self.namespace, grafana_secret, alertmanager_secret]),
         )
-        self.keda = k8s.helm.v3.Release(
-            "keda",
-            k8s.helm.v3.ReleaseArgs(
-                name="keda",
-                chart="keda",
-                version=mon.keda_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["keda"]),
-                namespace=mon.namespace,
-                values={"prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
-            ),
+        self.keda = helm_release(
+            "keda", chart="keda", version=mon.keda_chart_version, repo=CHART_REPOS["keda"], namespace=mon.namespace,
+            values={"prometheus": {"operator": {"enabled": True, "serviceMonitor": {"enabled": True}}}},
             opts=in_ns,
         )
         # The CRDs below (ServiceMonitor, PrometheusRule, ScaledObject) come with the charts.
@@ -371,22 +353,16 @@ class Monitoring(pulumi.ComponentResource):
         )
         if logs.sink == "elasticsearch":
             self._ilm_setup(opts)
-        return k8s.helm.v3.Release(
-            "fluent-bit",
-            k8s.helm.v3.ReleaseArgs(
-                name="fluent-bit",
-                chart="fluent-bit",
-                version=s.monitoring.fluent_bit_chart_version,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPOS["fluent-bit"]),
-                namespace=s.monitoring.namespace,
-                values={
-                    "existingConfigMap": "fluent-bit-config",
-                    "args": ["--workdir=/fluent-bit/etc", f"--config=/fluent-bit/etc/conf/{log_pipeline.CONFIG_FILE}"],
-                    "env": [{"name": log_pipeline.PASSWORD_ENV, "valueFrom": {
-                        "secretKeyRef": {"name": "log-sink", "key": "password"}}}],
-                    "serviceMonitor": {"enabled": True},
-                },
-            ),
+        return helm_release(
+            "fluent-bit", chart="fluent-bit", version=s.monitoring.fluent_bit_chart_version,
+            repo=CHART_REPOS["fluent-bit"], namespace=s.monitoring.namespace,
+            values={
+                "existingConfigMap": "fluent-bit-config",
+                "args": ["--workdir=/fluent-bit/etc", f"--config=/fluent-bit/etc/conf/{log_pipeline.CONFIG_FILE}"],
+                "env": [{"name": log_pipeline.PASSWORD_ENV, "valueFrom": {
+                    "secretKeyRef": {"name": "log-sink", "key": "password"}}}],
+                "serviceMonitor": {"enabled": True},
+            },
             opts=ResourceOptions(parent=self, depends_on=[secret, config, self.prometheus_stack]),
         )
 

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.components import labels as kube
 from infra.components.labels import labels, metadata, selector_labels
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 # Ports the tiers listen on in their pods (the Services may map them).
 EDGE_HTTP_PORT = 8080
@@ -30,9 +29,7 @@ def pod_security_level(settings: StackSettings) -> str:
     return "privileged" if settings.inference.cache.kind == "hostPath" else "baseline"
 
 
-@dataclass
-class NetworkArgs:
-    settings: StackSettings
+NetworkArgs = kube.SiteArgs  # the settings are all it takes
 
 
 class Network(pulumi.ComponentResource):
@@ -127,7 +124,7 @@ class Network(pulumi.ComponentResource):
             egress(to=[self._peer("vllm")], ports=self._ports(vllm_port)),
             egress(to=[self._peer("redis")], ports=self._ports(REDIS_PORT)),
         ]
-        if s.gateway.oidc is not None:  # the JWKS endpoint lives outside the cluster
+        if s.gateway.oidc_jwks_url:  # the JWKS endpoint lives outside the cluster
             gateway_egress.append(egress(to=anywhere, ports=self._ports(443)))
         policies = [
             self._policy("default-deny", None, types=["Ingress", "Egress"]),

@@ -3,45 +3,29 @@ a redis_exporter sidecar for metrics, and the `redis` Service."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.components.labels import (
-    content_hash,
-    disruption_budget,
-    labels,
-    metadata,
-    restricted_container,
-    restricted_pod,
-    selector_labels,
-    tcp_probe,
-)
+from infra.components import labels as kube
 from infra.components.network import REDIS_METRICS_PORT, REDIS_PORT
-from infra.render.redis import render_redis_conf
-from infra.settings import StackSettings
+from stackspec.render.redis import render_redis_conf
+from stackspec.settings import StackSettings, redis_size_bytes
 
 REDIS_UID = 999  # the `redis` user of the official image
 CONF_DIR = "/etc/redis"
-_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
 def memory_limit(maxmemory: str) -> str:
     """maxmemory plus headroom for fragmentation, AOF rewrite buffers and clients (x1.5, at least 256Mi)."""
-    match = re.fullmatch(r"(\d+)([kmg]b?)?", maxmemory.lower())
-    if not match:
-        raise ValueError(f"qwen-serving:redis.maxmemory: {maxmemory!r} is not a size; write e.g. 1gb")
-    size = int(match.group(1)) * _UNITS[match.group(2) or ""]
+    size = redis_size_bytes(maxmemory)
     return f"{max(256, -(-size * 3 // 2 // 1024**2))}Mi"
 
 
 @dataclass
-class RedisArgs:
-    settings: StackSettings
-    namespace: pulumi.Input[str]
+class RedisArgs(kube.TierArgs):
     password: pulumi.Input[str] | None = None  # generated when None
 
 
@@ -55,7 +39,7 @@ class Redis(pulumi.ComponentResource):
         self.metrics_port = REDIS_METRICS_PORT
         self.secret_name = "redis"
         self.password_key = "password"
-        self.url = f"redis://{self.service_name}:{REDIS_PORT}/0"
+        self.url = s.gateway_redis_url  # one definition: the gateway's settings were checked with it
 
         if args.password is None:
             # A standby replicates the primary: both sites must then share one password (pass it in).
@@ -65,7 +49,7 @@ class Redis(pulumi.ComponentResource):
             password = args.password
         self.secret = k8s.core.v1.Secret(
             "redis-secret",
-            metadata=metadata(s, "redis", "cache", namespace=ns),
+            metadata=kube.metadata(s, "redis", "cache", namespace=ns),
             type="Opaque",
             string_data={self.password_key: pulumi.Output.secret(password)},
             opts=child,
@@ -73,30 +57,19 @@ class Redis(pulumi.ComponentResource):
         conf = render_redis_conf(s, port=REDIS_PORT, bind="0.0.0.0", data_dir="/data")
         self.config = k8s.core.v1.ConfigMap(
             "redis-config",
-            metadata=metadata(s, "redis", "cache", namespace=ns, object_name="redis-config"),
+            metadata=kube.metadata(s, "redis", "cache", namespace=ns, object_name="redis-config"),
             data={"redis.conf": conf},
             opts=child,
         )
-        self.service = k8s.core.v1.Service(
-            "redis-service",
-            metadata=metadata(s, "redis", "cache", namespace=ns),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                selector=selector_labels(s, "redis"),
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="redis", port=REDIS_PORT, target_port="redis"),
-                    k8s.core.v1.ServicePortArgs(name="metrics", port=REDIS_METRICS_PORT, target_port="metrics"),
-                ],
-            ),
-            opts=child,
-        )
+        self.service = kube.service(s, "redis", "cache", namespace=ns,
+                               ports=[("redis", REDIS_PORT), ("metrics", REDIS_METRICS_PORT)], opts=child)
         self.stateful_set = self._stateful_set(s, ns, conf, child)
         # One replica: the budget still lets a node drain (it only stops two voluntary evictions at once).
-        self.pdb = disruption_budget(s, "redis", "cache", namespace=ns, opts=child)
+        self.pdb = kube.disruption_budget(s, "redis", "cache", namespace=ns, opts=child)
         self.register_outputs({"service": self.service_name, "url": self.url, "secret": self.secret_name})
 
     def _secret_env(self, name: str) -> k8s.core.v1.EnvVarArgs:
-        return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret_name, key=self.password_key)))
+        return kube.secret_env(name, self.secret_name, self.password_key)
 
     def _stateful_set(
         self, s: StackSettings, ns: pulumi.Input[str], conf: str, opts: pulumi.ResourceOptions
@@ -126,7 +99,7 @@ class Redis(pulumi.ComponentResource):
                 requests={"cpu": "100m", "memory": memory_limit(s.redis.maxmemory)},
                 limits={"memory": memory_limit(s.redis.maxmemory)},
             ),
-            security_context=restricted_container(),
+            security_context=kube.restricted_container(),
         )
         exporter = k8s.core.v1.ContainerArgs(
             name="redis-exporter",
@@ -136,14 +109,14 @@ class Redis(pulumi.ComponentResource):
                 self._secret_env("REDIS_PASSWORD"),
             ],
             ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=REDIS_METRICS_PORT)],
-            liveness_probe=tcp_probe("metrics", period=20, failures=3),
-            readiness_probe=tcp_probe("metrics", period=10, failures=3),
+            liveness_probe=kube.tcp_probe("metrics", period=20, failures=3),
+            readiness_probe=kube.tcp_probe("metrics", period=10, failures=3),
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "10m", "memory": "32Mi"}, limits={"memory": "64Mi"}),
-            security_context=restricted_container(),
+            security_context=kube.restricted_container(),
         )
         claim = k8s.core.v1.PersistentVolumeClaimArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels(s, "redis", "cache")),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=kube.labels(s, "redis", "cache")),
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
                 access_modes=["ReadWriteOnce"],
                 storage_class_name=s.redis.storage_class,
@@ -152,25 +125,17 @@ class Redis(pulumi.ComponentResource):
         )
         return k8s.apps.v1.StatefulSet(
             "redis",
-            metadata=metadata(s, "redis", "cache", namespace=ns),
+            metadata=kube.metadata(s, "redis", "cache", namespace=ns),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 service_name=self.service_name,
                 replicas=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(s, "redis")),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels(s, "redis", "cache"),
-                        annotations={"qwen-serving.io/config-hash": content_hash(conf)},
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        security_context=restricted_pod(REDIS_UID, fs_group=REDIS_UID),
-                        termination_grace_period_seconds=30,  # time to fsync the AOF
-                        containers=[server, exporter],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config"))],
-                    ),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector_labels(s, "redis")),
+                template=kube.pod_template(
+                    s, "redis", "cache", uid=REDIS_UID, fs_group=REDIS_UID, containers=[server, exporter],
+                    grace_seconds=30,  # time to fsync the AOF
+                    volumes=[k8s.core.v1.VolumeArgs(
+                        name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config"))],
+                    annotations={"qwen-serving.io/config-hash": kube.content_hash(conf)},
                 ),
                 volume_claim_templates=[claim],
             ),

@@ -5,35 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from infra.offline import REPO, SECRET_PLACEHOLDERS, read_stack_config, stack_file
-from infra.settings import PROJECT, StackSettings, parse_settings, settings_from_config
+from stackspec.stackfile import REPO
+from tests.stacks import SITE_STACKS, settings_with, stack_sections, stack_settings
 
-STACKS = ["dev", "staging", "prod", "prod-dr"]
+STACKS = SITE_STACKS
 SCRATCH = REPO / "build" / "tests" / "artifacts"
-
-
-def stack_settings(stack: str) -> StackSettings:
-    raw, _ = read_stack_config(stack_file(stack))
-    for short, value in SECRET_PLACEHOLDERS.items():
-        raw.setdefault(f"{PROJECT}:{short}", value)
-    return settings_from_config(raw)
-
-
-def stack_sections(stack: str) -> dict[str, Any]:
-    import json
-
-    raw, _ = read_stack_config(stack_file(stack))
-    return {k.split(":", 1)[1]: json.loads(v) for k, v in raw.items()}
-
-
-def settings_with(stack: str, **sections: Any) -> StackSettings:
-    """A stack's settings with whole sections replaced (camelCase section names)."""
-    values = stack_sections(stack) | sections
-    return parse_settings(values, {"apiKeyHashes": SECRET_PLACEHOLDERS["apiKeyHashes"]})
+__all__ = ["STACKS", "settings_with", "stack_sections", "stack_settings"]
 
 
 @pytest.fixture

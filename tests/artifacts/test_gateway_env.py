@@ -1,4 +1,8 @@
-"""The rendered gateway environment is what the gateway's own settings class accepts and means."""
+"""The rendered gateway environment is what the gateway's own settings class accepts and means.
+
+There is no hand mapping left: the stack builds the gateway's GatewaySettings (stackspec/settings.py) and
+the environment is that instance's fields. Parsed back by the gateway, it is the same instance.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,18 @@ import json
 
 import pytest
 
-from app.gateway.settings import GatewaySettings, settings_problems
-from infra.offline import SECRET_PLACEHOLDERS
-from infra.render.gateway_env import SECRET_ENV_NAMES, render_gateway_env
+from app.gateway.settings import GatewaySettings, GatewayTuning, settings_problems
+from stackspec.render.gateway_env import SECRET_ENV_NAMES, render_gateway_env
+from stackspec.stackfile import SECRET_PLACEHOLDERS
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
+
+
+def _load(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> GatewaySettings:
+    for key in GatewaySettings.model_fields:
+        monkeypatch.delenv(f"GATEWAY_{key.upper()}", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return GatewaySettings()
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -17,32 +29,32 @@ def test_rendered_env_parses_into_the_gateway_settings(stack: str, monkeypatch: 
     s = stack_settings(stack)
     env = render_gateway_env(s, backends_dns="vllm.ns.svc.cluster.local:8000", redis_url="redis://redis:6379/0")
     assert not set(env) & set(SECRET_ENV_NAMES)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("GATEWAY_API_KEY_HASHES", SECRET_PLACEHOLDERS["apiKeyHashes"])  # from the Secret in k8s
-    monkeypatch.setenv("GATEWAY_REDIS_PASSWORD", "from-the-secret")
-    gw = GatewaySettings()
+    secrets = {"GATEWAY_API_KEY_HASHES": SECRET_PLACEHOLDERS["apiKeyHashes"],  # from the Secret in k8s
+               "GATEWAY_REDIS_PASSWORD": "from-the-secret"}
+    gw = _load(env | secrets, monkeypatch)
     assert settings_problems(gw) == []
     assert gw.backends_dns == "vllm.ns.svc.cluster.local:8000" and gw.backend_list == []
     assert gw.model == s.model.served_name
-    assert gw.auth_enabled is s.gateway.auth_enabled
-    assert gw.rate_limit_rpm == s.gateway.rate_limit.requests_per_minute
-    assert gw.rate_limit_concurrent == s.gateway.rate_limit.concurrent_streams
-    assert gw.first_token_timeout == s.gateway.first_token_timeout_seconds
-    assert gw.total_timeout == s.gateway.total_timeout_seconds
-    assert gw.session_ttl_seconds == s.gateway.session_ttl_seconds
-    assert gw.port == s.gateway.port
+    assert gw.max_body_bytes == s.edge.client_max_body_bytes  # one limit for the edge and the gateway
+    # Every tunable the stack sets arrives as it was checked at plan time.
+    for name in GatewayTuning.model_fields:
+        assert getattr(gw, name) == getattr(s.gateway, name), name
     assert gw.key_hashes == json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_gateway_field_is_rendered_or_secret(stack: str) -> None:
+    env = render_gateway_env(stack_settings(stack), backends_dns="v:1", redis_url="redis://r:6379/0")
+    names = {f"GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
+    assert set(env) | set(SECRET_ENV_NAMES) == names
+
+
 def test_oidc_settings_reach_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
-    oidc = {"issuer": "https://id.example", "audience": "qwen", "jwksUrl": "https://id.example/jwks"}
-    s = settings_with("staging", gateway={"replicas": 2, "oidc": oidc, "rateLimit": {"failOpen": False}})
+    oidc = {"oidcIssuer": "https://id.example", "oidcAudience": "qwen", "oidcJwksUrl": "https://id.example/jwks"}
+    s = settings_with("staging", gateway={"replicas": 2, **oidc, "rateLimitFailOpen": False})
     env = render_gateway_env(s, backends_dns=None, backends=["10.0.0.1:8000", "10.0.0.2:8000"],
                              redis_url="redis://redis:6379/0")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    gw = GatewaySettings()
+    gw = _load(env, monkeypatch)
     assert gw.oidc_enabled and gw.oidc_issuer == "https://id.example" and gw.oidc_audience == "qwen"
     assert gw.backend_list == ["10.0.0.1:8000", "10.0.0.2:8000"]
     assert gw.rate_limit_fail_open is False

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from infra.render.nginx import K8S_STATE_DIR, render_nginx_conf
+from stackspec.render.nginx import K8S_STATE_DIR, render_nginx_conf
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
 
 

@@ -14,8 +14,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from infra.render.redis import render_redis_conf
 from localstack.processes import free_port
+from stackspec.render.redis import render_redis_conf
+from stackspec.settings import SettingsError
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
 
 PASSWORD = "artifact-test-password"
@@ -108,7 +109,6 @@ def test_noeviction_refuses_writes_at_maxmemory_instead_of_dropping_sessions(wor
         assert client.get("session:first") == b"kept"
 
 
-def test_bad_maxmemory_names_the_key() -> None:
-    settings = settings_with("dev", redis={"maxmemory": "lots"})
-    with pytest.raises(ValueError, match=r"qwen-serving:redis\.maxmemory"):
-        render_redis_conf(settings)
+def test_bad_maxmemory_names_the_key_at_parse_time() -> None:
+    with pytest.raises(SettingsError, match=r"qwen-serving:redis\.maxmemory"):
+        settings_with("dev", redis={"maxmemory": "lots"})

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from app.inference.vllm_args import merge_args, render_vllm_args
 from infra.offline import REPO
-from infra.settings import StackSettings
+from stackspec.render.vllm_args import merge_args, render_vllm_args
+from stackspec.settings import StackSettings
 from tests.artifacts.conftest import STACKS, settings_with, stack_sections, stack_settings
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

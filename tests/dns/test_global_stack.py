@@ -8,7 +8,7 @@ import pytest
 
 from infra.offline import run_stack
 from infra.plan import main as plan_main
-from infra.settings import SettingsError
+from stackspec.settings import SettingsError
 
 HEALTH = "aws:route53/healthCheck:HealthCheck"
 RECORD = "aws:route53/record:Record"

@@ -30,7 +30,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.inference.tiny_model import FAST_MODEL, PACED_MODEL, ensure_test_model
-from infra.settings import StackSettings
 from localstack.processes import ManagedProcess, free_port, http_ok
 from localstack.services import (
     PROJECT_PYTHON,
@@ -42,6 +41,7 @@ from localstack.services import (
     start_vllm,
 )
 from localstack.settings import local_settings
+from stackspec.settings import StackSettings
 from tests.waiting import metric
 
 BUILD = REPO_ROOT / "build" / "test-gateway"

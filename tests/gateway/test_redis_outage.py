@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.settings import StackSettings
 from localstack.services import RedisHandle, start_redis
+from stackspec.settings import StackSettings
 from tests.gateway.conftest import Gateway, StartGateway, auth, chat_body
 
 

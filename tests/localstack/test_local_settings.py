@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app.inference.capacity import GB
-from infra.settings import SettingsError
 from localstack.settings import API_KEY_PREFIX, ensure_api_key, local_settings
 from localstack.stack import LocalConfig, StackError, settings_overrides, state_dir
+from stackspec.capacity import GB
+from stackspec.settings import SettingsError
 
 
 def test_local_yaml_parses_with_auth_on_and_the_key_hash() -> None:

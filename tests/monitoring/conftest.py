@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from infra.offline import REPO, SECRET_PLACEHOLDERS, read_stack_config, stack_file
-from infra.settings import PROJECT, StackSettings, settings_from_config
 from localstack.prometheus import monitoring_settings
+from stackspec.settings import StackSettings
+from stackspec.stackfile import REPO
+from tests.stacks import SITE_STACKS, stack_settings
 
-SITE_STACKS = ["dev", "staging", "prod", "prod-dr"]
 SCRATCH = REPO / "build" / "tests" / "monitoring"
-
-
-def stack_settings(stack: str) -> StackSettings:
-    raw, _ = read_stack_config(stack_file(stack))
-    for short, value in SECRET_PLACEHOLDERS.items():
-        raw.setdefault(f"{PROJECT}:{short}", value)
-    return settings_from_config(raw)
+__all__ = ["SITE_STACKS", "stack_settings"]
 
 
 def all_settings() -> dict[str, StackSettings]:

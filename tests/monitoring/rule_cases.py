@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.settings import StackSettings
-from monitoring import promql as m
-from monitoring.rules import rule_groups
+from stackspec.monitoring import promql as m
+from stackspec.monitoring.rules import rule_groups
+from stackspec.settings import StackSettings
 
 
 @dataclass

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.settings import EmailReceiver, SettingsError, StackSettings
-from monitoring.alertmanager import INHIBITIONS, render_alertmanager
-from monitoring.rules import alert_names
+from stackspec.monitoring.alertmanager import INHIBITIONS, render_alertmanager
+from stackspec.monitoring.rules import alert_names
+from stackspec.settings import EmailReceiver, StackSettings
 from tests.monitoring.conftest import SITE_STACKS, run, stack_settings, tool
 
 WEBHOOK = "https://hooks.example.test/alertmanager/plan-placeholder"
@@ -88,11 +88,12 @@ def test_inhibitions_name_real_alerts_and_silence_symptoms(scratch: Path) -> Non
 
 
 def test_missing_secrets_name_the_key_and_the_fix() -> None:
+    # The settings refuse the stack first (tests/plan/test_broken_stacks.py); the renderer still guards.
     settings = stack_settings("prod")
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(ValueError) as err:
         render_alertmanager(settings, webhook_url=None, smtp_password=None)
     assert "qwen-serving:alertmanagerWebhookUrl" in str(err.value) and "--secret" in str(err.value)
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(ValueError) as err:
         render_alertmanager(with_email(settings), webhook_url=WEBHOOK, smtp_password=None)
     assert "qwen-serving:alertmanagerSmtpPassword" in str(err.value)
     # Without the webhook, the URL is not needed at all.

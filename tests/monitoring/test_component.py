@@ -10,11 +10,11 @@ import pytest
 
 from infra.components.monitoring import CHART_REPOS, keda_max_replicas
 from infra.offline import SECRET_PLACEHOLDERS, Captured, OfflineRun, is_secret, run_stack, unwrap_secrets
-from infra.settings import SettingsError
-from monitoring import promql as m
-from monitoring.dashboards import render_dashboards
-from monitoring.logs import render_fluent_bit
-from monitoring.rules import rule_groups
+from stackspec.monitoring import promql as m
+from stackspec.monitoring.dashboards import render_dashboards
+from stackspec.monitoring.logs import render_fluent_bit
+from stackspec.monitoring.rules import rule_groups
+from stackspec.settings import SettingsError
 from tests.monitoring.conftest import SITE_STACKS
 
 SERVICE_MONITOR = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"

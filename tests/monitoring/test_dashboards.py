@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from monitoring.dashboards import RATE, expressions, render_dashboards
-from monitoring.rules import rule_groups
+from stackspec.monitoring.dashboards import RATE, expressions, render_dashboards
+from stackspec.monitoring.rules import rule_groups
 from tests.monitoring.conftest import run, stack_settings, tool
 
 DASHBOARDS = render_dashboards()

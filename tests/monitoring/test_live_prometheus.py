@@ -21,9 +21,9 @@ import yaml
 from localstack.prometheus import PrometheusHandle, monitoring_settings
 from localstack.services import ServiceHandle
 from localstack.stack import LocalStack
-from monitoring import promql as m
-from monitoring import rules as r
-from monitoring.logs import render_fluent_bit
+from stackspec.monitoring import promql as m
+from stackspec.monitoring import rules as r
+from stackspec.monitoring.logs import render_fluent_bit
 from tests.monitoring.fluent_bit import process
 from tests.waiting import samples
 

@@ -10,8 +10,8 @@ import time
 import yaml
 
 from app.gateway.logging import JsonFormatter, request_id_var
-from infra.settings import LogSettings, StackSettings
-from monitoring.logs import ilm_policy, index_template, render_fluent_bit
+from stackspec.monitoring.logs import ilm_policy, index_template, render_fluent_bit
+from stackspec.settings import LogSettings, StackSettings
 from tests.monitoring.conftest import stack_settings
 from tests.monitoring.fluent_bit import process
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.settings import StackSettings
-from monitoring.rules import alert_names, render_rules, rule_groups
+from stackspec.monitoring.rules import alert_names, render_rules, rule_groups
+from stackspec.settings import StackSettings
 from tests.monitoring.conftest import all_settings, run, stack_settings, tool
 from tests.monitoring.rule_cases import cases, promtool_test_file
 
@@ -91,8 +91,8 @@ def test_promtool_fails_when_a_rule_is_wrong(alert: str, change: dict[str, objec
 
 
 def test_health_check_window_holds_exactly_the_failures() -> None:
-    from monitoring.promql import seconds
-    from monitoring.rules import health_check_window
+    from stackspec.monitoring.promql import seconds
+    from stackspec.monitoring.rules import health_check_window
 
     for settings in SETTINGS.values():
         window = seconds(health_check_window(settings))

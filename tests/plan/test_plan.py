@@ -12,7 +12,7 @@ import yaml
 from infra import program
 from infra.offline import REPO, STACKS_DIR, run_stack
 from infra.plan import PLAN_DIR, check_manifest, main
-from infra.settings import SettingsError
+from stackspec.settings import SettingsError
 
 
 def test_plan_prod_prints_the_tree_and_writes_valid_manifests(capsys: pytest.CaptureFixture[str]) -> None:

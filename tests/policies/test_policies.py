@@ -13,8 +13,9 @@ import pytest
 from infra.offline import Captured, OfflineRun, run_stack
 from policies.rules import POLICIES
 from policies.runner import evaluate
+from tests.stacks import SITE_STACKS
 
-STACKS = ["dev", "staging", "prod", "prod-dr"]
+STACKS = SITE_STACKS
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 

@@ -6,8 +6,9 @@ from functools import cache
 from typing import Any
 
 from infra.offline import OfflineRun, manifest_of, run_stack
+from tests.stacks import SITE_STACKS
 
-STACKS = ["dev", "staging", "prod", "prod-dr"]
+STACKS = SITE_STACKS
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 SERVICE = "kubernetes:core/v1:Service"

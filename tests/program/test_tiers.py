@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from app.inference.vllm_args import render_vllm_args
 from infra.components.inference import needs_p2p_disabled
 from infra.components.network import pod_security_level
-from infra.render.nginx import render_nginx_conf
-from infra.render.redis import render_redis_conf
-from infra.settings import PROJECT
+from stackspec.render.nginx import render_nginx_conf
+from stackspec.render.redis import render_redis_conf
+from stackspec.render.vllm_args import render_vllm_args
+from stackspec.settings import PROJECT
 from tests.program.conftest import (
     CONFIG_MAP,
     DEPLOYMENT,
@@ -159,7 +159,7 @@ def test_a_pvc_model_cache_is_one_shared_claim_and_keeps_the_namespace_at_baseli
 # --- gateway --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
 def test_gateway_env_is_rendered_and_secrets_come_by_reference(stack: str) -> None:
-    from infra.render.gateway_env import render_gateway_env
+    from stackspec.render.gateway_env import render_gateway_env
 
     run = stack_run(stack)
     s = run.settings
@@ -381,7 +381,7 @@ def test_redis_password_is_generated_per_site_unless_set_and_a_standby_must_set_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from infra.offline import SECRET_PLACEHOLDERS, is_secret, run_stack
-    from infra.settings import SettingsError
+    from stackspec.settings import SettingsError
 
     run = stack_run("prod")  # the harness sets redisPassword: it is used as given
     assert obj(run, SECRET, "redis-secret")["stringData"]["password"] == SECRET_PLACEHOLDERS["redisPassword"]

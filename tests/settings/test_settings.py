@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from app.inference.capacity import GB, QWEN25_7B, replica_capacity
-from infra.offline import STACKS_DIR, read_stack_config
-from infra.settings import SettingsError, StackSettings, parse_settings, settings_from_config
+from stackspec.capacity import GB, QWEN25_7B, replica_capacity
+from stackspec.settings import SettingsError, StackSettings, parse_settings, settings_from_config
+from stackspec.stackfile import STACKS_DIR, read_stack_config, with_placeholders
+from tests.stacks import SITE_STACKS
 
-STACKS = ["dev", "staging", "prod", "prod-dr"]
+STACKS = SITE_STACKS
 KEY_HASH = {"a" * 64: "team-a"}
 
 
@@ -31,7 +32,7 @@ def test_every_stack_file_parses_from_cli_shaped_config(stack: str) -> None:
     raw, _ = read_stack_config(STACKS_DIR / f"Pulumi.{stack}.yaml")
     assert all(isinstance(v, str) for v in raw.values()), "the CLI hands every value over as a string"
     raw["qwen-serving:apiKeyHashes"] = json.dumps(KEY_HASH)
-    settings = settings_from_config(raw)
+    settings = settings_from_config(with_placeholders(raw))
     assert settings.capacity.fits
     assert settings.api_key_hashes == KEY_HASH
 
@@ -116,9 +117,9 @@ def test_a_plain_api_key_instead_of_its_hash_is_refused() -> None:
 
 
 def test_oidc_alone_satisfies_auth() -> None:
-    values = with_change("prod", "gateway.oidc", {
-        "issuer": "https://sso.example.internal/realms/ai", "audience": "qwen", "jwksUrl": "https://sso.example.internal/certs"})
-    assert parse(values, hashes={}).gateway.oidc is not None
+    values = with_change("prod", "gateway.oidcIssuer", "https://sso.example.internal/realms/ai")
+    values["gateway"] |= {"oidcAudience": "qwen", "oidcJwksUrl": "https://sso.example.internal/certs"}
+    assert parse(values, hashes={}).gateway_runtime().oidc_enabled
 
 
 def test_yarn_rope_scaling_makes_a_long_context_valid() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 TEMPLATE = "nginx.conf.j2"

@@ -2,7 +2,7 @@
 
 In the cluster the Prometheus Operator builds the scrape config from ServiceMonitors; locally there is
 no operator, so this renders the equivalent static config. Job names match the Kubernetes Service
-names (monitoring/promql.py), so the rules render once for both.
+names (stackspec/monitoring/promql.py), so the rules render once for both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 RULE_FILE = "rules.yaml"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from infra.settings import StackSettings
-from monitoring import promql as m
+from stackspec.monitoring import promql as m
+from stackspec.settings import StackSettings
 
 Rule = dict[str, Any]
 

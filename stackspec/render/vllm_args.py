@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 ENTRYPOINT_MODULE = "vllm.entrypoints.openai.api_server"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
 PASSWORD_ENV = "LOG_SINK_PASSWORD"
 CONFIG_FILE = "fluent-bit.yaml"

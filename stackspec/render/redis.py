@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 
-from infra.settings import StackSettings
+from stackspec.settings import StackSettings
 
-_MEMORY_RE = re.compile(r"^\d+([kKmMgG][bB]?)?$")
 _PATH_RE = re.compile(r"^[^\s\"']+$")
 
 
@@ -21,13 +20,11 @@ def render_redis_conf(
     password_file_include: str | None = None,
 ) -> str:
     redis = settings.redis
-    if not _MEMORY_RE.match(redis.maxmemory):
-        raise ValueError(f"qwen-serving:redis.maxmemory: {redis.maxmemory!r} is not a size; write e.g. 1gb or 512mb")
     for what, path in (("data_dir", data_dir), ("password_file_include", password_file_include or "x")):
         if not _PATH_RE.match(path):
             raise ValueError(f"{what}: {path!r} must be a path without spaces or quotes")
     lines = [
-        "# Rendered by infra/render/redis.py from the stack settings.",
+        "# Rendered by stackspec/render/redis.py from the stack settings.",
         f"port {port}",
         f"bind {bind}",
         "protected-mode yes",

@@ -1,7 +1,7 @@
 """Grafana dashboards as code (grafanalib), shipped as ConfigMaps for Grafana's dashboard sidecar.
 
 Three dashboards: the service overview, the GPUs and the gateway. Panels read the recorded series of
-monitoring/rules.py where one exists, so a dashboard and an alert never disagree on a definition.
+stackspec/monitoring/rules.py where one exists, so a dashboard and an alert never disagree on a definition.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from grafanalib._gen import DashboardEncoder
 from grafanalib.core import Dashboard, GridPos, Target, Template, Templating, Time, TimeSeries
 
-from monitoring import promql as m
-from monitoring import rules as r
+from stackspec.monitoring import promql as m
+from stackspec.monitoring import rules as r
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"  # Grafana's own range for rate(); promtool checks see it replaced

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import SettingsError, StackSettings
+from stackspec.settings import StackSettings, required_secrets
 
 # Cause -> the symptom alerts it explains (and that would only add noise while it fires).
 INHIBITIONS: dict[str, list[str]] = {
@@ -27,6 +27,12 @@ INHIBITIONS: dict[str, list[str]] = {
 NULL_ALERTS = ["Watchdog", "InfoInhibitor"]  # kube-prometheus-stack's heartbeat and helper alerts
 
 
+def _missing(key: str, settings: StackSettings) -> str:
+    # The settings check (required_secrets) catches this before any resource; this is the renderer's guard.
+    fix = required_secrets(settings)[key]
+    return f"qwen-serving:{key} is not set: `pulumi config set --secret qwen-serving:{key} ...`{fix}"
+
+
 def _alternation(names: list[str]) -> str:
     return "|".join(names)
 
@@ -39,9 +45,7 @@ def alertmanager_config(settings: StackSettings, *, webhook_url: str | None, smt
     email: dict[str, Any] | None = None
     if a.webhook:
         if not webhook_url:
-            raise SettingsError([("qwen-serving:alertmanagerWebhookUrl", "is not set: `pulumi config set "
-                                  "--secret qwen-serving:alertmanagerWebhookUrl https://...`, or set "
-                                  "monitoring.alerting.webhook to false")])
+            raise ValueError(_missing("alertmanagerWebhookUrl", settings))
         webhook = {"url": webhook_url, "send_resolved": True, "max_alerts": 50}
     if a.email is not None:
         email = {"to": ", ".join(a.email.to), "send_resolved": True,
@@ -87,9 +91,7 @@ def alertmanager_config(settings: StackSettings, *, webhook_url: str | None, smt
     config: dict[str, Any] = {"route": route, "receivers": receivers, "inhibit_rules": inhibit}
     if a.email is not None:
         if not smtp_password:
-            raise SettingsError([("qwen-serving:alertmanagerSmtpPassword", "is not set: `pulumi config set "
-                                  "--secret qwen-serving:alertmanagerSmtpPassword ...`, or remove "
-                                  "monitoring.alerting.email")])
+            raise ValueError(_missing("alertmanagerSmtpPassword", settings))
         config["global"] = {
             "smtp_smarthost": a.email.smarthost,
             "smtp_from": a.email.sender,

@@ -2,20 +2,37 @@
 
 Every key lives under the project namespace (`qwen-serving:<section>`); each section is an object in
 the stack file, written in camelCase like the rest of Pulumi. Errors name the full key
-(`qwen-serving:inference.replicas`) and say how to fix it.
+(`qwen-serving:inference.replicas`) and say how to fix it; parsing collects every problem it can find
+(field errors, then cross-tier checks, the gateway's own checks and the required secrets) in one error.
+
+The `gateway` section is the gateway's own `GatewayTuning` (app/gateway/settings.py) plus the Deployment's
+fields; `StackSettings.gateway_runtime()` builds the gateway's `GatewaySettings` from the whole stack, and
+that instance is what the gateway's environment is rendered from (stackspec/render/gateway_env.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from app.inference.capacity import QWEN25_7B, Capacity, ModelShape, replica_capacity
+from app.gateway.settings import GatewaySettings as GatewayRuntime
+from app.gateway.settings import GatewaySettingsProblems, GatewayTuning
+from stackspec.capacity import QWEN25_7B, Capacity, ModelShape, replica_capacity
+from stackspec.versions import VLLM_IMAGE, vllm_image_problem
 
 PROJECT = "qwen-serving"
 
@@ -45,6 +62,31 @@ SECRET_KEYS: dict[str, str] = {
 
 DIGEST_RE = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
 NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# Sizes and durations are typed at parse time, in the syntax of the program that reads them.
+KubeQuantity = Annotated[str, Field(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")]  # 10Gi, 500m
+RedisSize = Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")]  # redis.conf: 64mb, 1gb
+NginxSize = Annotated[str, Field(pattern=r"^\d+[kKmMgG]?$")]  # nginx: 1m, 512k
+Duration = Annotated[str, Field(pattern=r"^\d+(ms|s|m|h|d|w|y)$")]  # Prometheus/Alertmanager: 30s, 4h
+
+_NGINX_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_REDIS_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+def nginx_size_bytes(size: str) -> int:
+    """nginx's size syntax (1m = 1 MiB) in bytes."""
+    match = re.fullmatch(r"(\d+)([kmg]?)", size.lower())
+    if not match:
+        raise ValueError(f"{size!r} is not an nginx size (e.g. 1m, 512k)")
+    return int(match.group(1)) * _NGINX_UNITS[match.group(2)]
+
+
+def redis_size_bytes(size: str) -> int:
+    """redis.conf's size syntax (1gb = 1 GiB, 1g = 10^9) in bytes."""
+    match = re.fullmatch(r"(\d+)([kmg]b?)?", size.lower())
+    if not match:
+        raise ValueError(f"{size!r} is not a redis size (e.g. 64mb, 1gb)")
+    return int(match.group(1)) * _REDIS_UNITS[match.group(2) or ""]
 
 
 class SettingsError(ValueError):
@@ -122,7 +164,7 @@ class ModelSettings(_Section):
 class ModelCache(_Section):
     kind: Literal["hostPath", "pvc"] = "hostPath"
     host_path: str = "/mnt/nvme/models"
-    pvc_size: str = "100Gi"
+    pvc_size: KubeQuantity = "100Gi"
     storage_class: str | None = None
 
 
@@ -136,44 +178,29 @@ class InferenceSettings(_Section):
     enable_prefix_caching: bool = True
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     port: int = Field(default=8000, ge=1024, le=65535)
-    shm_size: str = "8Gi"
+    shm_size: KubeQuantity = "8Gi"
     startup_budget_seconds: int = Field(default=600, ge=60)
     termination_grace_seconds: int = Field(default=120, ge=10)
     cache: ModelCache = ModelCache()
-    cpu_request: str = "4"
-    memory_request: str = "32Gi"
+    cpu_request: KubeQuantity = "4"
+    memory_request: KubeQuantity = "32Gi"
 
 
-class RateLimit(_Section):
-    requests_per_minute: int = Field(default=120, ge=1)
-    concurrent_streams: int = Field(default=8, ge=1)
-    fail_open: bool = True
+class GatewaySection(GatewayTuning):
+    """The stack's `gateway` section: the gateway's own tunables (GatewayTuning: the same names, camelCase,
+    the same bounds, one definition) plus what the Deployment and its autoscaler need."""
 
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
-class Oidc(_Section):
-    issuer: str = Field(pattern=r"^https://")
-    audience: str = Field(min_length=1)
-    jwks_url: str = Field(pattern=r"^https://")
-
-
-class GatewaySettings(_Section):
     replicas: int = Field(default=2, ge=1)
     max_replicas: int = Field(default=6, ge=1)
     target_cpu_percent: int = Field(default=70, ge=10, le=100)
-    port: int = Field(default=8080, ge=1024, le=65535)
-    auth_enabled: bool = True
-    oidc: Oidc | None = None
-    rate_limit: RateLimit = RateLimit()
-    session_ttl_seconds: int = Field(default=3600, ge=60)
-    history_token_budget: int = Field(default=6000, ge=256)
-    connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    first_token_timeout_seconds: float = Field(default=60.0, gt=0)
-    idle_timeout_seconds: float = Field(default=30.0, gt=0)
-    total_timeout_seconds: float = Field(default=600.0, gt=0)
-    max_tokens_cap: int = Field(default=4096, ge=1)
-    shutdown_grace_seconds: int = Field(default=30, ge=1)
-    cpu_request: str = "500m"
-    memory_request: str = "512Mi"
+    cpu_request: KubeQuantity = "500m"
+    memory_request: KubeQuantity = "512Mi"
+
+    def tuning(self) -> dict[str, Any]:
+        """The GatewayTuning fields, by the gateway's field names."""
+        return {name: getattr(self, name) for name in GatewayTuning.model_fields}
 
 
 class Tls(_Section):
@@ -188,21 +215,30 @@ class EdgeSettings(_Section):
     node_port: int | None = Field(default=None, ge=30000, le=32767)
     load_balancer_ip: str | None = None
     tls: Tls = Tls()
-    client_max_body_size: str = "1m"
+    # One limit for the edge and the gateway: nginx's client_max_body_size and the gateway's max_body_bytes.
+    client_max_body_size: NginxSize = "1m"
     proxy_read_timeout_seconds: int = Field(default=600, ge=30)
+
+    @property
+    def client_max_body_bytes(self) -> int:
+        return nginx_size_bytes(self.client_max_body_size)
 
 
 class RedisSettings(_Section):
-    storage_size: str = "10Gi"
+    storage_size: KubeQuantity = "10Gi"
     storage_class: str | None = None
-    maxmemory: str = "1gb"
+    maxmemory: RedisSize = "1gb"
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
-    replica_of: str | None = None  # standby site: host:port of the primary's Redis
+    replica_of: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$")  # standby: primary's host:port
+
+    @property
+    def maxmemory_bytes(self) -> int:
+        return redis_size_bytes(self.maxmemory)
 
 
 class ImageSettings(_Section):
     registry: str = Field(default="registry.local:5000/qwen-serving", min_length=1)
-    vllm: str = "vllm/vllm-openai:v0.11.0"
+    vllm: str = VLLM_IMAGE  # the tag must be the pinned version (stackspec/versions.py)
     python_base: str = "python:3.11-slim"
     nginx_base: str = "nginx:1.27-alpine"
     # Used as they are (not built): the Redis server and the two metrics sidecars.
@@ -235,9 +271,9 @@ class AlertingSettings(_Section):
     health_check_failures: int = Field(default=3, ge=1)
     webhook: bool = True
     email: EmailReceiver | None = None
-    group_wait: str = "30s"
-    group_interval: str = "5m"
-    repeat_interval: str = "4h"
+    group_wait: Duration = "30s"
+    group_interval: Duration = "5m"
+    repeat_interval: Duration = "4h"
 
 
 class LogSettings(_Section):
@@ -267,7 +303,7 @@ class MonitoringSettings(_Section):
     enabled: bool = True
     namespace: str = Field(default="monitoring", pattern=NAME_RE, max_length=63)
     retention: str = Field(default="15d", pattern=r"^\d+[smhdwy]$")
-    storage_size: str = "50Gi"
+    storage_size: KubeQuantity = "50Gi"
     storage_class: str | None = None
     scrape_interval: str = Field(default="30s", pattern=r"^\d+[smh]$")
     kube_prometheus_stack_chart_version: str = "77.6.2"
@@ -284,12 +320,13 @@ class StackSettings(_Section):
     gpu_pool: GpuPoolSettings
     model: ModelSettings = ModelSettings()
     inference: InferenceSettings = InferenceSettings()
-    gateway: GatewaySettings = GatewaySettings()
+    gateway: GatewaySection = GatewaySection()
     edge: EdgeSettings = EdgeSettings()
     redis: RedisSettings = RedisSettings()
     images: ImageSettings = ImageSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     api_key_hashes: dict[str, str] = Field(default_factory=dict, exclude=True)
+    _runtime: GatewayRuntime | None = PrivateAttr(default=None)
 
     @property
     def capacity(self) -> Capacity:
@@ -307,12 +344,115 @@ class StackSettings(_Section):
     def hosts_that_fit_a_replica(self) -> int:
         return sum(1 for h in self.gpu_pool.hosts if h.gpus >= self.inference.tensor_parallel_size)
 
+    @property
+    def gateway_backends_dns(self) -> str:
+        """The headless vLLM Service the gateway resolves in the cluster (infra/components/inference.py)."""
+        return f"vllm.{self.kubernetes.namespace}.svc.cluster.local:{self.inference.port}"
+
+    @property
+    def gateway_redis_url(self) -> str:
+        return "redis://redis:6379/0"  # the Redis tier's Service (infra/components/redis.py)
+
+    def gateway_wiring(
+        self, *, backends_dns: str | None, backends: Sequence[str] = (), redis_url: str
+    ) -> dict[str, tuple[str, Any]]:
+        """The gateway fields that come from the rest of the stack: field -> (the key it comes from, value)."""
+        return {
+            "backends": (_key("inference"), ",".join(backends)),
+            "backends_dns": (_key("inference"), backends_dns or ""),
+            "model": (_key("model.servedName"), self.model.served_name),
+            "redis_url": (_key("redis"), redis_url),
+            "api_key_hashes": (_key("apiKeyHashes"), SecretStr(json.dumps(self.api_key_hashes, sort_keys=True))),
+            "max_body_bytes": (_key("edge.clientMaxBodySize"), self.edge.client_max_body_bytes),
+        }
+
+    def gateway_runtime(
+        self, *, backends_dns: str | None = None, backends: Sequence[str] = (), redis_url: str | None = None
+    ) -> GatewayRuntime:
+        """The gateway's own settings for this stack (defaults: the cluster's wiring). Raises SettingsError
+        naming the stack keys when the gateway would refuse them."""
+        if backends_dns is None and not backends:
+            if self._runtime is not None and redis_url is None:
+                return self._runtime
+            backends_dns = self.gateway_backends_dns
+        runtime, problems = build_gateway_runtime(
+            self, backends_dns=backends_dns, backends=backends, redis_url=redis_url or self.gateway_redis_url)
+        if runtime is None:
+            raise SettingsError(problems)
+        return runtime
+
     @model_validator(mode="after")
-    def _cross_checks(self) -> StackSettings:
+    def _cross_checks(self, info: ValidationInfo) -> StackSettings:
+        if info.context and info.context.get("defer_checks"):
+            return self  # parse_settings runs them itself, together with the secrets
         problems = cross_field_problems(self)
         if problems:
             raise SettingsError(problems)
         return self
+
+
+def _gateway_key(field: str, wiring: Mapping[str, tuple[str, Any]]) -> str:
+    if field in wiring:
+        return wiring[field][0]
+    if field in GatewaySection.model_fields:
+        return _key(f"gateway.{to_camel(field)}")
+    return _key("gateway")
+
+
+def build_gateway_runtime(
+    s: StackSettings, *, backends_dns: str | None, backends: Sequence[str], redis_url: str
+) -> tuple[GatewayRuntime | None, list[tuple[str, str]]]:
+    """Build the gateway's GatewaySettings from the stack; every value is given, so nothing is read from
+    this process's environment. Returns the instance, or None and the problems by stack key."""
+    wiring = s.gateway_wiring(backends_dns=backends_dns, backends=backends, redis_url=redis_url)
+    values = {name: field.get_default(call_default_factory=True) for name, field in GatewayRuntime.model_fields.items()}
+    values |= s.gateway.tuning() | {name: value for name, (_, value) in wiring.items()}
+    try:
+        return GatewayRuntime(**values), []
+    except ValidationError as err:
+        problems: list[tuple[str, str]] = []
+        for e in err.errors():
+            nested = e.get("ctx", {}).get("error")
+            if isinstance(nested, GatewaySettingsProblems):
+                for fields, message in nested.problems:
+                    keys = list(dict.fromkeys(_gateway_key(f, wiring) for f in fields))
+                    hint = _API_KEYS_HINT if "api_key_hashes" in fields else ""
+                    problems.append((" / ".join(keys), f"the gateway would refuse to start: {message}{hint}"))
+            else:
+                field = str(e["loc"][0]) if e["loc"] else ""
+                problems.append((_gateway_key(field, wiring), f"{e['msg']} (got {e.get('input')!r})"))
+        return None, problems
+
+
+_API_KEYS_HINT = (
+    f" (in the stack: `pulumi config set --secret {PROJECT}:apiKeyHashes '{{\"<sha256 of key>\": \"<name>\"}}'`, "
+    "or gateway.oidcIssuer/oidcAudience/oidcJwksUrl)"
+)
+
+
+def required_secrets(s: StackSettings) -> dict[str, str]:
+    """Secret config this stack needs, by what it enables: key -> how to set it or do without it."""
+    mon = s.monitoring
+    needed: dict[str, str] = {}
+    if mon.enabled:
+        needed["grafanaAdminPassword"] = ""
+        if mon.alerting.webhook:
+            needed["alertmanagerWebhookUrl"] = ", or set monitoring.alerting.webhook to false"
+        if mon.alerting.email is not None:
+            needed["alertmanagerSmtpPassword"] = ", or remove monitoring.alerting.email"
+        if mon.logs.enabled:
+            needed["logSinkPassword"] = ", or set monitoring.logs.enabled to false"
+    if s.site.role == "standby":
+        needed["redisPassword"] = (" (the primary's: a standby's Redis replicates with it; see the README's DR "
+                                   "section)")
+    return needed
+
+
+def secret_problems(s: StackSettings, present: set[str]) -> list[tuple[str, str]]:
+    return [
+        (_key(key), f"is not set: `pulumi config set --secret {_key(key)} ...`{fix}")
+        for key, fix in required_secrets(s).items() if key not in present
+    ]
 
 
 def _replica_slots(s: StackSettings) -> int:
@@ -379,20 +519,22 @@ def cross_field_problems(s: StackSettings) -> list[tuple[str, str]]:
             _key("gateway.maxReplicas"),
             f"{s.gateway.max_replicas} is below gateway.replicas {s.gateway.replicas}; raise it",
         ))
-    if s.gateway.auth_enabled and not s.api_key_hashes and s.gateway.oidc is None:
+    # The gateway's own checks (auth with no keys, sha256 keys, timeouts, OIDC, body limit), on the instance
+    # the cluster would run: written once, in app/gateway/settings.py.
+    runtime, gateway_problems = build_gateway_runtime(
+        s, backends_dns=s.gateway_backends_dns, backends=(), redis_url=s.gateway_redis_url)
+    problems.extend(gateway_problems)
+    if runtime is not None:
+        s._runtime = runtime
+    if s.gateway.history_token_budget >= inf.max_model_len:
         problems.append((
-            _key("apiKeyHashes"),
-            "auth is on but there are no API keys and no OIDC: set it with `pulumi config set "
-            "--secret qwen-serving:apiKeyHashes '{\"<sha256 of key>\": \"<name>\"}'`, or configure "
-            "gateway.oidc",
+            _key("gateway.historyTokenBudget"),
+            f"{s.gateway.history_token_budget} leaves no room for the answer in "
+            f"{_key('inference.maxModelLen')} {inf.max_model_len}; lower it",
         ))
-    for digest, name in s.api_key_hashes.items():
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            problems.append((
-                _key("apiKeyHashes"),
-                f"entry for '{name}' is not a sha256 hex digest; store "
-                "`printf %s <key> | sha256sum`, never the key itself",
-            ))
+    vllm_problem = vllm_image_problem(s.images.vllm)
+    if vllm_problem:
+        problems.append((_key("images.vllm"), vllm_problem))
     if s.edge.service_type == "LoadBalancer" and s.edge.node_port is not None:
         problems.append((_key("edge.nodePort"), "only for serviceType NodePort; remove it"))
 
@@ -451,8 +593,14 @@ def _loc_to_key(loc: tuple[int | str, ...]) -> str:
     return _key(".".join(parts))
 
 
-def parse_settings(values: Mapping[str, Any], secrets: Mapping[str, Any] | None = None) -> StackSettings:
-    """Parse section objects (already decoded) into StackSettings or raise SettingsError."""
+def parse_settings(
+    values: Mapping[str, Any], secrets: Mapping[str, Any] | None = None, *, check_secrets: bool = False
+) -> StackSettings:
+    """Parse section objects (already decoded) into StackSettings or raise SettingsError with every problem.
+
+    With `check_secrets`, `secrets` is all the secret config there is, and each secret the stack's
+    features need must be in it (the Pulumi program passes its whole config; the local stack does not).
+    """
     secrets = dict(secrets or {})
     data: dict[str, Any] = {k: v for k, v in values.items() if k in SECTIONS}
     unknown = sorted(set(values) - set(SECTIONS) - set(SECRET_KEYS))
@@ -470,20 +618,17 @@ def parse_settings(values: Mapping[str, Any], secrets: Mapping[str, Any] | None 
     if hashes is not None and not isinstance(hashes, dict):
         problems.append((_key("apiKeyHashes"), "must be a JSON object {sha256: name}"))
         hashes = None
-    if problems:
-        raise SettingsError(problems)
     data["apiKeyHashes"] = hashes or {}
     try:
-        return StackSettings.model_validate(data)
-    except SettingsError:
-        raise
+        settings = StackSettings.model_validate(data, context={"defer_checks": True})
     except ValidationError as err:
-        nested = [e for e in err.errors() if isinstance(e.get("ctx", {}).get("error"), SettingsError)]
-        if nested:
-            raise nested[0]["ctx"]["error"] from None
-        raise SettingsError([
-            (_loc_to_key(tuple(e["loc"])), _explain(e)) for e in err.errors()
-        ]) from None
+        raise SettingsError(problems + [(_loc_to_key(tuple(e["loc"])), _explain(e)) for e in err.errors()]) from None
+    problems += cross_field_problems(settings)
+    if check_secrets:
+        problems += secret_problems(settings, {k for k, v in secrets.items() if v not in (None, "")})
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
 def _explain(error: Mapping[str, Any]) -> str:
@@ -494,7 +639,7 @@ def _explain(error: Mapping[str, Any]) -> str:
     return f"{error['msg']} (got {error.get('input')!r})"
 
 
-def settings_from_config(raw: Mapping[str, Any]) -> StackSettings:
+def settings_from_config(raw: Mapping[str, Any], *, check_secrets: bool = True) -> StackSettings:
     """Parse the stack's whole config as the engine hands it over: `{"qwen-serving:<key>": str}`.
 
     Objects arrive as JSON text (that is how the CLI passes them); other namespaces are ignored.
@@ -517,6 +662,10 @@ def settings_from_config(raw: Mapping[str, Any]) -> StackSettings:
                 problems.append((full_key, "is not a JSON object; write the section as a YAML mapping"))
                 continue
         values[key] = value
+    try:
+        settings = parse_settings(values, secrets, check_secrets=check_secrets)
+    except SettingsError as err:
+        raise SettingsError(problems + err.problems) from None
     if problems:
         raise SettingsError(problems)
-    return parse_settings(values, secrets)
+    return settings
