@@ -59,6 +59,9 @@ def up() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     stack = LocalStack(config)
+    # Ctrl-C stops the stack even when this process inherited SIGINT as ignored (a shell starts background
+    # jobs that way, and so may a CI runner): without this, Ctrl-C would be silently lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     started = time.monotonic()

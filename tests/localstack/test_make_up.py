@@ -26,15 +26,17 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 class MakeUp:
     """A `make up` running in its own process group (as in a terminal), its output collected."""
 
-    def __init__(self, state: Path, port: int):
+    def __init__(self, state: Path, port: int, *, sigint_ignored: bool = False):
         self.state, self.port = state, port
         # The fast test model: these tests are about starting and stopping, not about pacing.
         self.env = {**os.environ, "PORT": str(port), "LOCAL_STATE_DIR": str(state), "TEST_MODEL": "tiny-qwen2"}
         self.out = state / f"make-up-{len(list(state.glob('make-up-*.out')))}.out"
         self.log = self.out.open("wb")
+        # sigint_ignored: started the way a shell starts a background job (SIGINT inherited as ignored).
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.proc = subprocess.Popen(
             ["make", "--no-print-directory", "up"], cwd=REPO, env=self.env, stdout=self.log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=ignore,
         )
 
     def output(self) -> str:
@@ -119,8 +121,9 @@ def test_make_up_twice_then_down_and_ctrl_c_leave_nothing_behind(workdir: Path, 
     _all_gone(entries)
     assert not (workdir / PIDS_FILE).exists()
 
-    # Warm start: setup has nothing to do, the model is cached; Ctrl-C stops it.
-    second = MakeUp(workdir, port)
+    # Warm start: setup has nothing to do, the model is cached; Ctrl-C stops it, even when the run
+    # inherited SIGINT as ignored (as background jobs and some CI runners do).
+    second = MakeUp(workdir, port, sigint_ignored=True)
     runs.append(second)
     second.wait_ready()
     assert "model: tiny-qwen2, a random-weight test Qwen2 (cached" in second.output()
