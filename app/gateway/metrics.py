@@ -49,6 +49,10 @@ class Metrics:
         self.redis_errors = Counter(
             "gateway_redis_errors_total", "Redis operations that failed", ["operation"], registry=r
         )
+        self.turns_not_stored = Counter(
+            "gateway_session_turns_not_stored_total",
+            "Session turns answered but not saved (Redis unavailable); the client was told", registry=r,
+        )
         self.redis_up = Gauge("gateway_redis_up", "1 if the last Redis operation succeeded", registry=r)
         self.auth_failures = Counter(
             "gateway_auth_failures_total", "Rejected credentials by reason", ["reason"], registry=r

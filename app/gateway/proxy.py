@@ -67,6 +67,9 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield buffer.rstrip(b"\n") + b"\n\n"
 
 
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
 def event_data(event: bytes) -> bytes:
     return b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
@@ -263,9 +266,14 @@ class UpstreamStream:
         self.completed = False
         self._closed = False
 
-    async def relay(self) -> AsyncIterator[bytes]:
-        """The events for the client; a failure after the first one becomes an error event plus [DONE]."""
-        if self.account.observe(self._first):
+    async def relay(self, before_done: Callable[[], Awaitable[bytes | None]] | None = None) -> AsyncIterator[bytes]:
+        """The events for the client; a failure after the first one becomes an error event plus [DONE].
+
+        `before_done` runs once the answer is complete and before `data: [DONE]` goes out (shielded from
+        a client that leaves meanwhile): what a client was told is done has been dealt with (e.g. stored).
+        It may return one more event to send before [DONE].
+        """
+        if self.account.observe(self._first) and not self.account.done:
             yield self._first
         try:
             while not self.account.done:
@@ -277,7 +285,7 @@ class UpstreamStream:
                         event = await anext(self._events)
                 except StopAsyncIteration:
                     break
-                if self.account.observe(event):
+                if self.account.observe(event) and not self.account.done:
                     yield event
         except TimeoutError:
             self._proxy.pool.record_failure(self.backend, "timeout")
@@ -293,6 +301,12 @@ class UpstreamStream:
             yield sse_error_event("The inference backend ended the stream early; the answer is incomplete")
             return
         self.completed = True
+        if before_done is not None:
+            with anyio.CancelScope(shield=True):
+                extra = await before_done()
+            if extra:
+                yield extra
+        yield DONE_EVENT
 
     async def close(self) -> None:
         if self._closed:

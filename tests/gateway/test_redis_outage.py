@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,17 @@ async def test_outage_and_recovery(start_gw: StartGateway, own_redis: RedisHandl
         try:
             await wait_redis(open_gw, "down")
             during = await http.post("/v1/chat/completions", headers=headers, json=chat_body("during"))
-            assert during.status_code == 200, during.text  # answered, without history
+            assert during.status_code == 200, during.text  # answered, without history ...
+            assert during.headers["x-session-stored"] == "false"  # ... and the client is told it was not saved
             alone = await http.post("/v1/chat/completions", headers=auth("alice"), json=chat_body("during"))
             assert during.json()["usage"]["prompt_tokens"] == alone.json()["usage"]["prompt_tokens"]
             stream = await http.post("/v1/chat/completions", headers=headers, json=chat_body("s", stream=True))
             assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
+            # Streamed: a chunk with no choices, just before [DONE], says the turn was not saved.
+            events = [e.removeprefix("data: ") for e in stream.text.split("\n\n") if e.strip()]
+            notice = json.loads(events[-2])
+            assert notice["choices"] == [] and notice["session"] == {
+                "id": sid, "stored": False, "message": notice["session"]["message"]}
             read = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
             assert read.status_code == 503 and read.json()["error"]["code"] == "sessions_unavailable"
             refused = await closed.post("/v1/chat/completions", headers=auth("alice"), json=chat_body())
@@ -67,6 +74,7 @@ async def test_outage_and_recovery(start_gw: StartGateway, own_redis: RedisHandl
             assert metric(metrics, "gateway_rate_limit_fail_open_total") >= 3
             assert metric(metrics, "gateway_redis_errors_total") >= 3
             assert metric(metrics, "gateway_redis_up") == 0
+            assert metric(metrics, "gateway_session_turns_not_stored_total") == 2
         finally:
             own_redis.restart()
         await wait_redis(open_gw, "up")

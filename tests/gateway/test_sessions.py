@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -131,3 +132,30 @@ async def test_history_is_trimmed_to_the_budget_keeping_the_system_prompt(start_
     # Growth stops once the budget is reached: later prompts are no bigger than the third one.
     assert prompts[1] > prompts[0]
     assert max(prompts[3:]) <= prompts[2] + 8
+
+
+async def test_a_turn_the_client_saw_finish_is_already_stored(gw: Gateway) -> None:
+    """Acknowledged means stored: read each session back the moment the client has the end of the answer
+    (`data: [DONE]`, or the whole 200 body); 200 streamed and 200 non-streamed turns, none missing."""
+    limit = asyncio.Semaphore(8)
+
+    async def one_turn(http: httpx.AsyncClient, i: int, stream: bool) -> bool:
+        sid = new_session()
+        async with limit:
+            if stream:
+                body = chat_body(f"turn {i}", max_tokens=4, stream=True)
+                async with http.stream("POST", "/v1/chat/completions", json=body,
+                                       headers={**auth("alice"), "X-Session-Id": sid}) as resp:
+                    assert resp.status_code == 200
+                    last = ""
+                    async for line in resp.aiter_lines():
+                        last = line or last
+                    assert last == "data: [DONE]"
+            else:
+                assert (await chat(http, sid, f"turn {i}", max_tokens=4)).status_code == 200
+            stored = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
+        return stored.status_code == 200 and len(stored.json()["messages"]) == 2
+
+    async with gw.client() as http:
+        found = await asyncio.gather(*(one_turn(http, i, stream) for i in range(200) for stream in (True, False)))
+    assert found.count(False) == 0, f"{found.count(False)} of {len(found)} acknowledged turns were not stored"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from app.gateway.sessions.store import Session, validate_session_id
 router = APIRouter()
 
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+SESSION_STORED_HEADER = "X-Session-Stored"  # "false" on a 200 whose turn could not be saved
 
 
 def resolve_model(ctx: GatewayContext, requested: str | None) -> str:
@@ -58,8 +60,8 @@ def check_input_size(ctx: GatewayContext, chars: int) -> None:
 class SSEResponse(StreamingResponse):
     """A streaming response whose upstream is closed however it ends (done, error, client gone)."""
 
-    def __init__(self, stream: UpstreamStream, finish: Any, headers: dict[str, str]):
-        super().__init__(stream.relay(), media_type="text/event-stream", headers=headers)
+    def __init__(self, stream: UpstreamStream, before_done: Any, finish: Any, headers: dict[str, str]):
+        super().__init__(stream.relay(before_done), media_type="text/event-stream", headers=headers)
         self._stream, self._finish = stream, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,13 +100,20 @@ async def _generate(
     if session is not None:
         response_headers["X-Session-Id"] = session.id
 
-    async def remember(answer: str) -> None:
+    async def remember(answer: str) -> bool:
+        """Store the turn; False (counted, logged) if it could not be. Runs before the client is told done."""
         if session is None:
-            return
+            return True
+        if session.unavailable:  # its owner could not be checked: writing could touch another's session
+            ctx.metrics.turns_not_stored.inc()
+            return False
         try:
             await ctx.sessions.append(session, [*new_messages, {"role": "assistant", "content": answer}], system)
         except RedisUnavailable:
+            ctx.metrics.turns_not_stored.inc()
             log.warning("turn not stored: redis unavailable", extra={"session_id": session.id})
+            return False
+        return True
 
     def count_usage(usage: dict[str, Any] | None) -> None:
         if usage:
@@ -119,7 +128,8 @@ async def _generate(
         if status == 200:
             count_usage(data.get("usage"))
             choices = data.get("choices") or [{}]
-            await remember(content_text((choices[0] or {}).get("message") or {}))
+            if not await remember(content_text((choices[0] or {}).get("message") or {})):
+                response_headers[SESSION_STORED_HEADER] = "false"
         return JSONResponse(data, status_code=status, headers=response_headers)
 
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -136,16 +146,29 @@ async def _generate(
     ctx.metrics.ttft.labels(model).observe(opened.first_token_at - opened.started)
     ctx.metrics.active_streams.inc()
 
+    async def store_before_done() -> bytes | None:
+        """The answer is complete: store the turn before `[DONE]`; if that fails, say so in the stream."""
+        if await remember("".join(opened.account.text)):
+            return None
+        assert session is not None
+        return session_not_stored_event(session.id)
+
     async def finish(done: UpstreamStream) -> None:
         ctx.metrics.active_streams.dec()
         await slot.release()
         count_usage(done.account.usage)
-        if done.completed:
-            await remember("".join(done.account.text))
-        else:
+        if not done.completed:
             log.info("stream ended before completion", extra={"backend": done.backend.address})
 
-    return SSEResponse(opened, finish, {**STREAM_HEADERS, **response_headers})
+    return SSEResponse(opened, store_before_done, finish, {**STREAM_HEADERS, **response_headers})
+
+
+def session_not_stored_event(session_id: str) -> bytes:
+    """A chunk with no choices (clients skip it, like the usage chunk) that says the turn was not saved."""
+    notice = {"object": "chat.completion.chunk", "choices": [],
+              "session": {"id": session_id, "stored": False,
+                          "message": "This turn was answered but not saved to the session (storage unavailable)"}}
+    return f"data: {json.dumps(notice)}\n\n".encode()
 
 
 def _session_id(request: Request, raw: dict[str, Any]) -> str | None:
@@ -184,7 +207,8 @@ async def chat_completions(
                 session = await ctx.sessions.load(session_id, identity.subject)
             except RedisUnavailable:
                 log.warning("session unavailable: answering without history", extra={"session_id": session_id})
-            if session is not None:
+                session = Session(session_id, identity.subject, unavailable=True)
+            if not session.unavailable:
                 sent = compose(
                     stored_system=session.system,
                     history=session.messages,

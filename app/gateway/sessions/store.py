@@ -44,6 +44,7 @@ class Session:
     system: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     exists: bool = False
+    unavailable: bool = False  # could not be read (Redis down): answered without history, never written
 
 
 def _keys(session_id: str) -> tuple[str, str]:
