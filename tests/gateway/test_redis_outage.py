@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from prometheus_client import generate_latest
 
+from app.gateway.metrics import Metrics
+from app.gateway.ratelimit.limiter import RateLimiter
+from app.gateway.redis_client import RedisGuard
 from localstack.services import RedisHandle, start_redis
 from stackspec.settings import StackSettings
 from tests.gateway.conftest import Gateway, StartGateway, auth, chat_body
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +94,29 @@ async def test_outage_and_recovery(start_gw: StartGateway, own_redis: RedisHandl
         {"role": "user", "content": "before the outage"},
         {"role": "assistant", "content": answer},
     ]
+
+
+async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redis: RedisHandle) -> None:
+    """Redis frozen at the moment a request ends: the release fails, and is retried (not left to expire)
+    once Redis answers again, so the caller is not locked out for the slot TTL."""
+    metrics = Metrics()
+    guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
+    limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
+    plain = redis.Redis(port=own_redis.port, password=own_redis.password)
+    key = "qs:rl:concurrent:key:frozen-release"
+    plain.delete(key)
+    slot = await limiter.admit("key:frozen-release")
+    assert int(plain.get(key) or 0) == 1
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        await slot.release()  # times out: handed to the background retry
+        assert metric((await asyncio.to_thread(lambda: metrics_text(metrics))), "gateway_redis_errors_total") >= 1
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    await wait_until_async(lambda: asyncio.to_thread(lambda: int(plain.get(key) or 0) == 0),
+                           "the slot is given back once Redis answers", within=20)
+    await guard.close()
+
+
+def metrics_text(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()

@@ -12,6 +12,8 @@ When Redis is unavailable the limits fail open (default; counted in a metric) or
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -84,6 +86,7 @@ class RateLimiter:
         self.rpm, self.concurrent, self.fail_open = rpm, concurrent, fail_open
         self.window_ms = max(1, round(window_seconds * 1000))
         self._slot_ttl = slot_ttl_seconds
+        self._pending_releases: set[asyncio.Task[None]] = set()
         # Sent once, then called by SHA (EVALSHA; redis-py reloads it if Redis restarted empty).
         self._admit = redis.client.register_script(_ADMIT)
         self._release = redis.client.register_script(_RELEASE)
@@ -123,6 +126,25 @@ class RateLimiter:
 
     async def release(self, key: str) -> None:
         try:
-            await self._redis.run("ratelimit", lambda r: self._release(keys=[key], client=r))
+            await self._release_once(key)
         except RedisUnavailable:
-            log.warning("could not release a concurrency slot; it expires with its key", extra={"key": key})
+            # A slot not given back blocks its owner until the key expires: keep trying in the background.
+            task = asyncio.create_task(self._release_later(key))
+            self._pending_releases.add(task)
+            task.add_done_callback(self._pending_releases.discard)
+
+    async def _release_once(self, key: str) -> None:
+        await self._redis.run("ratelimit", lambda r: self._release(keys=[key], client=r))
+
+    async def _release_later(self, key: str) -> None:
+        """Retry a failed release (Redis slow or briefly down) with backoff until the key would expire."""
+        deadline = time.monotonic() + self._slot_ttl
+        delay = 0.1
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)  # backoff between attempts
+            try:
+                await self._release_once(key)
+                return
+            except RedisUnavailable:
+                delay = min(delay * 2, 2.0)
+        log.warning("could not release a concurrency slot; it expires with its key", extra={"key": key})
