@@ -332,7 +332,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
             ax.set_xticks(cs, [str(c) for c in cs])
             ax.set_xlabel("concurrent streams")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         ax_t.set_yscale("log")
         ax_t.set_ylabel("TTFT (ms)")
         ax_t.set_title(f"TTFT, 64-token streams, {label}")
@@ -376,17 +377,70 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"| {e['concurrency']} streams paced 20 ms/token | " + " | ".join(cells) + " |")
     for e in results.get("vllm", []):
         cells = []
-        for name in ("vllm", "gateway", "nginx+gateway"):
+        for name in ("direct", "gateway", "nginx+gateway"):
             r = e["paths"].get(name)
             if r is None:
                 continue
-            extra = "" if name == "vllm" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
+            extra = "" if name == "direct" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
             cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms{extra}")
         lines.append(f"| real vLLM (CPU, tiny-qwen2), 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
     lines.append("")
     for k, g in results.get("goals", {}).items():
         lines.append(f"goal {k}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'MISSED'}")
     return "\n".join(lines)
+
+
+PROFILES = {  # name: (stream, tokens, per-token delay ms, concurrency)
+    "nonstream": (False, 16, 0.0, 64), "stream": (True, 64, 0.0, 64), "paced": (True, 64, 20.0, 1000),
+}
+
+
+def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, duration: float) -> None:
+    """py-spy (sampling, native frames off) on the gateway during one load; the collapsed stacks go to
+    build/bench/profile-<name>.txt (and a flame graph .svg), the top self and inclusive frames to stdout."""
+    import uvloop
+
+    stream, tokens, delay, default_c = PROFILES[name]
+    c = concurrency or default_c
+    secs = max(duration, 5.0)
+    raw_out, svg_out = OUT / f"profile-{name}.txt", OUT / f"profile-{name}.svg"
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    procs = [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "500", "--duration", str(int(secs)),
+                               "--format", fmt_, "-o", str(out), "--nonblocking"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for fmt_, out in (("raw", raw_out), ("flamegraph", svg_out))]
+    time.sleep(1.0)
+    row = uvloop.run(measure(path, model=model, stream=stream, tokens=tokens, delay_ms=delay, concurrency=c,
+                             duration=secs))
+    for proc in procs:
+        proc.wait(timeout=60)
+    print(json.dumps({k: row[k] for k in row if k in ("req_per_s", "chunks_per_s", "proxy_cpu_ms_per_request",
+                                                        "proxy_cpu_us_per_chunk", "errors")}))
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw_out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                  for f in stack.split(";")[1:]]
+        total += n
+        if frames:
+            self_time[frames[-1]] = self_time.get(frames[-1], 0) + n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+    print(f"{total} samples; top self time:")
+    for f, n in sorted(self_time.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"  {100 * n / total:5.1f} %  {f}")
+    print("top inclusive:")
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]:
+        print(f"  {100 * n / total:5.1f} %  {f}")
+    print(f"written: {raw_out}, {svg_out}")
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
 
 
 # ---- main ----------------------------------------------------------------------------------------------
@@ -399,6 +453,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-nginx", action="store_true", help="skip the Nginx + gateway path")
     parser.add_argument("--no-vllm", action="store_true", help="skip the real-vLLM row")
     parser.add_argument("--no-plan", action="store_true", help="skip the make plan timings")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the emitter sweep")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="instead of the sweep: py-spy on the gateway under one load, to build/bench/profile-*")
+    parser.add_argument("--profile-concurrency", type=int, default=0, help="override the profile's concurrency")
     parser.add_argument("--out", default=str(OUT / "results.json"))
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
     args = parser.parse_args(argv)
@@ -454,13 +512,18 @@ def main(argv: list[str]) -> int:
             ng = nginx_for(gw, "nginx")
             paths.append(Path_("nginx+gateway", ng.port, [gw.pid, ng.pid], headers))
 
+        if args.profile:
+            profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
+            return 0
+
         async def run_sweep() -> dict[str, Any]:
             for p in paths:  # warm-up: connections, caches, the Lua script in Redis
                 await measure(p, model=model, stream=False, tokens=16, delay_ms=0, concurrency=8, duration=0.5)
                 await measure(p, model=model, stream=True, tokens=16, delay_ms=0, concurrency=8, duration=0.5)
             return await sweep(paths, model, args.duration, levels)
 
-        results["sweep"] = uvloop.run(run_sweep())
+        results["sweep"] = uvloop.run(run_sweep()) if not args.no_sweep else {}
+        save(results, Path(args.out))  # a checkpoint: the sweep survives a failure in what follows
         emitter.stop()
         started.remove(emitter)
 
@@ -477,7 +540,7 @@ def main(argv: list[str]) -> int:
             if not args.no_nginx:
                 ng2 = nginx_for(gw2, "nginx-vllm")
                 vpaths.append(Path_("nginx+gateway", ng2.port, [gw2.pid, ng2.pid], headers))
-            results["vllm"] = uvloop.run(vllm_row(Path_("vllm", vllm.port, [], headers), vpaths, model, 4.0))
+            results["vllm"] = uvloop.run(vllm_row(Path_("direct", vllm.port, [], headers), vpaths, model, 4.0))
     finally:
         for handle in reversed(started):
             handle.stop()
@@ -491,8 +554,7 @@ def main(argv: list[str]) -> int:
     print(table)
     results["table_markdown"] = table
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save(results, out)
     print(f"written: {out}", flush=True)
     try:
         png = out.with_name("sweep.png") if out.name == "results.json" else out.with_suffix(".png")
