@@ -26,7 +26,7 @@ from app.gateway.redis_client import RedisGuard
 from app.gateway.sessions.store import SessionStore
 from app.gateway.settings import GatewaySettings, load_settings
 
-UPSTREAM_MAX_CONNECTIONS = 1000  # open connections to all backends together; more requests wait for one
+UPSTREAM_MAX_CONNECTIONS = 4096  # all backends together; waiting for one counts against the connect timeout
 
 
 def http_client(settings: GatewaySettings) -> aiohttp.ClientSession:
