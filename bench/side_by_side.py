@@ -414,8 +414,8 @@ def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, dura
                              duration=secs))
     for proc in procs:
         proc.wait(timeout=60)
-    print(json.dumps({k: row[k] for k in row if k in ("req_per_s", "chunks_per_s", "proxy_cpu_ms_per_request",
-                                                        "proxy_cpu_us_per_chunk", "errors")}))
+    keys = ("req_per_s", "chunks_per_s", "latency_ms", "proxy_cpu_ms_per_request", "proxy_cpu_us_per_chunk", "errors")
+    print(json.dumps({k: row[k] for k in keys if k in row}))
     self_time: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
