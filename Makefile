@@ -7,8 +7,9 @@ STACK ?= dev
 STACK_FILE ?=
 PYTEST_ARGS ?=
 PLAN_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup up down test lint plan pin-digests bench clean
+.PHONY: help setup up down test lint plan pin-digests bench loadtest clean
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
@@ -17,7 +18,8 @@ help:
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
 	@echo "make lint   - ruff + mypy"
-	@echo "make bench  - latency/throughput benchmarks (not part of test)"
+	@echo "make bench  - the gateway side by side with the direct path (not part of test): build/bench/"
+	@echo "make loadtest URL=... RPS=... [STREAM=1] [KEY=...] [DURATION=60s] - Locust, P95 TTFT vs the SLO"
 
 setup:
 	@bash setup/install.sh
@@ -42,7 +44,11 @@ pin-digests:
 	$(PY) -m infra.pin_digests --stack $(STACK)
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
+
+loadtest: setup
+	$(PY) -m bench loadtest $(if $(URL),--url $(URL)) --rps $(or $(RPS),2) $(if $(filter-out 0,$(STREAM)),--stream) \
+		$(if $(KEY),--key $(KEY)) --duration $(or $(DURATION),60s)
 
 clean:
 	rm -rf build

@@ -1,22 +1,26 @@
-"""`make bench` = `python -m bench [latency|pace] ...`: every benchmark (timing goals live here, not in tests).
+"""`make bench` = `python -m bench [gateway|latency|pace|emitter|loadtest] ...`: every benchmark (goals: here).
 
-- latency (default): the gateway's added latency against vLLM direct (bench/gateway_latency.py)
+- gateway (default): what the gateway adds, side by side with the direct path, in one run (bench/side_by_side.py)
+- latency: the gateway's added latency against real vLLM direct, interleaved (bench/gateway_latency.py)
 - pace: how fast each test model decodes on this machine (bench/test_model_pace.py)
+- emitter: run the paced OpenAI-compatible emitter on its own (bench/emitter.py)
+- loadtest: Locust against a site or the local stack, P95 TTFT against the SLO (bench/loadtest.py)
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import gateway_latency, test_model_pace
+from bench import emitter, gateway_latency, loadtest, side_by_side, test_model_pace
 
-COMMANDS = {"latency": gateway_latency.main, "pace": test_model_pace.main}
+COMMANDS = {"gateway": side_by_side.main, "latency": gateway_latency.main, "pace": test_model_pace.main,
+            "emitter": emitter.main, "loadtest": loadtest.main}
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
-    return gateway_latency.main(argv)
+    return side_by_side.main(argv)
 
 
 if __name__ == "__main__":

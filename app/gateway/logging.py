@@ -36,11 +36,11 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aiohttp"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")  # we log requests ourselves
-    logging.getLogger("httpx").setLevel("WARNING")
+    logging.getLogger("aiohttp").setLevel("WARNING")
 
 
 log = logging.getLogger("gateway")

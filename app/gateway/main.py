@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
@@ -26,13 +26,27 @@ from app.gateway.redis_client import RedisGuard
 from app.gateway.sessions.store import SessionStore
 from app.gateway.settings import GatewaySettings, load_settings
 
+UPSTREAM_MAX_CONNECTIONS = 4096  # all backends together; waiting for one counts against the connect timeout
 
-def build_context(settings: GatewaySettings, metrics: Metrics) -> GatewayContext:
-    # One client for every upstream call; keep-alive pools sized for many concurrent streams.
-    client = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30),
-        timeout=httpx.Timeout(settings.connect_timeout),
+
+def http_client(settings: GatewaySettings) -> aiohttp.ClientSession:
+    """The one HTTP client for every upstream call (vLLM, probes, JWKS): aiohttp, whose C HTTP parser and
+    connection pool keep their cost flat as concurrency grows; keep-alive pool sized for many streams."""
+    connector = aiohttp.TCPConnector(
+        limit=UPSTREAM_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30,
+        ttl_dns_cache=None, use_dns_cache=False,  # DNS discovery resolves itself; a Service name may move
     )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout,
+                                      sock_connect=settings.connect_timeout),
+        auto_decompress=False,  # vLLM does not compress; bytes are relayed as they come
+        skip_auto_headers=("User-Agent",),
+        raise_for_status=False,
+    )
+
+
+def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.ClientSession) -> GatewayContext:
     pool = BackendPool(metrics, eject_after_failures=settings.eject_after_failures)
     pool.set_addresses(settings.backend_list)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -79,42 +93,48 @@ def build_context(settings: GatewaySettings, metrics: Metrics) -> GatewayContext
     )
 
 
+async def start_background(settings: GatewaySettings, ctx: GatewayContext) -> list[asyncio.Task[None]]:
+    """First probes (and DNS discovery), then their loops as tasks for the lifespan to cancel."""
+    if not settings.auth_enabled:
+        log.warning("AUTH IS DISABLED: every caller is 'anonymous'. For local development only.")
+    tasks: list[asyncio.Task[None]] = []
+    if settings.backends_dns:
+        await health.refresh_from_dns(
+            ctx.client, ctx.pool, settings.backends_dns, probe_timeout=settings.health_timeout_seconds
+        )
+        tasks.append(asyncio.create_task(health.discovery_loop(
+            ctx.client, ctx.pool, settings.backends_dns,
+            interval=settings.dns_interval_seconds, probe_timeout=settings.health_timeout_seconds,
+        )))
+    await health.probe_all(ctx.client, ctx.pool, settings.health_timeout_seconds)
+    tasks.append(asyncio.create_task(health.probe_loop(
+        ctx.client, ctx.pool,
+        interval=settings.health_interval_seconds, probe_timeout=settings.health_timeout_seconds,
+    )))
+    log.info("gateway started", extra={
+        "backends": [b.address for b in ctx.pool.all()],
+        "healthy": [b.address for b in ctx.pool.healthy()],
+    })
+    return tasks
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, metrics)
-        app.state.ctx = ctx
-        if not settings.auth_enabled:
-            log.warning("AUTH IS DISABLED: every caller is 'anonymous'. For local development only.")
-        tasks: list[asyncio.Task[None]] = []
-        if settings.backends_dns:
-            await health.refresh_from_dns(
-                ctx.client, ctx.pool, settings.backends_dns, probe_timeout=settings.health_timeout_seconds
-            )
-            tasks.append(asyncio.create_task(health.discovery_loop(
-                ctx.client, ctx.pool, settings.backends_dns,
-                interval=settings.dns_interval_seconds, probe_timeout=settings.health_timeout_seconds,
-            )))
-        await health.probe_all(ctx.client, ctx.pool, settings.health_timeout_seconds)
-        tasks.append(asyncio.create_task(health.probe_loop(
-            ctx.client, ctx.pool,
-            interval=settings.health_interval_seconds, probe_timeout=settings.health_timeout_seconds,
-        )))
-        log.info("gateway started", extra={
-            "backends": [b.address for b in ctx.pool.all()],
-            "healthy": [b.address for b in ctx.pool.healthy()],
-        })
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await ctx.client.aclose()
-            await ctx.redis.close()
-            log.info("gateway stopped")
+        async with http_client(settings) as client:
+            ctx = build_context(settings, metrics, client)
+            app.state.ctx = ctx
+            tasks = await start_background(settings, ctx)
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await ctx.redis.close()
+                log.info("gateway stopped")
 
     app = FastAPI(title="qwen-serving gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)

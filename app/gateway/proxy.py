@@ -3,7 +3,9 @@
 A request may be retried on another backend until its first byte reaches the client: connection errors,
 5xx answers, dropped connections and first-token timeouts all count. Once a streamed byte has gone out,
 a failure ends the stream with an SSE error event in OpenAI's shape plus `data: [DONE]`.
-Streams are forwarded event by event (never half an event), so that error event is always well formed.
+Streams are relayed as the upstream's bytes, cut only at event boundaries (never half an event), so that
+error event is always well formed; a block is parsed only where it holds the usage chunk, `[DONE]` or, for a
+session, the answer's text (`StreamAccount.scan`). The upstream client is one shared aiohttp session.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 import anyio
-import httpx
 
 from app.gateway.backends.pool import Backend, BackendPool
 from app.gateway.backends.routing import choose_backend
@@ -70,6 +72,17 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
+def split_block(buffer: bytes) -> tuple[bytes, bytes]:
+    """(the complete events at the front of `buffer`, the partial event after them)."""
+    if b"\r" in buffer:
+        buffer = buffer.replace(b"\r\n", b"\n") if not buffer.endswith(b"\r") else (
+            buffer[:-1].replace(b"\r\n", b"\n") + b"\r")
+    end = buffer.rfind(b"\n\n")
+    if end < 0:
+        return b"", buffer
+    return buffer[: end + 2], buffer[end + 2 :]
+
+
 def event_data(event: bytes) -> bytes:
     return b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
@@ -110,11 +123,35 @@ class StreamAccount:
                         self.text.append(piece)
         return bool(choices) or not has_usage or self.forward_usage_chunk
 
+    def scan(self, block: bytes) -> bytes:
+        """A block of complete events -> the bytes to forward. Only a block that may hold `[DONE]`, the usage
+        chunk or (for a session) text is taken apart; every other block passes through as it came."""
+        if not self.collect_text and b"[DONE]" not in block and b'"usage":{' not in block \
+                and b'"usage": {' not in block:
+            return block
+        out: list[bytes] = []
+        for event in block.split(b"\n\n"):
+            if not event:
+                continue
+            event += b"\n\n"
+            if self.observe(event) and not self.done:  # [DONE] itself is sent by the relay, after before_done
+                out.append(event)
+            if self.done:
+                break
+        return b"".join(out)
+
+
+def _total(seconds: float | None, connect: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds, connect=connect, sock_connect=connect)
+
+
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
 
 class Proxy:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         pool: BackendPool,
         metrics: Metrics,
         *,
@@ -130,6 +167,7 @@ class Proxy:
         self.idle_timeout = idle_timeout
         self.total_timeout = total_timeout
         self.retry_attempts = retry_attempts
+        self._stream_timeout = _total(None, connect_timeout)  # streams: our own first-token/idle/total clocks
 
     async def _attempts(self, affinity: str | None, attempt: Callable[[Backend], Awaitable[T]]) -> T:
         """Run `attempt` on up to `retry_attempts` distinct backends until one does not raise UpstreamFailure."""
@@ -157,50 +195,52 @@ class Proxy:
         status = 504 if failure.kind == "timeout" else 502
         raise ApiError(status, f"Inference backends failed ({failure})", code="upstream_unavailable")
 
-    def _timeout(self, read: float | None) -> httpx.Timeout:
-        c = self.connect_timeout
-        return httpx.Timeout(connect=c, read=read, write=c, pool=c)
-
     # ---- non-streaming -------------------------------------------------------------------------------
 
     async def complete(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], affinity: str | None
-    ) -> tuple[int, dict[str, Any]]:
+        self, path: str, body: bytes, headers: dict[str, str], affinity: str | None
+    ) -> tuple[int, dict[str, Any], bytes]:
+        """(status, the parsed answer, its bytes as vLLM sent them) — a 4xx normalised to OpenAI's shape."""
         deadline = time.monotonic() + self.total_timeout
 
-        async def attempt(backend: Backend) -> tuple[int, dict[str, Any]]:
+        async def attempt(backend: Backend) -> tuple[int, dict[str, Any], bytes]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ApiError(504, "Request exceeded the total timeout", code="timeout")
             self.pool.acquire(backend)
             try:
-                resp = await self.client.post(
-                    backend.base_url + path, json=body, headers=headers, timeout=self._timeout(remaining)
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+                async with self.client.post(
+                    backend.base_url + path, data=body, headers=headers,
+                    timeout=_total(remaining, self.connect_timeout),
+                ) as resp:
+                    status, content = resp.status, await resp.read()
+            except _CONNECT_ERRORS as err:
                 raise UpstreamFailure("connect", repr(err)) from None
-            except httpx.ReadTimeout:
+            except TimeoutError:
                 self.pool.record_failure(backend, "timeout")
                 raise ApiError(504, "The model did not answer within the total timeout", code="timeout") from None
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+            except aiohttp.ClientError as err:
                 raise UpstreamFailure("dropped", repr(err)) from None
             finally:
                 self.pool.release(backend)
-            if resp.status_code >= 500:
-                raise UpstreamFailure("5xx", f"HTTP {resp.status_code}")
-            if resp.status_code >= 400:
-                return resp.status_code, _normalise_error(resp.status_code, resp.content)
+            if status >= 500:
+                raise UpstreamFailure("5xx", f"HTTP {status}")
+            if status >= 400:
+                return status, _normalise_error(status, content), b""
             try:
-                return resp.status_code, resp.json()
+                data = json.loads(content)
             except ValueError:
                 raise UpstreamFailure("5xx", "invalid JSON from backend") from None
+            if not isinstance(data, dict):
+                raise UpstreamFailure("5xx", "invalid JSON from backend")
+            return status, data, content
 
         return await self._attempts(affinity, attempt)
 
     # ---- streaming -----------------------------------------------------------------------------------
 
     async def open_stream(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], affinity: str | None, account: StreamAccount
+        self, path: str, body: bytes, headers: dict[str, str], affinity: str | None, account: StreamAccount
     ) -> UpstreamStream | UpstreamClientError:
         """Connect and wait for the first event (retrying elsewhere); the rest is read by `UpstreamStream`."""
         started = time.monotonic()
@@ -210,61 +250,86 @@ class Proxy:
             budget = min(self.first_token_timeout, deadline - time.monotonic())
             if budget <= 0:
                 raise ApiError(504, "Request exceeded the total timeout", code="timeout")
-            request = self.client.build_request(
-                "POST", backend.base_url + path, json=body, headers=headers, timeout=self._timeout(None)
-            )
             self.pool.acquire(backend)
-            resp: httpx.Response | None = None
+            resp: aiohttp.ClientResponse | None = None
+            released = False
             try:
                 async with asyncio.timeout(budget):
-                    resp = await self.client.send(request, stream=True)
-                    if resp.status_code >= 400:
-                        content = await resp.aread()
-                        await resp.aclose()
+                    resp = await self.client.post(
+                        backend.base_url + path, data=body, headers=headers, timeout=self._stream_timeout
+                    )
+                    if resp.status >= 400:
+                        content = await resp.read()
+                        resp.release()
                         self.pool.release(backend)
-                        if resp.status_code >= 500:
-                            raise UpstreamFailure("5xx", f"HTTP {resp.status_code}")
-                        return UpstreamClientError(resp.status_code, _normalise_error(resp.status_code, content))
-                    events = sse_events(resp.aiter_raw())
-                    first = await anext(events)
+                        released = True
+                        if resp.status >= 500:
+                            raise UpstreamFailure("5xx", f"HTTP {resp.status}")
+                        return UpstreamClientError(resp.status, _normalise_error(resp.status, content))
+                    first, rest = b"", b""
+                    while not first:
+                        chunk = await resp.content.readany()
+                        if not chunk:
+                            raise UpstreamFailure("dropped", "the stream ended before its first event")
+                        first, rest = split_block(rest + chunk)
             except BaseException as err:
-                if resp is not None and not resp.is_closed:
-                    with anyio.CancelScope(shield=True):
-                        await resp.aclose()
-                if not isinstance(err, UpstreamFailure):
+                if resp is not None:
+                    resp.close()
+                if not released:
                     self.pool.release(backend)
+                if isinstance(err, _CONNECT_ERRORS):
+                    raise UpstreamFailure("connect", repr(err)) from None
                 if isinstance(err, TimeoutError):
                     raise UpstreamFailure("timeout", f"no first token within {budget:.1f}s") from None
-                if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-                    raise UpstreamFailure("connect", repr(err)) from None
-                if isinstance(err, httpx.TransportError | StopAsyncIteration):
+                if isinstance(err, aiohttp.ClientError):
                     raise UpstreamFailure("dropped", repr(err)) from None
                 raise
-            return UpstreamStream(self, backend, resp, events, first, account, started, deadline)
+            return UpstreamStream(self, backend, resp, first, rest, account, started, deadline)
 
         return await self._attempts(affinity, attempt)
 
 
 class UpstreamStream:
-    """An open upstream SSE stream whose first event has arrived. `close()` is idempotent and safe to shield."""
+    """An open upstream SSE stream whose first event has arrived. `close()` is idempotent and safe to shield.
+
+    The idle and total timeouts are one timer per stream that wakes only when it could have expired (reads
+    just note the time), and ends the read with a TimeoutError: no timer set and cancelled per chunk.
+    """
 
     def __init__(
         self,
         proxy: Proxy,
         backend: Backend,
-        resp: httpx.Response,
-        events: AsyncIterator[bytes],
+        resp: aiohttp.ClientResponse,
         first: bytes,
+        rest: bytes,
         account: StreamAccount,
         started: float,
         deadline: float,
     ):
-        self._proxy, self.backend, self._resp, self._events = proxy, backend, resp, events
-        self._first, self.account = first, account
+        self._proxy, self.backend, self._resp = proxy, backend, resp
+        self._first, self._rest, self.account = first, rest, account
         self.started, self._deadline = started, deadline
         self.first_token_at = time.monotonic()
         self.completed = False
         self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
+        self._deadline_loop = self._loop.time() + (deadline - time.monotonic())
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
+
+    def _arm(self) -> None:
+        at = min(self._last_read + self._proxy.idle_timeout, self._deadline_loop)
+        self._timer = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if now >= self._deadline_loop or now - self._last_read >= self._proxy.idle_timeout:
+            self._timed_out = True
+            self._resp.content.set_exception(TimeoutError("idle" if now < self._deadline_loop else "total"))
+        elif not self._closed:
+            self._arm()
 
     async def relay(self, before_done: Callable[[], Awaitable[bytes | None]] | None = None) -> AsyncIterator[bytes]:
         """The events for the client; a failure after the first one becomes an error event plus [DONE].
@@ -273,30 +338,41 @@ class UpstreamStream:
         a client that leaves meanwhile): what a client was told is done has been dealt with (e.g. stored).
         It may return one more event to send before [DONE].
         """
-        if self.account.observe(self._first) and not self.account.done:
-            yield self._first
+        account = self.account
+        out = account.scan(self._first)
+        if out:
+            yield out
+        content, rest, loop = self._resp.content, self._rest, self._loop
+        self._arm()
         try:
-            while not self.account.done:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("total")
-                try:
-                    async with asyncio.timeout(min(self._proxy.idle_timeout, remaining)):
-                        event = await anext(self._events)
-                except StopAsyncIteration:
+            while not account.done:
+                chunk = await content.readany()
+                if not chunk:
                     break
-                if self.account.observe(event) and not self.account.done:
-                    yield event
+                self._last_read = loop.time()
+                block, rest = split_block(rest + chunk if rest else chunk)
+                if block:
+                    out = account.scan(block)
+                    if out:
+                        yield out
         except TimeoutError:
             self._proxy.pool.record_failure(self.backend, "timeout")
             yield sse_error_event("The model stopped sending tokens (timeout)", code="timeout", status=504)
             return
-        except httpx.TransportError as err:
+        except aiohttp.ClientError as err:
             self._proxy.pool.record_failure(self.backend, "dropped")
             log.warning("stream cut by the backend", extra={"backend": self.backend.address, "error": repr(err)})
             yield sse_error_event("The inference backend failed mid-stream; the answer is incomplete")
             return
-        if not self.account.done:
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+        if not account.done:
+            if rest.strip():  # a last event without its blank line
+                out = account.scan(rest.rstrip(b"\n") + b"\n\n")
+                if out:
+                    yield out
+        if not account.done:
             self._proxy.pool.record_failure(self.backend, "dropped")
             yield sse_error_event("The inference backend ended the stream early; the answer is incomplete")
             return
@@ -312,5 +388,10 @@ class UpstreamStream:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._proxy.pool.release(self.backend)
-        await self._resp.aclose()  # for an unfinished stream this makes vLLM abort the request
+        if self.completed:
+            self._resp.release()  # read to [DONE]: the connection goes back to the pool
+        else:
+            self._resp.close()  # an unfinished stream: closing the connection makes vLLM abort the request

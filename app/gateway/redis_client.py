@@ -6,6 +6,7 @@ tries again. Callers decide what "unavailable" means for them (limits fail open,
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,8 +25,9 @@ class RedisUnavailable(Exception):
 
 
 class RedisGuard:
-    def __init__(self, client: aioredis.Redis, metrics: Metrics, *, retry_seconds: float):
+    def __init__(self, client: aioredis.Redis, metrics: Metrics, *, retry_seconds: float, timeout: float | None = None):
         self.client = client
+        self._timeout = timeout
         self._metrics = metrics
         self._retry_seconds = retry_seconds
         self._down_until = 0.0
@@ -38,13 +40,15 @@ class RedisGuard:
         client = aioredis.Redis.from_url(
             url,
             password=password,
-            socket_timeout=timeout,
+            # One deadline per operation in run() (asyncio.timeout), not redis-py's socket_timeout: that one
+            # wraps every command's write in asyncio.wait_for, a task per command.
+            socket_timeout=None,
             socket_connect_timeout=timeout,
             decode_responses=True,
             retry_on_timeout=False,
             max_connections=200,
         )
-        return cls(client, metrics, retry_seconds=retry_seconds)
+        return cls(client, metrics, retry_seconds=retry_seconds, timeout=timeout)
 
     @property
     def up(self) -> bool:
@@ -55,8 +59,9 @@ class RedisGuard:
             self._metrics.redis_errors.labels(operation).inc()
             raise RedisUnavailable(self.last_error or "redis unavailable")
         try:
-            result = await call(self.client)
-        except (RedisError, OSError) as err:
+            async with asyncio.timeout(self._timeout):
+                result = await call(self.client)
+        except (RedisError, OSError) as err:  # (TimeoutError is an OSError)
             self._metrics.redis_errors.labels(operation).inc()
             self._metrics.redis_up.set(0)
             if self.last_error is None:

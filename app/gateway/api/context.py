@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import httpx
+import aiohttp
 from fastapi import Depends, Request
 
 from app.gateway.auth.authenticate import Authenticator
@@ -23,7 +23,7 @@ from app.gateway.settings import GatewaySettings
 class GatewayContext:
     settings: GatewaySettings
     metrics: Metrics
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     pool: BackendPool
     proxy: Proxy
     redis: RedisGuard
@@ -33,7 +33,8 @@ class GatewayContext:
     draining: bool = False
 
 
-def get_context(request: Request) -> GatewayContext:
+async def get_context(request: Request) -> GatewayContext:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
     ctx: GatewayContext = request.app.state.ctx
     return ctx
 
@@ -46,3 +47,10 @@ async def get_identity(request: Request, ctx: Ctx) -> Identity:
 
 
 Caller = Annotated[Identity, Depends(get_identity)]
+
+
+async def context_and_caller(request: Request) -> tuple[GatewayContext, Identity]:
+    """What `Ctx` and `Caller` give, without FastAPI's dependency solving (for the generation routes, where
+    it was a tenth of the CPU per request); the routes' OpenAPI document is the same."""
+    ctx: GatewayContext = request.app.state.ctx
+    return ctx, await ctx.auth.authenticate(request.headers.get("authorization"))

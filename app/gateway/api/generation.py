@@ -8,11 +8,11 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from app.gateway.api.body import parse_model, read_json_object
-from app.gateway.api.context import Caller, Ctx, GatewayContext
+from app.gateway.api.context import GatewayContext, context_and_caller
 from app.gateway.auth.identity import Identity
 from app.gateway.errors import ApiError
 from app.gateway.logging import log, request_id_var
@@ -27,6 +27,11 @@ router = APIRouter()
 
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 SESSION_STORED_HEADER = "X-Session-Stored"  # "false" on a 200 whose turn could not be saved
+
+
+def upstream_body(body: dict[str, Any]) -> bytes:
+    """The request for vLLM, serialised once (compact, UTF-8; what it gets is what we checked)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def resolve_model(ctx: GatewayContext, requested: str | None) -> str:
@@ -94,7 +99,7 @@ async def _generate(
     slot: Slot,
 ) -> Any:
     request.state.model = model
-    headers = {"X-Request-Id": request_id_var.get()}
+    headers = {"X-Request-Id": request_id_var.get(), "Content-Type": "application/json"}
     affinity = session.id if session else None
     response_headers = {"X-Request-Id": request_id_var.get()}
     if session is not None:
@@ -122,7 +127,7 @@ async def _generate(
 
     if not stream:
         try:
-            status, data = await ctx.proxy.complete(path, body, headers, affinity)
+            status, data, raw = await ctx.proxy.complete(path, upstream_body(body), headers, affinity)
         finally:
             await slot.release()
         if status == 200:
@@ -130,13 +135,15 @@ async def _generate(
             choices = data.get("choices") or [{}]
             if not await remember(content_text((choices[0] or {}).get("message") or {})):
                 response_headers[SESSION_STORED_HEADER] = "false"
+            # vLLM's own bytes: parsed above for usage and the session, never serialised again
+            return Response(raw, status_code=status, headers=response_headers, media_type="application/json")
         return JSONResponse(data, status_code=status, headers=response_headers)
 
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     account = StreamAccount(collect_text=session is not None, forward_usage_chunk=client_wants_usage)
     try:
-        opened = await ctx.proxy.open_stream(path, body, headers, affinity, account)
+        opened = await ctx.proxy.open_stream(path, upstream_body(body), headers, affinity, account)
     except BaseException:
         await slot.release()
         raise
@@ -182,9 +189,8 @@ def _session_id(request: Request, raw: dict[str, Any]) -> str | None:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(
-    request: Request, ctx: Ctx, identity: Caller
-) -> Any:
+async def chat_completions(request: Request) -> Any:
+    ctx, identity = await context_and_caller(request)
     raw = await read_json_object(request, ctx.settings.max_body_bytes)
     session_id = _session_id(request, raw)
     parsed = parse_model(ChatCompletionRequest, raw)
@@ -226,9 +232,8 @@ async def chat_completions(
 
 
 @router.post("/v1/completions")
-async def completions(
-    request: Request, ctx: Ctx, identity: Caller
-) -> Any:
+async def completions(request: Request) -> Any:
+    ctx, identity = await context_and_caller(request)
     raw = await read_json_object(request, ctx.settings.max_body_bytes)
     if request.headers.get("x-session-id") or "session_id" in raw:
         raise ApiError(400, "Sessions apply to /v1/chat/completions only", code="invalid_session_id",

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 import jwt
 
 from app.gateway.logging import log
@@ -25,7 +25,7 @@ class InvalidToken(Exception):
 class OidcVerifier:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         issuer: str,
         audience: str,
@@ -47,15 +47,16 @@ class OidcVerifier:
             if age < self._min_refresh or (not force and age < self._cache_seconds):
                 return
             try:
-                resp = await self._client.get(self.jwks_url, timeout=5.0)
-                resp.raise_for_status()
+                async with self._client.get(self.jwks_url, timeout=aiohttp.ClientTimeout(total=5.0)) as resp:
+                    resp.raise_for_status()
+                    document = await resp.json(content_type=None)
                 keys: dict[str, jwt.PyJWK] = {}
-                for jwk in resp.json().get("keys", []):
+                for jwk in document.get("keys", []):
                     try:
                         keys[str(jwk.get("kid", ""))] = jwt.PyJWK(jwk)
                     except jwt.PyJWTError:
                         continue  # a key type we do not use
-            except (httpx.HTTPError, ValueError) as err:
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as err:
                 log.warning("JWKS fetch failed; keeping cached keys", extra={"error": str(err)})
                 self._fetched_at = time.monotonic()  # back off as if we had fetched
                 return

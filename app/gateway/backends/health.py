@@ -6,28 +6,32 @@ import asyncio
 import socket
 from typing import Any
 
-import httpx
+import aiohttp
 
 from app.gateway.backends.pool import Backend, BackendPool
 from app.gateway.logging import log
 
 
-async def probe(client: httpx.AsyncClient, pool: BackendPool, backend: Backend, probe_timeout: float) -> None:
+async def probe(client: aiohttp.ClientSession, pool: BackendPool, backend: Backend, probe_timeout: float) -> None:
     """vLLM answers `/v1/models` only once the model is loaded: that is readiness, and it lists the models."""
     try:
-        resp = await client.get(f"{backend.base_url}/v1/models", timeout=probe_timeout)
-        ok = resp.status_code == 200
-        models: list[dict[str, Any]] = resp.json().get("data", []) if ok else []
-    except (httpx.HTTPError, ValueError):
+        async with client.get(
+            f"{backend.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=probe_timeout)
+        ) as resp:
+            ok = resp.status == 200
+            models: list[dict[str, Any]] = (await resp.json(content_type=None)).get("data", []) if ok else []
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
         ok, models = False, []
     pool.mark_probe(backend, ok, models)
 
 
-async def probe_all(client: httpx.AsyncClient, pool: BackendPool, probe_timeout: float) -> None:
+async def probe_all(client: aiohttp.ClientSession, pool: BackendPool, probe_timeout: float) -> None:
     await asyncio.gather(*(probe(client, pool, b, probe_timeout) for b in pool.all()))
 
 
-async def probe_loop(client: httpx.AsyncClient, pool: BackendPool, *, interval: float, probe_timeout: float) -> None:
+async def probe_loop(
+    client: aiohttp.ClientSession, pool: BackendPool, *, interval: float, probe_timeout: float
+) -> None:
     while True:
         await asyncio.sleep(interval)
         await probe_all(client, pool, probe_timeout)
@@ -41,7 +45,7 @@ async def resolve(host_port: str) -> list[str]:
 
 
 async def discovery_loop(
-    client: httpx.AsyncClient, pool: BackendPool, host_port: str, *, interval: float, probe_timeout: float
+    client: aiohttp.ClientSession, pool: BackendPool, host_port: str, *, interval: float, probe_timeout: float
 ) -> None:
     while True:
         await refresh_from_dns(client, pool, host_port, probe_timeout=probe_timeout)
@@ -49,7 +53,7 @@ async def discovery_loop(
 
 
 async def refresh_from_dns(
-    client: httpx.AsyncClient, pool: BackendPool, host_port: str, *, probe_timeout: float
+    client: aiohttp.ClientSession, pool: BackendPool, host_port: str, *, probe_timeout: float
 ) -> None:
     try:
         addresses = await resolve(host_port)

@@ -13,9 +13,14 @@ When Redis is unavailable the limits fail open (default; counted in a metric) or
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from app.gateway.errors import ApiError
 from app.gateway.logging import log
@@ -55,6 +60,24 @@ return 0
 """
 
 
+class Script:
+    """A Lua script called by SHA (EVALSHA: one round trip), loaded again if Redis restarted empty.
+
+    (redis-py's own Script object does the same but checks `isinstance(client, Pipeline)` per call, an
+    isinstance against a typing Protocol that cost more CPU than the rest of the admission.)"""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, r: Any, keys: list[str], args: list[int | str]) -> Any:
+        try:
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = await r.script_load(self.text)
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+
+
 @dataclass
 class Slot:
     """A held concurrency slot; `release()` is idempotent."""
@@ -87,9 +110,12 @@ class RateLimiter:
         self.window_ms = max(1, round(window_seconds * 1000))
         self._slot_ttl = slot_ttl_seconds
         self._pending_releases: set[asyncio.Task[None]] = set()
-        # Sent once, then called by SHA (EVALSHA; redis-py reloads it if Redis restarted empty).
-        self._admit = redis.client.register_script(_ADMIT)
-        self._release = redis.client.register_script(_RELEASE)
+        # Sent once, then called by SHA (EVALSHA; reloaded if Redis restarted empty).
+        self._admit = Script(_ADMIT)
+        self._release = Script(_RELEASE)
+        # A unique member per admission: this process's random prefix and a counter (no uuid4 per request).
+        self._member_prefix = os.urandom(8).hex()
+        self._members = itertools.count()
 
     def _unavailable(self) -> None:
         if not self.fail_open:
@@ -101,10 +127,11 @@ class RateLimiter:
         """Check the request window, then take a concurrency slot; 429 + Retry-After if over either."""
         log_key = f"qs:rl:requests:{subject}"
         slot_key = f"qs:rl:concurrent:{subject}"
-        args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl, uuid.uuid4().hex]
+        member = f"{self._member_prefix}-{next(self._members)}"
+        args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl, member]
         try:
             verdict, retry = await self._redis.run(
-                "ratelimit", lambda r: self._admit(keys=[log_key, slot_key], args=args, client=r),
+                "ratelimit", lambda r: self._admit(r, [log_key, slot_key], args),
             )
         except RedisUnavailable:
             self._unavailable()
@@ -134,7 +161,7 @@ class RateLimiter:
             task.add_done_callback(self._pending_releases.discard)
 
     async def _release_once(self, key: str) -> None:
-        await self._redis.run("ratelimit", lambda r: self._release(keys=[key], client=r))
+        await self._redis.run("ratelimit", lambda r: self._release(r, [key], []))
 
     async def _release_later(self, key: str) -> None:
         """Retry a failed release (Redis slow or briefly down) with backoff until the key would expire."""
