@@ -2,15 +2,16 @@
 
 - latency (default): the gateway's added latency against vLLM direct (bench/gateway_latency.py)
 - pace: how fast each test model decodes on this machine (bench/test_model_pace.py)
+- wait: what a session write costs with `WAIT 1 <ms>` for RPO ~ 0 (bench/replica_wait.py)
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import gateway_latency, test_model_pace
+from bench import gateway_latency, replica_wait, test_model_pace
 
-COMMANDS = {"latency": gateway_latency.main, "pace": test_model_pace.main}
+COMMANDS = {"latency": gateway_latency.main, "pace": test_model_pace.main, "wait": replica_wait.main}
 
 
 def main(argv: list[str]) -> int:
