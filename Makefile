@@ -8,7 +8,12 @@ STACK_FILE ?=
 PYTEST_ARGS ?=
 PLAN_ARGS ?=
 
-.PHONY: help setup up down test lint plan pin-digests bench clean
+TO ?=
+DRY_RUN ?=
+YES ?=
+DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
+
+.PHONY: help setup up down test lint plan pin-digests bench clean drill failover failback
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
@@ -18,6 +23,9 @@ help:
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - latency/throughput benchmarks (not part of test)"
+	@echo "make failover TO=site-b [DRY_RUN=1] [YES=1] - pin DNS, promote TO, demote the old primary (Pulumi)"
+	@echo "make failback [DRY_RUN=1] [YES=1] - the same back to the original primary, once it has caught up"
+	@echo "make drill  - the DR drill on this machine: two sites, kill A under traffic, fail over, fail back"
 
 setup:
 	@bash setup/install.sh
@@ -30,7 +38,7 @@ down:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy stackspec infra app localstack policies tests bench
+	.venv/bin/mypy stackspec infra app localstack policies tests bench dr
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -43,6 +51,16 @@ pin-digests:
 
 bench: setup
 	$(PY) -m bench
+
+drill: setup
+	$(PY) -m dr drill
+
+failover:
+	@test -n "$(TO)" || { echo "usage: make failover TO=<site> [DRY_RUN=1] [YES=1]"; exit 2; }
+	$(PY) -m dr failover --to $(TO) $(DR_ARGS)
+
+failback:
+	$(PY) -m dr failback $(DR_ARGS)
 
 clean:
 	rm -rf build
