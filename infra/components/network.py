@@ -156,12 +156,5 @@ class Network(pulumi.ComponentResource):
                 from_=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
                        for c in rep.peer_cidrs],
                 ports=self._ports(rep.port)))
-        # The backup Job takes its snapshot over the Redis protocol (infra/components/backup.py).
-        if s.redis.backup is not None:
-            redis_ingress.append(ingress(from_=[self._peer("redis-backup")], ports=self._ports(REDIS_PORT)))
-            policies.append(self._policy(
-                "redis-backup", "redis-backup",
-                egress=[egress(to=[self._peer("redis")], ports=self._ports(REDIS_PORT)),
-                        egress(to=anywhere, ports=self._ports(443, 80))]))
         policies.append(self._policy("redis", "redis", ingress=redis_ingress, egress=redis_egress))
         return policies
