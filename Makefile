@@ -9,7 +9,12 @@ PYTEST_ARGS ?=
 PLAN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup up down test lint plan pin-digests bench loadtest clean
+TO ?=
+DRY_RUN ?=
+YES ?=
+DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
+
+.PHONY: help setup up down test lint plan pin-digests bench loadtest clean drill failover failback
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
@@ -20,6 +25,9 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the gateway side by side with the direct path (not part of test): build/bench/"
 	@echo "make loadtest URL=... RPS=... [STREAM=1] [KEY=...] [DURATION=60s] - Locust, P95 TTFT vs the SLO"
+	@echo "make failover TO=site-b [DRY_RUN=1] [YES=1] - pin DNS, promote TO, demote the old primary (Pulumi)"
+	@echo "make failback [DRY_RUN=1] [YES=1] - the same back to the original primary, once it has caught up"
+	@echo "make drill  - the DR drill on this machine: two sites, kill A under traffic, fail over, fail back"
 
 setup:
 	@bash setup/install.sh
@@ -32,7 +40,7 @@ down:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy stackspec infra app localstack policies tests bench
+	.venv/bin/mypy stackspec infra app localstack policies tests bench dr
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,6 +57,16 @@ bench: setup
 loadtest: setup
 	$(PY) -m bench loadtest $(if $(URL),--url $(URL)) --rps $(or $(RPS),2) $(if $(filter-out 0,$(STREAM)),--stream) \
 		$(if $(KEY),--key $(KEY)) --duration $(or $(DURATION),60s)
+
+drill: setup
+	$(PY) -m dr drill
+
+failover:
+	@test -n "$(TO)" || { echo "usage: make failover TO=<site> [DRY_RUN=1] [YES=1]"; exit 2; }
+	$(PY) -m dr failover --to $(TO) $(DR_ARGS)
+
+failback:
+	$(PY) -m dr failback $(DR_ARGS)
 
 clean:
 	rm -rf build

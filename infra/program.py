@@ -37,6 +37,11 @@ def site_exports(settings: StackSettings) -> dict[str, object]:
         "namespace": settings.kubernetes.namespace,
         "hostname": settings.edge.hostname,
         "edge_address": settings.edge.load_balancer_ip,
+        # The peer's redis.replicaOf points here while this site is primary (README: disaster recovery).
+        "redis_replication_address": (
+            f"{settings.redis.replication.load_balancer_ip}:{settings.redis.replication.port}"
+            if settings.replication_endpoint and settings.redis.replication
+            and settings.redis.replication.load_balancer_ip else None),
         "capacity": settings.capacity.describe(),
     }
 
@@ -57,7 +62,9 @@ def declare(settings: StackSettings) -> dict[str, object]:
     ns = network.namespace_name
     pool = GpuNodePool("gpu-pool", GpuNodePoolArgs(settings=settings))
     images = Images("images", ImagesArgs(settings=settings))
-    redis = Redis("redis", RedisArgs(settings=settings, namespace=ns, password=redis_password))
+    replication_password = pulumi.Config(PROJECT).get_secret("redisReplicationPassword")
+    redis = Redis("redis", RedisArgs(settings=settings, namespace=ns, password=redis_password,
+                                     replication_password=replication_password))
     inference = Inference(
         "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref),
         opts=pulumi.ResourceOptions(depends_on=[pool]),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
-from stackspec.render.redis import render_redis_conf
+from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, render_redis_secrets
 from stackspec.render.vllm_args import render_vllm_args
 from stackspec.settings import StackSettings
 
@@ -148,8 +148,13 @@ def start_redis(
     port: int | None = None,
     password: str | None = None,
     env_var: str | None = None,
+    replication_password: str | None = None,
+    tls_dir: Path | None = None,
+    tls_port: int | None = None,
 ) -> RedisHandle:
-    """Redis on 127.0.0.1 with AOF under `workdir/data`; same workdir again = same data."""
+    """Redis on 127.0.0.1 with AOF under `workdir/data`; same workdir again = same data. On a DR pair's site
+    (redis.replication) also the mutual-TLS port `tls_port` with the certificates in `tls_dir`
+    (localstack/tls.py) and the replication user; the secrets reach it through a private included file."""
     workdir = workdir.resolve()
     program = require_program("redis-server")
     port = port or free_port()
@@ -157,13 +162,15 @@ def start_redis(
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     include = None
-    if password:
+    secrets_text = render_redis_secrets(settings, password=password, replication_password=replication_password)
+    if secrets_text:
         include = workdir / "redis-secret.conf"
-        _write_secret(include, f'requirepass "{password}"\n')
+        _write_secret(include, secrets_text)
     conf = workdir / "redis.conf"
     conf.write_text(render_redis_conf(
         settings, port=port, bind="127.0.0.1", data_dir=str(data_dir),
         password_file_include=str(include) if include else None,
+        tls_dir=str(tls_dir) if tls_dir else REPLICATION_TLS_DIR, tls_port=tls_port,
     ))
     proc = ManagedProcess("redis", [program, str(conf)], workdir / "redis.log", cwd=workdir).start()
     handle = RedisHandle("redis", port, proc, _redis_ping(port, password), 30.0, password=password)

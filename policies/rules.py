@@ -129,6 +129,8 @@ def only_the_edge_is_exposed(args: ResourceValidationArgs, report: ReportViolati
     spec = args.props.get("spec") or {}
     if spec.get("type") in ("LoadBalancer", "NodePort"):
         selector = spec.get("selector") or {}
+        if _is_replication_endpoint(args.props):
+            return  # judged by redis-replication-endpoint-is-fenced
         if selector.get("app.kubernetes.io/name") != "edge":
             report(f"Service '{args.name}' is {spec.get('type')}: only the edge (Nginx, TLS) may face clients",
                    None)
@@ -167,6 +169,61 @@ def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolatio
                "Ingress, no ingress rules)", None)
 
 
+# --- the one other exposure: the cross-site Redis replication endpoint (README: disaster recovery) ----------
+REPLICATION_ENDPOINT = ("qwen-serving.io/endpoint", "redis-replication")
+
+
+def _is_replication_endpoint(props: Mapping[str, Any]) -> bool:
+    labels = (props.get("metadata") or {}).get("labels") or {}
+    selector = (props.get("spec") or {}).get("selector") or {}
+    key, value = REPLICATION_ENDPOINT
+    return labels.get(key) == value and selector.get("app.kubernetes.io/name") == "redis"
+
+
+def _redis_conf(resources: list[Any]) -> str:
+    for r in resources:
+        if r.resource_type == "kubernetes:core/v1:ConfigMap" and "redis.conf" in (r.props.get("data") or {}):
+            return str(r.props["data"]["redis.conf"])
+    return ""
+
+
+def redis_replication_endpoint_is_fenced(args: StackValidationArgs, report: ReportViolation) -> None:
+    """The replication endpoint may face the outside only as: a LoadBalancer on Redis's TLS port alone (mutual
+    TLS: tls-auth-clients yes), admitting named source ranges (never everyone), with the source address kept
+    (externalTrafficPolicy Local) for a NetworkPolicy ipBlock on that port."""
+    conf = _redis_conf(args.resources)
+    tls_port = re.search(r"^tls-port (\d+)$", conf, re.MULTILINE)
+    for r in args.resources:
+        if r.resource_type != "kubernetes:core/v1:Service" or not _is_replication_endpoint(r.props):
+            continue
+        spec, name = r.props.get("spec") or {}, r.name
+        ranges = spec.get("loadBalancerSourceRanges") or []
+        if not ranges:
+            report(f"Service '{name}' exposes Redis replication to everyone: set loadBalancerSourceRanges to the "
+                   "peer's egress CIDRs (redis.replication.peerCidrs)", r.urn)
+        for cidr in ranges:
+            if str(cidr).endswith("/0"):
+                report(f"Service '{name}' admits {cidr}: list only the peer's egress CIDRs", r.urn)
+        ports = [int(p.get("port", 0)) for p in spec.get("ports") or []]
+        if tls_port is None or "tls-auth-clients yes" not in conf:
+            report(f"Service '{name}' exposes Redis but redis.conf has no mutual TLS (tls-port, tls-auth-clients "
+                   "yes): set redis.replication so the link is encrypted", r.urn)
+        elif ports != [int(tls_port.group(1))]:
+            report(f"Service '{name}' exposes ports {ports}: only Redis's TLS port {tls_port.group(1)} may face the "
+                   "peer", r.urn)
+        if spec.get("externalTrafficPolicy") != "Local":
+            report(f"Service '{name}' hides the peer's address (externalTrafficPolicy is not Local): the "
+                   "NetworkPolicy's ipBlock could not tell the peer from anyone", r.urn)
+        blocks = [peer["ipBlock"]["cidr"]
+                  for p in args.resources if p.resource_type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+                  for rule in (p.props.get("spec") or {}).get("ingress") or []
+                  if any(int(x.get("port", 0)) in ports for x in rule.get("ports") or [])
+                  for peer in rule.get("from") or [] if "ipBlock" in peer]
+        if sorted(blocks) != sorted(ranges):
+            report(f"Service '{name}': the NetworkPolicy ipBlocks on its port {sorted(blocks)} are not its source "
+                   f"ranges {sorted(ranges)}; admit exactly the peer's CIDRs", r.urn)
+
+
 MANDATORY = EnforcementLevel.MANDATORY
 
 POLICIES: list[Policy] = [
@@ -188,4 +245,6 @@ POLICIES: list[Policy] = [
                           every_workload_has_a_pdb, MANDATORY),
     StackValidationPolicy("namespaces-deny-by-default", "Each namespace has a default-deny NetworkPolicy",
                           namespaces_deny_by_default, MANDATORY),
+    StackValidationPolicy("redis-replication-endpoint-is-fenced", "The cross-site Redis replication endpoint: "
+                          "TLS port only, the peer's CIDRs only", redis_replication_endpoint_is_fenced, MANDATORY),
 ]

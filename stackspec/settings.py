@@ -12,12 +12,14 @@ that instance is what the gateway's environment is rendered from (stackspec/rend
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -58,6 +60,10 @@ SECRET_KEYS: dict[str, str] = {
     "logSinkPassword": "the password of the log sink (Elasticsearch or Loki)",
     "grafanaAdminPassword": "Grafana's admin password (kube-prometheus-stack)",
     "redisPassword": "the Redis password; a standby site must use its primary's (generated per site when unset)",
+    "redisReplicationPassword": "the cross-site replication user's password (redis.replication.user); the same on "
+                                "both sites",
+    "backupAccessKeyId": "the object storage access key of the backup Job (redis.backup)",
+    "backupSecretAccessKey": "the object storage secret key of the backup Job (redis.backup)",
 }
 
 DIGEST_RE = re.compile(r"^[\w.\-/:]+@sha256:[0-9a-f]{64}$")
@@ -224,12 +230,59 @@ class EdgeSettings(_Section):
         return nginx_size_bytes(self.client_max_body_size)
 
 
+def _peer_cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not a CIDR ({err}); write e.g. 198.51.100.0/28") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} admits everyone; list only the peer site's egress CIDRs")
+    return str(net)
+
+
+PeerCidr = Annotated[str, AfterValidator(_peer_cidr)]
+
+
+class RedisReplication(_Section):
+    """The cross-site replication link (README: disaster recovery). Both sites of a DR pair carry it: while a
+    site is primary it exposes a TLS-only endpoint that admits `peerCidrs` alone (a LoadBalancer Service with
+    loadBalancerSourceRanges and a NetworkPolicy ipBlock); while it is a standby its Redis follows the peer's
+    endpoint (`redis.replicaOf`) over TLS as `user`, a replication-only ACL user."""
+
+    peer_cidrs: list[PeerCidr] = Field(min_length=1)  # the PEER site's egress CIDRs
+    port: int = Field(default=6380, ge=1024, le=65535)  # Redis tls-port; the endpoint's port
+    load_balancer_ip: str | None = None  # the endpoint's address (the peer's replicaOf points at it)
+    tls_secret_name: str = Field(default="redis-replication-tls", pattern=NAME_RE)  # tls.crt, tls.key, ca.crt
+    user: str = Field(default="replicator", pattern=r"^[a-z][a-z0-9_-]{2,31}$")
+    lag_alert_seconds: int = Field(default=30, ge=1)  # alert when the replica is this far behind
+    # RPO ~ 0: each session write waits for one replica's acknowledgement (WAIT 1 <ms>); None = asynchronous.
+    wait_for_replica_ms: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class RedisBackup(_Section):
+    """Scheduled Redis snapshots and the model manifest to S3-compatible storage; the keys are secret config
+    (backupAccessKeyId, backupSecretAccessKey)."""
+
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+    prefix: str = Field(default="qwen-serving", pattern=r"^[A-Za-z0-9._\-/]*$")
+    region: str = "us-east-1"
+    schedule: str = Field(default="17 */6 * * *", pattern=r"^(\S+\s+){4}\S+$")  # cron, 5 fields
+    retention_days: int = Field(default=14, ge=1)
+
+
 class RedisSettings(_Section):
     storage_size: KubeQuantity = "10Gi"
     storage_class: str | None = None
     maxmemory: RedisSize = "1gb"
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
     replica_of: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$")  # standby: primary's host:port
+    replication: RedisReplication | None = None
+    backup: RedisBackup | None = None
+
+    @property
+    def replica_of_port(self) -> int | None:
+        return int(self.replica_of.rpartition(":")[2]) if self.replica_of else None
 
     @property
     def maxmemory_bytes(self) -> int:
@@ -364,7 +417,18 @@ class StackSettings(_Section):
             "redis_url": (_key("redis"), redis_url),
             "api_key_hashes": (_key("apiKeyHashes"), SecretStr(json.dumps(self.api_key_hashes, sort_keys=True))),
             "max_body_bytes": (_key("edge.clientMaxBodySize"), self.edge.client_max_body_bytes),
+            "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
         }
+
+    @property
+    def session_replica_wait_ms(self) -> int:
+        rep = self.redis.replication
+        return (rep.wait_for_replica_ms or 0) if rep else 0
+
+    @property
+    def replication_endpoint(self) -> bool:
+        """This site exposes the cross-site replication endpoint: a primary with a peer."""
+        return self.site.role == "primary" and self.redis.replication is not None
 
     def gateway_runtime(
         self, *, backends_dns: str | None = None, backends: Sequence[str] = (), redis_url: str | None = None
@@ -442,6 +506,11 @@ def required_secrets(s: StackSettings) -> dict[str, str]:
             needed["alertmanagerSmtpPassword"] = ", or remove monitoring.alerting.email"
         if mon.logs.enabled:
             needed["logSinkPassword"] = ", or set monitoring.logs.enabled to false"
+    if s.redis.replication is not None:
+        needed["redisReplicationPassword"] = " (the same on both sites; see the README's DR section)"
+    if s.redis.backup is not None:
+        needed["backupAccessKeyId"] = ", or remove redis.backup"
+        needed["backupSecretAccessKey"] = ", or remove redis.backup"
     if s.site.role == "standby":
         needed["redisPassword"] = (" (the primary's: a standby's Redis replicates with it; see the README's DR "
                                    "section)")
@@ -542,6 +611,9 @@ def cross_field_problems(s: StackSettings) -> list[tuple[str, str]]:
         problems.extend(_prod_problems(s))
     elif s.redis.replica_of and s.site.role != "standby":
         problems.append((_key("redis.replicaOf"), "only a standby site replicates Redis; remove it"))
+    if s.redis.replication is not None and not s.site.prod_like:
+        problems.append((_key("redis.replication"), "only the sites of a DR pair (role primary or standby) "
+                         "replicate across sites; remove it"))
     return problems
 
 
@@ -577,6 +649,13 @@ def _prod_problems(s: StackSettings) -> list[tuple[str, str]]:
         ))
     if role == "primary" and s.redis.replica_of:
         problems.append((_key("redis.replicaOf"), "the primary owns its Redis; remove it"))
+    rep = s.redis.replication
+    if rep is None:
+        problems.append((
+            _key("redis.replication.peerCidrs"),
+            f"a {role} site is half of a DR pair: set the peer site's egress CIDRs (its Redis replicates over a "
+            "TLS endpoint that admits only them)",
+        ))
     return problems
 
 

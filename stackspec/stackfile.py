@@ -28,6 +28,9 @@ SECRET_PLACEHOLDERS: dict[str, str] = {
     "logSinkPassword": "plan-placeholder",
     "grafanaAdminPassword": "plan-placeholder",
     "redisPassword": "plan-placeholder-redis-password",
+    "redisReplicationPassword": "plan-placeholder-replication-password",
+    "backupAccessKeyId": "plan-placeholder",
+    "backupSecretAccessKey": "plan-placeholder",
 }
 
 

@@ -86,7 +86,8 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
             fail_open=settings.rate_limit_fail_open,
             slot_ttl_seconds=int(settings.total_timeout + settings.shutdown_grace_seconds + 60),
         ),
-        sessions=SessionStore(redis, ttl_seconds=settings.session_ttl_seconds),
+        sessions=SessionStore(redis, ttl_seconds=settings.session_ttl_seconds,
+                              replica_wait_ms=settings.session_replica_wait_ms),
         auth=Authenticator(
             enabled=settings.auth_enabled, key_hashes=settings.key_hashes, oidc=oidc, metrics=metrics
         ),

@@ -1,7 +1,8 @@
 """One Redis connection pool for the process, behind a breaker so an outage costs one timeout, not one per call.
 
 After a failure, calls are refused immediately (`RedisUnavailable`) for `retry_seconds`; then the next call
-tries again. Callers decide what "unavailable" means for them (limits fail open, sessions go stateless).
+tries again. A read-only replica (a standby before promotion) refuses writes without opening the breaker.
+Callers decide what "unavailable" means for them (limits fail open, sessions go stateless).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
@@ -61,6 +62,12 @@ class RedisGuard:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await call(self.client)
+        except ReadOnlyError as err:
+            # A standby's replica before promotion: reads (session history) work, writes are refused. Not an
+            # outage, so the breaker stays closed: history keeps being read, and the first write after the
+            # promotion (REPLICAOF NO ONE) succeeds at once.
+            self._metrics.redis_errors.labels(operation).inc()
+            raise RedisUnavailable(f"ReadOnlyError: {err}") from err
         except (RedisError, OSError) as err:  # (TimeoutError is an OSError)
             self._metrics.redis_errors.labels(operation).inc()
             self._metrics.redis_up.set(0)

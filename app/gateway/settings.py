@@ -90,6 +90,8 @@ class GatewaySettings(GatewayTuning, BaseSettings):
     redis_password: SecretStr | None = None
     api_key_hashes: SecretStr = SecretStr("{}")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # the edge's clientMaxBodySize, in bytes
+    # After each session write, WAIT for one replica's acknowledgement up to this long (0: asynchronous).
+    session_replica_wait_ms: int = Field(default=0, ge=0, le=10_000)
     host: str = "0.0.0.0"
 
     @model_validator(mode="after")

@@ -148,10 +148,13 @@ class Network(pulumi.ComponentResource):
         if s.redis.replica_of:  # the standby's Redis follows the primary's, across sites
             replica_port = int(s.redis.replica_of.rpartition(":")[2])
             redis_egress = [egress(to=anywhere, ports=self._ports(replica_port))]
-        policies.append(self._policy(
-            "redis", "redis",
-            ingress=[ingress(from_=[self._peer("gateway")], ports=self._ports(REDIS_PORT)),
-                     self._from_monitoring(REDIS_METRICS_PORT)],
-            egress=redis_egress,
-        ))
+        redis_ingress = [ingress(from_=[self._peer("gateway")], ports=self._ports(REDIS_PORT)),
+                         self._from_monitoring(REDIS_METRICS_PORT)]
+        rep = s.redis.replication
+        if s.replication_endpoint and rep is not None:  # the peer site's replica, over TLS, from its CIDRs only
+            redis_ingress.append(ingress(
+                from_=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
+                       for c in rep.peer_cidrs],
+                ports=self._ports(rep.port)))
+        policies.append(self._policy("redis", "redis", ingress=redis_ingress, egress=redis_egress))
         return policies

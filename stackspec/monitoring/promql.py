@@ -49,6 +49,12 @@ DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"  # MiB
 DCGM_TEMP = "DCGM_FI_DEV_GPU_TEMP"  # Celsius
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"  # W
 REDIS_UP = "redis_up"
+# Replication (redis_exporter): on a replica, the link and the seconds since the primary last spoke; on a
+# primary, its replicas and the seconds since each last acknowledged.
+REDIS_MASTER_LINK_UP = "redis_master_link_up"
+REDIS_MASTER_LAST_IO = "redis_master_last_io_seconds_ago"
+REDIS_CONNECTED_REPLICAS = "redis_connected_slaves"
+REDIS_REPLICA_LAG = "redis_connected_slave_lag_seconds"
 NGINX_UP = "nginx_up"
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}

@@ -187,13 +187,53 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
     return rules
 
 
+def replication_alerts(settings: StackSettings) -> list[Rule]:
+    """The cross-site Redis link (sites with redis.replication): down, lagging, or (primary) no replica."""
+    rep = settings.redis.replication
+    if rep is None:
+        return []
+    lag = rep.lag_alert_seconds
+    rules = [
+        _alert(
+            "RedisReplicationLinkDown",
+            f"min({m.REDIS_MASTER_LINK_UP}) == 0",
+            for_="1m", severity="critical",
+            summary="The standby's Redis has lost its primary",
+            description="master_link_status is down on this replica: sessions written at the primary are not "
+                        "reaching this site; a failover now would lose them (README: disaster recovery).",
+        ),
+        _alert(
+            "RedisReplicaLagHigh",
+            f"max({m.REDIS_MASTER_LAST_IO} or {m.REDIS_REPLICA_LAG}) > {lag}",
+            for_="1m", severity="warning",
+            summary="Redis replication lags",
+            description=f"The cross-site replica is {{{{ $value | printf \"%.0f\" }}}} s behind (threshold "
+                        f"{lag} s, redis.replication.lagAlertSeconds): the RPO is at least that; failback waits.",
+        ),
+    ]
+    if settings.site.role == "primary":
+        rules.append(_alert(
+            "RedisPrimaryHasNoReplica",
+            f"(max({m.REDIS_CONNECTED_REPLICAS}) or vector(0)) < 1",
+            for_="5m", severity="warning",
+            summary="No standby replicates this primary's Redis",
+            description="No replica is connected over the replication endpoint: the DR site has no copy of "
+                        "new sessions.",
+        ))
+    return rules
+
+
 def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     interval = settings.monitoring.scrape_interval
-    return [
+    groups = [
         {"name": "qwen-serving.recording", "interval": interval, "rules": recording_rules()},
         {"name": "qwen-serving.capacity", "interval": interval, "rules": capacity_alerts(settings)},
         {"name": "qwen-serving.slo", "interval": interval, "rules": slo_alerts(settings)},
     ]
+    replication = replication_alerts(settings)
+    if replication:
+        groups.append({"name": "qwen-serving.redis-replication", "interval": interval, "rules": replication})
+    return groups
 
 
 def alert_names(settings: StackSettings) -> list[str]:

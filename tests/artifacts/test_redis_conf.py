@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,7 +16,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from localstack.processes import free_port
-from stackspec.render.redis import render_redis_conf
+from localstack.tls import make_replication_tls
+from stackspec.render.redis import render_redis_conf, replication_user_args
 from stackspec.settings import SettingsError
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
 
@@ -66,14 +68,23 @@ def test_pod_form_loads_with_password_from_the_command_line(stack: str, workdir:
     """As in the StatefulSet: the rendered file plus `--requirepass` from the Secret (never in the file)."""
     settings = stack_settings(stack)
     conf = workdir / "redis.conf"
-    conf.write_text(render_redis_conf(settings, port=free_port(), bind="127.0.0.1", data_dir=str(workdir)))
+    # A DR pair's sites also listen with mutual TLS (certificates as the Secret's mount lays them out).
+    tls_dir = make_replication_tls(workdir / "tls")
+    conf.write_text(render_redis_conf(settings, port=free_port(), bind="127.0.0.1", data_dir=str(workdir),
+                                      tls_dir=str(tls_dir), tls_port=free_port()))
     assert PASSWORD not in conf.read_text()
-    with running(conf, ["--requirepass", PASSWORD, "--masterauth", PASSWORD]) as (port, _):
+    args = ["--requirepass", PASSWORD, "--masterauth", PASSWORD]
+    if settings.redis.replication is not None:
+        args += ["--user", *replication_user_args(settings, "replication-secret")]
+    with running(conf, args) as (port, _):
         client = redis.Redis(port=port, password=PASSWORD)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": settings.redis.appendfsync}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert int(str(client.config_get("maxmemory")["maxmemory"])) == 1024**3  # "1gb"
+        if settings.redis.replication is not None:
+            acl: Any = client.acl_getuser(settings.redis.replication.user)
+            assert sorted(acl["commands"]) == ["+ping", "+psync", "+replconf"] and not acl["keys"]
         role = client.info("replication")["role"]
         assert role == ("slave" if settings.redis.replica_of else "master")
         with pytest.raises(redis.AuthenticationError):

@@ -228,7 +228,44 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         ], interval),
         Case("Redis up", {redis_up: f"1x{quarter}"}, [("2m", [])], interval),
     ]
+    result |= replication_cases(settings, quarter, interval)
     return result
+
+
+def replication_cases(settings: StackSettings, quarter: int, interval: str) -> dict[str, list[Case]]:
+    """The cross-site Redis link's alerts (their own rule group), both ways."""
+    rep = settings.redis.replication
+    if rep is None:
+        return {}
+    ex = expected_alert
+    link = f'{m.REDIS_MASTER_LINK_UP}{{job="redis",instance="redis-0"}}'
+    last_io = f'{m.REDIS_MASTER_LAST_IO}{{job="redis",instance="redis-0"}}'
+    replica_lag = f'{m.REDIS_REPLICA_LAG}{{job="redis",instance="redis-0",slave_ip="198.51.100.5"}}'
+    replicas = f'{m.REDIS_CONNECTED_REPLICAS}{{job="redis",instance="redis-0"}}'
+    late = rep.lag_alert_seconds + 5
+    found = {
+        "RedisReplicationLinkDown": [
+            Case("the replica's link to its primary is down", {link: f"0x{quarter}"},
+                 [("30s", []), ("2m", [ex(settings, "RedisReplicationLinkDown", 0)])], interval),
+            Case("the link is up", {link: f"1x{quarter}"}, [("2m", [])], interval),
+            Case("a primary has no link series at all", {replicas: f"1x{quarter}"}, [("2m", [])], interval),
+        ],
+        "RedisReplicaLagHigh": [
+            Case("the replica has not heard from its primary for longer than the threshold",
+                 {last_io: f"{late}x{quarter}"}, [("2m", [ex(settings, "RedisReplicaLagHigh", late)])], interval),
+            Case("the primary's replica acknowledges late", {replica_lag: f"{late}x{quarter}"},
+                 [("2m", [ex(settings, "RedisReplicaLagHigh", late)])], interval),
+            Case("within the threshold", {last_io: f"1x{quarter}", replica_lag: f"{rep.lag_alert_seconds}x{quarter}"},
+                 [("2m", [])], interval),
+        ],
+    }
+    if settings.site.role == "primary":
+        found["RedisPrimaryHasNoReplica"] = [
+            Case("no replica connected", {replicas: f"0x{quarter}"},
+                 [("2m", []), ("6m", [ex(settings, "RedisPrimaryHasNoReplica", 0)])], interval),
+            Case("the standby is connected", {replicas: f"1x{quarter}"}, [("6m", [])], interval),
+        ]
+    return found
 
 
 def promtool_test_file(settings: StackSettings, rule_file: str, alert: str, alert_cases: list[Case]

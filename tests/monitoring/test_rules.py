@@ -30,6 +30,8 @@ def test_the_design_and_slo_alerts_all_exist() -> None:
         "GpuUtilizationHigh", "TargetHealthCheckFailing", "RequestRateSurge",
         "AvailabilityBudgetBurnFast", "AvailabilityBudgetBurnSlow", "TtftP95High", "KvCacheUsageHigh",
         "RequestsWaitingHigh", "NoHealthyVllmBackend", "RedisDown",
+        # the cross-site Redis link (a DR pair's primary)
+        "RedisReplicationLinkDown", "RedisReplicaLagHigh", "RedisPrimaryHasNoReplica",
     }
     for group in rule_groups(PROD):
         for rule in group["rules"]:

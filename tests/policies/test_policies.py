@@ -90,6 +90,31 @@ def allow_all(inputs: dict[str, Any]) -> None:
     inputs["spec"]["ingress"] = [{}]
 
 
+def no_source_ranges(inputs: dict[str, Any]) -> None:
+    inputs["spec"].pop("loadBalancerSourceRanges", None)
+
+
+def open_to_everyone(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["loadBalancerSourceRanges"] = ["0.0.0.0/0"]
+
+
+def plain_port_too(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["ports"].append({"name": "redis", "port": 6379, "targetPort": "redis"})
+
+
+def no_tls(inputs: dict[str, Any]) -> None:
+    conf = inputs["data"]["redis.conf"]
+    inputs["data"]["redis.conf"] = "\n".join(line for line in conf.splitlines() if not line.startswith("tls-"))
+
+
+REPLICATION_ENDPOINT = ("kubernetes:core/v1:Service", "redis-replication-service")
+PLANTED_REPLICATION = [  # the one exception to only-the-edge-is-exposed, and only as declared
+    ("redis-replication-endpoint-is-fenced", *REPLICATION_ENDPOINT, no_source_ranges),
+    ("redis-replication-endpoint-is-fenced", *REPLICATION_ENDPOINT, open_to_everyone),
+    ("redis-replication-endpoint-is-fenced", *REPLICATION_ENDPOINT, plain_port_too),
+    ("redis-replication-endpoint-is-fenced", "kubernetes:core/v1:ConfigMap", "redis-config", no_tls),
+]
+
 PLANTED = [
     ("images-have-a-fixed-version", DEPLOYMENT, "gateway", set_key("image", "registry.local/gateway:latest")),
     ("images-have-a-fixed-version", DEPLOYMENT, "edge", set_key("image", "nginx")),
@@ -101,6 +126,7 @@ PLANTED = [
     ("only-the-edge-is-exposed", "kubernetes:core/v1:Service", "redis-service", expose),
     ("every-workload-has-a-pdb", "kubernetes:policy/v1:PodDisruptionBudget", "gateway-pdb", no_pdb_selector),
     ("namespaces-deny-by-default", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "netpol-default-deny", allow_all),
+    *PLANTED_REPLICATION,
 ]
 
 
@@ -111,6 +137,11 @@ def test_planted_misconfiguration_is_caught(
     prod().one(type_, name)  # the resource exists, so the plant really lands
     violations = evaluate(plant(type_, name, change))
     assert violations and {v.policy for v in violations} == {policy}, violations
+
+
+def test_the_replication_endpoint_exists_only_on_the_primary_and_passes() -> None:
+    assert prod().one(*REPLICATION_ENDPOINT)
+    assert not [r for r in run_stack("prod-dr").resources if r.name == REPLICATION_ENDPOINT[1]]
 
 
 def test_every_policy_has_a_planted_case() -> None:

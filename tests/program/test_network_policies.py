@@ -3,6 +3,7 @@ a connection needs an egress allow on the source side and an ingress allow on th
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -19,8 +20,9 @@ def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
 
 
 def _peer_matches(peer: dict[str, Any], other: dict[str, Any], own_namespace: str) -> bool:
-    if "ipBlock" in peer:
-        return True  # the only ipBlock used is 0.0.0.0/0
+    if "ipBlock" in peer:  # an address outside the cluster (no "ip": anywhere on the internet)
+        ip = other.get("ip", "192.0.2.1")
+        return other["namespace"] is None and ipaddress.ip_address(ip) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
     namespace = other["namespace"]
     if namespace is None:
         return False
@@ -101,6 +103,22 @@ def test_every_pod_is_isolated_both_ways_and_may_resolve_dns(stack: str) -> None
 
 def test_only_the_standby_redis_may_reach_the_primary() -> None:
     primary, standby = stack_run("prod"), stack_run("prod-dr")
+    rep = primary.settings.redis.replication
+    assert rep is not None
     remote: dict[str, Any] = {"namespace": None, "labels": {}}
     assert not can_connect(primary, pod(primary, "redis"), remote, 6379)
-    assert can_connect(standby, pod(standby, "redis"), remote, 6379)
+    assert can_connect(standby, pod(standby, "redis"), remote, rep.port)
+
+
+def test_the_replication_endpoint_admits_only_the_peer_cidrs_on_the_tls_port() -> None:
+    primary, standby = stack_run("prod"), stack_run("prod-dr")
+    rep = primary.settings.redis.replication
+    assert rep is not None
+    inside_peer = str(next(ipaddress.ip_network(rep.peer_cidrs[0]).hosts()))
+    peer: dict[str, Any] = {"namespace": None, "labels": {}, "ip": inside_peer}
+    stranger: dict[str, Any] = {"namespace": None, "labels": {}, "ip": "192.0.2.77"}
+    assert can_connect(primary, peer, pod(primary, "redis"), rep.port)
+    assert not can_connect(primary, stranger, pod(primary, "redis"), rep.port)
+    assert not can_connect(primary, peer, pod(primary, "redis"), 6379)  # never the plain port
+    # A standby is not a primary: no endpoint, no ingress from outside.
+    assert not can_connect(standby, peer, pod(standby, "redis"), rep.port)

@@ -247,10 +247,14 @@ def test_redis_is_a_stateful_set_with_aof_on_a_pvc_and_the_password_from_the_sec
     conf = obj(run, CONFIG_MAP, "redis-config")["data"]["redis.conf"]
     assert conf == render_redis_conf(s, port=6379, bind="0.0.0.0", data_dir="/data")
     server = container(sts["template"]["spec"], "redis")
-    assert server["args"][1:] == ["--requirepass", "$(REDIS_PASSWORD)", "--masterauth", "$(REDIS_PASSWORD)"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
     assert env["REDIS_PASSWORD"] == {"name": "redis", "key": "password"}
-    assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis"}
+    if s.redis.replication is None:
+        assert server["args"][1:] == ["--requirepass", "$(REDIS_PASSWORD)", "--masterauth", "$(REDIS_PASSWORD)"]
+        assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis"}
+    else:  # tests/program/test_replication.py looks at the replication link in detail
+        assert server["args"][1:3] == ["--requirepass", "$(REDIS_PASSWORD)"]
+        assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis", "/etc/redis/tls"}
     assert server["readinessProbe"]["exec"]["command"][-1].endswith("grep -q PONG")
     ports = {p["name"]: p["port"] for p in obj(run, SERVICE, "redis-service")["spec"]["ports"]}
     assert ports == {"redis": 6379, "metrics": 9121}

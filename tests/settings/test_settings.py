@@ -81,6 +81,17 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("prod", "site.role", "primary-ish", "qwen-serving:site.role", "primary"),
     ("dev", "site.name", "Dev_Site", "qwen-serving:site.name", "pattern"),
     ("dev", "edge.nodePort", 80, "qwen-serving:edge.nodePort", "30000"),
+    # disaster recovery (README): the replication link, backups
+    ("prod", "redis.replication", DELETE, "qwen-serving:redis.replication.peerCidrs", "egress CIDRs"),
+    ("prod", "redis.replication.peerCidrs", ["0.0.0.0/0"], "qwen-serving:redis.replication.peerCidrs[0]",
+     "only the peer"),
+    ("prod", "redis.replication.peerCidrs", ["10.1.2.3/8"], "qwen-serving:redis.replication.peerCidrs[0]",
+     "not a CIDR"),
+    ("dev", "redis.replication", {"peerCidrs": ["10.0.0.0/24"]}, "qwen-serving:redis.replication",
+     "primary or standby"),
+    ("prod", "redis.replication.waitForReplicaMs", 0, "qwen-serving:redis.replication.waitForReplicaMs", "1"),
+    ("prod", "redis.backup.bucket", "Not_A_Bucket", "qwen-serving:redis.backup.bucket", "pattern"),
+    ("prod", "redis.backup.schedule", "hourly", "qwen-serving:redis.backup.schedule", "pattern"),
 ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.gateway.errors import ApiError
+from app.gateway.logging import log
 from app.gateway.redis_client import RedisGuard
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")
@@ -52,8 +53,12 @@ def _keys(session_id: str) -> tuple[str, str]:
 
 
 class SessionStore:
-    def __init__(self, redis: RedisGuard, *, ttl_seconds: int):
+    def __init__(self, redis: RedisGuard, *, ttl_seconds: int, replica_wait_ms: int = 0):
         self._redis, self.ttl = redis, ttl_seconds
+        # RPO ~ 0 (GATEWAY_SESSION_REPLICA_WAIT_MS): after the MULTI, `WAIT 1 <ms>` on the same connection, so
+        # a turn is acknowledged once the cross-site replica has it (or the wait timed out: logged, counted).
+        self.replica_wait_ms = replica_wait_ms
+        self.unreplicated_writes = 0
 
     async def load(self, session_id: str, owner: str) -> Session:
         """The session if `owner` owns it, an empty new one if nobody does; 404 if someone else does."""
@@ -79,8 +84,13 @@ class SessionStore:
         """Append a completed turn and refresh the TTL, in one MULTI; claims the session if it is new."""
         meta_key, msgs_key = _keys(session.id)
 
-        async def write(r: Any) -> None:
-            async with r.pipeline(transaction=True) as pipe:
+        wait_ms = self.replica_wait_ms
+
+        async def write(r: Any) -> int | None:
+            # Explicit MULTI/EXEC in a plain pipeline: one connection, so a WAIT after EXEC covers these writes.
+            async with r.pipeline(transaction=not wait_ms) as pipe:
+                if wait_ms:
+                    pipe.execute_command("MULTI")
                 pipe.hsetnx(meta_key, "owner", session.owner)
                 if system is not None:
                     pipe.hset(meta_key, "system", system)
@@ -88,9 +98,16 @@ class SessionStore:
                 pipe.ltrim(msgs_key, -MAX_STORED_MESSAGES, -1)
                 pipe.expire(meta_key, self.ttl)
                 pipe.expire(msgs_key, self.ttl)
-                await pipe.execute()
+                if wait_ms:
+                    pipe.execute_command("EXEC")
+                    pipe.execute_command("WAIT", 1, wait_ms)
+                results = await pipe.execute()
+            return int(results[-1]) if wait_ms else None
 
-        await self._redis.run("session_append", write)
+        acked = await self._redis.run("session_append", write)
+        if acked == 0:
+            self.unreplicated_writes += 1
+            log.warning("turn stored but not yet on a replica", extra={"session_id": session.id, "wait_ms": wait_ms})
 
     async def ttl_left(self, session_id: str) -> int:
         meta_key, _ = _keys(session_id)
