@@ -18,20 +18,18 @@ CONF_DIR = "/etc/nginx/qwen"
 
 
 @dataclass
-class EdgeArgs(kube.TierArgs):
-    image: pulumi.Input[str]
+class EdgeArgs(kube.ImageTierArgs):
     gateway_service: str
     gateway_port: int
 
 
-class Edge(pulumi.ComponentResource):
+class Edge(kube.Tier):
+    service_name = deployment_name = "edge"
+    metrics_port = EDGE_METRICS_PORT
+
     def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("qwen-serving:edge:Edge", name, None, opts)
-        s, ns = args.settings, args.namespace
-        child = pulumi.ResourceOptions(parent=self)
-        self.service_name = "edge"
-        self.deployment_name = "edge"
-        self.metrics_port = EDGE_METRICS_PORT
+        super().__init__("qwen-serving:edge:Edge", name, args, opts)
+        s, ns, child = self.settings, self.namespace, self.child
         upstream = f"{args.gateway_service}.{s.kubernetes.namespace}.svc.cluster.local:{args.gateway_port}"
         self.nginx_conf = render_nginx_conf(s, listen=f"0.0.0.0:{EDGE_HTTP_PORT}", gateway_upstreams=(upstream,),
                                             tls_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}")
@@ -110,16 +108,9 @@ class Edge(pulumi.ComponentResource):
                 exec_=k8s.core.v1.ExecActionArgs(command=["sleep", "5"]))),
             security_context=kube.restricted_container(),
         )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="nginx-exporter",
-            image=s.images.nginx_exporter,
+        exporter = kube.exporter_sidecar(
+            "nginx-exporter", s.images.nginx_exporter, port=EDGE_METRICS_PORT, memory_request="16Mi",
             args=[f"--nginx.scrape-uri=http://127.0.0.1:{EDGE_HTTP_PORT}/nginx_status"],
-            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=EDGE_METRICS_PORT)],
-            liveness_probe=kube.tcp_probe("metrics", period=20, failures=3),
-            readiness_probe=kube.tcp_probe("metrics", period=10, failures=3),
-            resources=k8s.core.v1.ResourceRequirementsArgs(
-                requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
-            security_context=kube.restricted_container(),
         )
         template = kube.pod_template(
             s, "edge", "edge", uid=NGINX_UID, containers=[nginx, exporter], volumes=volumes,

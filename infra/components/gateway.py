@@ -23,23 +23,20 @@ API_KEYS_KEY = "api-key-hashes"
 
 
 @dataclass
-class GatewayArgs(kube.TierArgs):
-    image: pulumi.Input[str]
+class GatewayArgs(kube.ImageTierArgs):
     backends_dns: str
     redis_url: str
     redis_secret_name: str
     redis_password_key: str = "password"
 
 
-class Gateway(pulumi.ComponentResource):
+class Gateway(kube.Tier):
+    service_name = deployment_name = "gateway"
+    port = metrics_port = SERVICE_PORT  # /metrics on the same port
+
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("qwen-serving:gateway:Gateway", name, None, opts)
-        s, ns = args.settings, args.namespace
-        child = pulumi.ResourceOptions(parent=self)
-        self.service_name = "gateway"
-        self.deployment_name = "gateway"
-        self.port = SERVICE_PORT
-        self.metrics_port = SERVICE_PORT  # /metrics on the same port
+        super().__init__("qwen-serving:gateway:Gateway", name, args, opts)
+        s, ns, child = self.settings, self.namespace, self.child
         self.secret_name = "gateway-api-keys"
         self.env = render_gateway_env(s, backends_dns=args.backends_dns, redis_url=args.redis_url)
 

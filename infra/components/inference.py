@@ -39,17 +39,15 @@ def vllm_env(settings: StackSettings) -> dict[str, str]:
 
 
 @dataclass
-class InferenceArgs(kube.TierArgs):
+class InferenceArgs(kube.ImageTierArgs):
     pool: GpuNodePool
-    image: pulumi.Input[str]
 
 
-class Inference(pulumi.ComponentResource):
+class Inference(kube.Tier):
     def __init__(self, name: str, args: InferenceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("qwen-serving:inference:Inference", name, None, opts)
-        s, ns = args.settings, args.namespace
+        super().__init__("qwen-serving:inference:Inference", name, args, opts)
+        s, ns, child = self.settings, self.namespace, self.child
         inf = s.inference
-        child = pulumi.ResourceOptions(parent=self)
         self.service_name = "vllm"
         self.deployment_name = "vllm"
         self.port = inf.port

@@ -31,6 +31,23 @@ class TierArgs(SiteArgs):
     namespace: pulumi.Input[str]
 
 
+@dataclass
+class ImageTierArgs(TierArgs):
+    """A tier that runs an image this stack builds or pins (vLLM, gateway, edge)."""
+
+    image: pulumi.Input[str]
+
+
+class Tier(pulumi.ComponentResource):
+    """One tier in the application namespace. Before the tier declares anything: `settings`, `namespace`,
+    and `child`, the options that make every resource of the tier its child."""
+
+    def __init__(self, token: str, name: str, args: TierArgs, opts: pulumi.ResourceOptions | None) -> None:
+        super().__init__(token, name, None, opts)
+        self.settings, self.namespace = args.settings, args.namespace
+        self.child = pulumi.ResourceOptions(parent=self)
+
+
 def selector_labels(settings: StackSettings, name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": settings.site.name}
 
@@ -237,3 +254,27 @@ def secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
     """An environment variable filled by the kubelet from a Secret's key (never in the manifest)."""
     return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
         secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)))
+
+
+def exporter_sidecar(
+    name: str,
+    image: str,
+    *,
+    port: int,
+    memory_request: str,
+    args: list[str] | None = None,
+    env: list[k8s.core.v1.EnvVarArgs] | None = None,
+) -> k8s.core.v1.ContainerArgs:
+    """A Prometheus exporter beside the server it reads: a TCP-probed `metrics` port, small, restricted."""
+    return k8s.core.v1.ContainerArgs(
+        name=name,
+        image=image,
+        args=args,
+        env=env,
+        ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=port)],
+        liveness_probe=tcp_probe("metrics", period=20, failures=3),
+        readiness_probe=tcp_probe("metrics", period=10, failures=3),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "10m", "memory": memory_request}, limits={"memory": "64Mi"}),
+        security_context=restricted_container(),
+    )

@@ -39,11 +39,10 @@ class RedisArgs(kube.TierArgs):
     replication_password: pulumi.Input[str] | None = None  # secret config redisReplicationPassword
 
 
-class Redis(pulumi.ComponentResource):
+class Redis(kube.Tier):
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("qwen-serving:redis:Redis", name, None, opts)
-        s, ns = args.settings, args.namespace
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("qwen-serving:redis:Redis", name, args, opts)
+        s, ns, child = self.settings, self.namespace, self.child
         self.service_name = "redis"
         self.port = REDIS_PORT
         self.metrics_port = REDIS_METRICS_PORT
@@ -161,19 +160,12 @@ class Redis(pulumi.ComponentResource):
             ),
             security_context=kube.restricted_container(),
         )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="redis-exporter",
-            image=s.images.redis_exporter,
+        exporter = kube.exporter_sidecar(
+            "redis-exporter", s.images.redis_exporter, port=REDIS_METRICS_PORT, memory_request="32Mi",
             env=[
                 k8s.core.v1.EnvVarArgs(name="REDIS_ADDR", value=f"redis://127.0.0.1:{REDIS_PORT}"),
                 self._secret_env("REDIS_PASSWORD"),
             ],
-            ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=REDIS_METRICS_PORT)],
-            liveness_probe=kube.tcp_probe("metrics", period=20, failures=3),
-            readiness_probe=kube.tcp_probe("metrics", period=10, failures=3),
-            resources=k8s.core.v1.ResourceRequirementsArgs(
-                requests={"cpu": "10m", "memory": "32Mi"}, limits={"memory": "64Mi"}),
-            security_context=kube.restricted_container(),
         )
         claim = k8s.core.v1.PersistentVolumeClaimArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=kube.labels(s, "redis", "cache")),
