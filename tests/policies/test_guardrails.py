@@ -13,7 +13,7 @@ from functools import cache
 import pytest
 
 from infra.offline import Captured, OfflineRun, run_stack
-from infra.policy_config import evaluate_run, policy_config
+from infra.policy_config import policy_config
 from policies.runner import evaluate
 from policies.serving import FIT_DEFAULTS, replica_kv_tokens
 from stackspec.capacity import QWEN25_7B, replica_capacity
