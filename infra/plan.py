@@ -12,6 +12,7 @@ visible placeholders unless `--require-secrets` (then each secret the stack's fe
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ import kubernetes_validate
 import yaml
 
 from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
+from infra.policy_config import policy_config
 from policies.runner import evaluate
 from stackspec.settings import SettingsError
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = run_stack(None if args.stack_file else args.stack, stack_file_path=path,
                         fill_secrets=not args.require_secrets)
+        config = policy_config(run.site_settings)
     except SettingsError as err:
         print(f"plan: {path}: {err}", file=sys.stderr)
         return 1
@@ -142,13 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     for c in failed:
         print(f"INVALID {c.resource}: {c.error}", file=sys.stderr)
 
-    violations = evaluate(run.resources)
+    config_path = out.parent / "policy-config.json"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    violations = evaluate(run.resources, config=config)
+    blocking = [v for v in violations if v.blocking]
     elapsed = time.perf_counter() - started
-    print(f"policies: {len(violations)} violation(s) of the qwen-serving guard rails (policies/rules.py)")
+    print(f"policies: {len(violations)} violation(s) of the qwen-serving guard rails (policies/rules.py), "
+          f"{len(blocking)} mandatory; config for `pulumi preview --policy-pack policies --policy-pack-config "
+          f"{config_path.relative_to(REPO) if config_path.is_relative_to(REPO) else config_path}`")
     for v in violations:
-        print(f"VIOLATION {v}", file=sys.stderr)
+        print(f"{'VIOLATION' if v.blocking else 'ADVISORY'} {v}", file=sys.stderr)
     print(f"plan took {elapsed:.2f} s")
-    return 1 if failed or violations else 0
+    return 1 if failed or blocking else 0
 
 
 if __name__ == "__main__":

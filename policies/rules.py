@@ -3,6 +3,10 @@
 Props arrive as the engine sends them: camelCase keys, numbers possibly floats. Each rule says what is
 wrong and how to fix it. `policies/__main__.py` wraps `POLICIES` in a PolicyPack for the CLI;
 `policies/runner.py` runs the same objects in-process over an offline plan.
+
+More rules live in their own modules and are collected here: `workloads.py` (GPU hosts, labels, Redis, Jobs,
+tokens), `serving.py` (vLLM against its GPUs and model), `dns.py` (Route53 failover). Every rule's
+enforcement level can be tuned per stack (`qwen-serving:policies`, see infra/policy_config.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+
+from policies.dns import DNS_POLICIES
+from policies.serving import SERVING_POLICIES
+from policies.workloads import WORKLOAD_POLICIES
 
 WORKLOADS = {
     "kubernetes:apps/v1:Deployment",
@@ -79,7 +87,7 @@ def workloads_have_probes(args: ResourceValidationArgs, report: ReportViolation)
         missing = [p for p in ("readinessProbe", "livenessProbe") if not c.get(p)]
         if missing:
             report(f"container '{c.get('name')}' has no {' or '.join(missing)}: traffic and restarts would "
-                   "ignore its health", None)
+                   "ignore its health; add it in the component", None)
 
 
 def gpus_only_on_the_gpu_pool(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -97,7 +105,7 @@ def gpus_only_on_the_gpu_pool(args: ResourceValidationArgs, report: ReportViolat
         selects = bool(pod.get("nodeSelector")) or bool((pod.get("affinity") or {}).get("nodeAffinity"))
         if not (tolerates and selects):
             report(f"container '{c.get('name')}' uses GPUs but the pod does not both select the GPU pool and "
-                   f"tolerate the '{GPU}' taint", None)
+                   f"tolerate the '{GPU}' taint; add both (gpuPool.nodeLabel, gpuPool.taintKey)", None)
 
 
 def no_plain_secrets_in_env(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -132,7 +140,8 @@ def only_the_edge_is_exposed(args: ResourceValidationArgs, report: ReportViolati
         if _is_replication_endpoint(args.props):
             return  # judged by redis-replication-endpoint-is-fenced
         if selector.get("app.kubernetes.io/name") != "edge":
-            report(f"Service '{args.name}' is {spec.get('type')}: only the edge (Nginx, TLS) may face clients",
+            report(f"Service '{args.name}' is {spec.get('type')}: only the edge (Nginx, TLS) may face clients; "
+                   "use ClusterIP",
                    None)
 
 
@@ -149,7 +158,7 @@ def every_workload_has_a_pdb(args: StackValidationArgs, report: ReportViolation)
         labels = ((r.props.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
         if not any(_labels_match((p.props.get("spec") or {}).get("selector") or {}, labels) for p in pdbs):
             report(f"{r.resource_type.rsplit(':', 1)[-1]} '{r.name}' has no PodDisruptionBudget: node drains "
-                   "could take every replica at once", r.urn)
+                   "could take every replica at once; add one whose selector matches its pod labels", r.urn)
 
 
 def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -165,7 +174,7 @@ def namespaces_deny_by_default(args: StackValidationArgs, report: ReportViolatio
         if selects_all and "Ingress" in (spec.get("policyTypes") or []) and not spec.get("ingress"):
             denied.add(str((r.props.get("metadata") or {}).get("namespace", "")))
     for ns in sorted(namespaces - denied):
-        report(f"namespace '{ns}' has no default-deny NetworkPolicy (empty podSelector, policyTypes "
+        report(f"namespace '{ns}' has no default-deny NetworkPolicy: add one (empty podSelector, policyTypes "
                "Ingress, no ingress rules)", None)
 
 
@@ -227,6 +236,9 @@ def redis_replication_endpoint_is_fenced(args: StackValidationArgs, report: Repo
 MANDATORY = EnforcementLevel.MANDATORY
 
 POLICIES: list[Policy] = [
+    *WORKLOAD_POLICIES,
+    *SERVING_POLICIES,
+    *DNS_POLICIES,
     ResourceValidationPolicy("images-have-a-fixed-version", "Container images are pinned (tag or digest), "
                              "never latest", images_have_a_fixed_version, MANDATORY),
     ResourceValidationPolicy("containers-have-requests-and-limits", "CPU/memory requests and a memory limit",

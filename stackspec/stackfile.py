@@ -97,7 +97,7 @@ def with_placeholders(raw: Mapping[str, str]) -> dict[str, str]:
 
 
 # `images` values that name an image (the Deployments pull them; prod-like sites need them by digest).
-PINNABLE_IMAGE_KEYS = ("vllm", "pythonBase", "nginxBase", "redis", "redisExporter", "nginxExporter")
+PINNABLE_IMAGE_KEYS = ("vllm", "pythonBase", "nginxBase", "redis", "redisExporter", "nginxExporter", "logSetup")
 _IMAGE_LINE = re.compile(r"^(?P<indent>\s+)(?P<key>\w+):(?P<space>\s+)(?P<ref>[^\s#]+)(?P<rest>.*)$")
 
 

@@ -380,7 +380,10 @@ class Monitoring(pulumi.ComponentResource):
             opts=opts,
         )
         endpoint = f"{'https' if logs.tls else 'http'}://{logs.host}:{logs.port}"
-        put = 'curl -fsS -u "$ES_USER:$ES_PASSWORD" -X PUT -H "Content-Type: application/json"'
+        # The password is a file (the Secret mounted), handed to curl as config on stdin: never in the
+        # environment, never on a command line.
+        auth = 'printf \'user = "%s:%s"\\n\' "$ES_USER" "$(cat /run/secrets/log-sink/password)"'
+        put = f'{auth} | curl -fsS -K - -X PUT -H "Content-Type: application/json"'
         script = (f"set -eu; {put} {endpoint}/_ilm/policy/{logs.index} --data-binary @/policy/ilm-policy.json; "
                   f"{put} {endpoint}/_index_template/{logs.index} --data-binary @/policy/index-template.json")
         k8s.batch.v1.Job(
@@ -392,30 +395,33 @@ class Monitoring(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels("logs", "log-retention-setup")),
                     spec=k8s.core.v1.PodSpecArgs(
                         restart_policy="OnFailure",
+                        automount_service_account_token=False,
                         security_context=k8s.core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True, run_as_user=65532,
+                            run_as_non_root=True, run_as_user=65532, fs_group=65532,
                             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
                         containers=[k8s.core.v1.ContainerArgs(
                             name="put-policy",
-                            image=logs.setup_image,
+                            image=s.images.log_setup,
                             command=["sh", "-c", script],
-                            env=[
-                                k8s.core.v1.EnvVarArgs(name="ES_USER", value=logs.user),
-                                k8s.core.v1.EnvVarArgs(name="ES_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
-                                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name="log-sink",
-                                                                                     key="password"))),
+                            env=[k8s.core.v1.EnvVarArgs(name="ES_USER", value=logs.user)],
+                            volume_mounts=[
+                                k8s.core.v1.VolumeMountArgs(name="policy", mount_path="/policy", read_only=True),
+                                k8s.core.v1.VolumeMountArgs(name="log-sink", mount_path="/run/secrets/log-sink",
+                                                            read_only=True),
                             ],
-                            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="policy", mount_path="/policy",
-                                                                       read_only=True)],
                             resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "10m", "memory": "16Mi"}, limits={"memory": "64Mi"}),
+                                requests={"cpu": "10m", "memory": "16Mi"}, limits={"cpu": "100m", "memory": "64Mi"}),
                             security_context=k8s.core.v1.SecurityContextArgs(
                                 allow_privilege_escalation=False, read_only_root_filesystem=True,
                                 capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"])),
                         )],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="policy", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                name="log-retention-policy"))],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(name="policy", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                name="log-retention-policy")),
+                            k8s.core.v1.VolumeArgs(name="log-sink", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                secret_name="log-sink", default_mode=0o440,
+                                items=[k8s.core.v1.KeyToPathArgs(key="password", path="password")])),
+                        ],
                     ),
                 ),
             ),

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from infra.offline import Captured, OfflineRun, run_stack
+from infra.policy_config import evaluate_run, policy_config
 from policies.rules import POLICIES
 from policies.runner import evaluate
-from tests.stacks import SITE_STACKS
+from tests.policies.planted import PLANTED_MORE
+from tests.stacks import GLOBAL_STACKS, SITE_STACKS
 
-STACKS = SITE_STACKS
+STACKS = SITE_STACKS + GLOBAL_STACKS
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 
@@ -26,7 +28,7 @@ def prod() -> OfflineRun:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_passes_the_pack(stack: str) -> None:
-    assert evaluate(run_stack(stack).resources) == []
+    assert evaluate_run(run_stack(stack)) == []
 
 
 def pod(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def test_planted_misconfiguration_is_caught(
     policy: str, type_: str, name: str, change: Callable[[dict[str, Any]], None]
 ) -> None:
     prod().one(type_, name)  # the resource exists, so the plant really lands
-    violations = evaluate(plant(type_, name, change))
+    violations = evaluate(plant(type_, name, change), config=policy_config(prod().settings))
     assert violations and {v.policy for v in violations} == {policy}, violations
 
 
@@ -145,4 +147,4 @@ def test_the_replication_endpoint_exists_only_on_the_primary_and_passes() -> Non
 
 
 def test_every_policy_has_a_planted_case() -> None:
-    assert {p.name for p in POLICIES} == {p[0] for p in PLANTED}
+    assert {p.name for p in POLICIES} == {p[0] for p in PLANTED} | {p.policy for p in PLANTED_MORE}
