@@ -219,10 +219,10 @@ def redis_replication_endpoint_is_fenced(args: StackValidationArgs, report: Repo
                    "yes): set redis.replication so the link is encrypted", r.urn)
         elif ports != [int(tls_port.group(1))]:
             report(f"Service '{name}' exposes ports {ports}: only Redis's TLS port {tls_port.group(1)} may face the "
-                   "peer", r.urn)
+                   "peer; remove the others", r.urn)
         if spec.get("externalTrafficPolicy") != "Local":
-            report(f"Service '{name}' hides the peer's address (externalTrafficPolicy is not Local): the "
-                   "NetworkPolicy's ipBlock could not tell the peer from anyone", r.urn)
+            report(f"Service '{name}' hides the peer's address (externalTrafficPolicy is not Local, so the "
+                   "NetworkPolicy's ipBlock could not tell the peer from anyone): set it to Local", r.urn)
         blocks = [peer["ipBlock"]["cidr"]
                   for p in args.resources if p.resource_type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"
                   for rule in (p.props.get("spec") or {}).get("ingress") or []
@@ -230,7 +230,7 @@ def redis_replication_endpoint_is_fenced(args: StackValidationArgs, report: Repo
                   for peer in rule.get("from") or [] if "ipBlock" in peer]
         if sorted(blocks) != sorted(ranges):
             report(f"Service '{name}': the NetworkPolicy ipBlocks on its port {sorted(blocks)} are not its source "
-                   f"ranges {sorted(ranges)}; admit exactly the peer's CIDRs", r.urn)
+                   f"ranges {sorted(ranges)}; set both to the peer's CIDRs (redis.replication.peerCidrs)", r.urn)
 
 
 MANDATORY = EnforcementLevel.MANDATORY
