@@ -136,10 +136,14 @@ async def test_history_is_trimmed_to_the_budget_keeping_the_system_prompt(start_
 
 async def test_a_turn_the_client_saw_finish_is_already_stored(gw: Gateway) -> None:
     """Acknowledged means stored: read each session back the moment the client has the end of the answer
-    (`data: [DONE]`, or the whole 200 body); 200 streamed and 200 non-streamed turns, none missing."""
+    (`data: [DONE]`, or the whole 200 body); 200 streamed and 200 non-streamed turns, none missing.
+
+    A turn the gateway could not save (Redis too slow on a loaded machine) must say so to its client (a
+    no-choices chunk with `"stored": false` before [DONE], or `X-Session-Stored: false`): such a turn was
+    never acknowledged as stored. Missing = acknowledged as stored and not there."""
     limit = asyncio.Semaphore(8)
 
-    async def one_turn(http: httpx.AsyncClient, i: int, stream: bool) -> bool:
+    async def one_turn(http: httpx.AsyncClient, i: int, stream: bool) -> str:
         sid = new_session()
         async with limit:
             if stream:
@@ -147,15 +151,28 @@ async def test_a_turn_the_client_saw_finish_is_already_stored(gw: Gateway) -> No
                 async with http.stream("POST", "/v1/chat/completions", json=body,
                                        headers={**auth("alice"), "X-Session-Id": sid}) as resp:
                     assert resp.status_code == 200
-                    last = ""
-                    async for line in resp.aiter_lines():
-                        last = line or last
-                    assert last == "data: [DONE]"
+                    lines = [line async for line in resp.aiter_lines() if line]
+                assert lines[-1] == "data: [DONE]"
+                unsaved = any('"stored": false' in line for line in lines)
             else:
-                assert (await chat(http, sid, f"turn {i}", max_tokens=4)).status_code == 200
+                resp = await chat(http, sid, f"turn {i}", max_tokens=4)
+                assert resp.status_code == 200
+                unsaved = resp.headers.get("x-session-stored") == "false"
+            if unsaved:
+                return "told-unsaved"
             stored = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
-        return stored.status_code == 200 and len(stored.json()["messages"]) == 2
+
+            async def readable() -> bool:  # a read refused by a Redis hiccup (503) proves nothing: read again
+                nonlocal stored
+                if stored.status_code == 503:
+                    stored = await http.get(f"/v1/sessions/{sid}", headers=auth("alice"))
+                return stored.status_code != 503
+
+            await wait_until_async(readable, "the session can be read back", within=30, interval=0.2)
+        assert stored.status_code in (200, 404), stored.text
+        return "stored" if stored.status_code == 200 and len(stored.json()["messages"]) == 2 else "missing"
 
     async with gw.client() as http:
-        found = await asyncio.gather(*(one_turn(http, i, stream) for i in range(200) for stream in (True, False)))
-    assert found.count(False) == 0, f"{found.count(False)} of {len(found)} acknowledged turns were not stored"
+        outcomes = await asyncio.gather(*(one_turn(http, i, stream) for i in range(200) for stream in (True, False)))
+    assert outcomes.count("missing") == 0, f"{outcomes.count('missing')} of {len(outcomes)} acknowledged turns lost"
+    assert outcomes.count("stored") > 0
