@@ -14,7 +14,7 @@ from infra.offline import Captured, OfflineRun, run_stack
 from infra.policy_config import evaluate_run, policy_config
 from policies.rules import POLICIES
 from policies.runner import evaluate
-from tests.policies.planted import PLANTED_MORE
+from tests.policies.planted import PLANTED_MORE, first, pod
 from tests.stacks import GLOBAL_STACKS, SITE_STACKS
 
 STACKS = SITE_STACKS + GLOBAL_STACKS
@@ -31,16 +31,6 @@ def test_every_stack_passes_the_pack(stack: str) -> None:
     assert evaluate_run(run_stack(stack)) == []
 
 
-def pod(inputs: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = inputs["spec"]["template"]["spec"]
-    return spec
-
-
-def container(inputs: dict[str, Any]) -> dict[str, Any]:
-    first: dict[str, Any] = pod(inputs)["containers"][0]
-    return first
-
-
 def plant(type_: str, name: str, change: Callable[[dict[str, Any]], None]) -> list[Captured]:
     """The prod resources with one resource's inputs changed."""
     resources = []
@@ -55,7 +45,7 @@ def plant(type_: str, name: str, change: Callable[[dict[str, Any]], None]) -> li
 
 def set_key(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def change(inputs: dict[str, Any]) -> None:
-        node = container(inputs)
+        node = first(inputs)
         *parents, leaf = path.split(".")
         for part in parents:
             node = node.setdefault(part, {})
@@ -71,7 +61,7 @@ def drop_gpu_toleration(inputs: dict[str, Any]) -> None:
 
 
 def plain_password(inputs: dict[str, Any]) -> None:
-    container(inputs).setdefault("env", []).append({"name": "GATEWAY_REDIS_PASSWORD", "value": "hunter2"})
+    first(inputs).setdefault("env", []).append({"name": "GATEWAY_REDIS_PASSWORD", "value": "hunter2"})
 
 
 def root_pod(inputs: dict[str, Any]) -> None:
