@@ -103,17 +103,17 @@ async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redi
     guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
     limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
     plain = redis.Redis(port=own_redis.port, password=own_redis.password)
-    key = "qs:rl:concurrent:key:frozen-release"
+    key = "qs:rl:slots:key:frozen-release"
     plain.delete(key)
     slot = await limiter.admit("key:frozen-release")
-    assert int(plain.get(key) or 0) == 1
+    assert plain.zcard(key) == 1
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
         await slot.release()  # times out: handed to the background retry
         assert metric((await asyncio.to_thread(lambda: metrics_text(metrics))), "gateway_redis_errors_total") >= 1
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
-    await wait_until_async(lambda: asyncio.to_thread(lambda: int(plain.get(key) or 0) == 0),
+    await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(key) == 0),
                            "the slot is given back once Redis answers", within=20)
     await guard.close()
 
