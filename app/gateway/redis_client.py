@@ -3,7 +3,8 @@
 The breaker opens on an error rate, not on one slow call: when, within the last `window_seconds`, at
 least `min_failures` calls failed and they are at least `failure_ratio` of that window's calls. While
 open, calls are refused immediately (`RedisUnavailable`) for `retry_seconds`; then calls go through again
-(one success closes it; failures keep counting). Only an outage counts: a connection error or a timeout.
+(the window still holds the outage's failures, so one more failure right away opens it again).
+Only an outage counts: a connection error or a timeout.
 A server that answers with an error (out of memory under `noeviction`, a script error) is not an outage,
 and a read-only replica (a standby before promotion) refuses writes without opening the breaker; it is
 remembered (`read_only`) so callers that only write can skip it until the next check.
@@ -149,8 +150,6 @@ class RedisGuard:
         self._record(time.monotonic(), False)
         if self.last_error is not None:
             log.info("redis back", extra={"redis": self.name, "operation": operation})
-            self._calls.clear()
-            self._failures = 0
         self.last_error = None
         self._metrics.redis_up.set(1)
         return result
