@@ -242,6 +242,7 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
         "GATEWAY_OIDC_JWKS_MIN_REFRESH_SECONDS": "0",
         "GATEWAY_RATE_LIMIT_RPM": "100000",
         "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",
+        "GATEWAY_SESSION_MAX_PER_IDENTITY": "100000",  # tests that check the quotas set their own
         "GATEWAY_HEALTH_INTERVAL_SECONDS": "0.5",
         "GATEWAY_FIRST_TOKEN_TIMEOUT": "20",
         "GATEWAY_IDLE_TIMEOUT": "10",

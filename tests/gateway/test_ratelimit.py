@@ -14,8 +14,9 @@ from tests.waiting import wait_until_async
 
 async def test_requests_per_minute_shared_by_two_gateways(start_gw: StartGateway, redis_server: RedisHandle) -> None:
     one, two = start_gw(rate_limit_rpm="5"), start_gw(rate_limit_rpm="5")
-    # carol's requests of the last minute (other tests) would count: start from an empty window.
-    redis.Redis(port=redis_server.port, password=redis_server.password).delete("qs:rl:requests:key:carol")
+    # carol's and bob's requests of the last minute (other tests) would count: start from empty windows.
+    redis.Redis(port=redis_server.port, password=redis_server.password).delete(
+        "qs:rl:requests:key:carol", "qs:rl:requests:key:bob")
     statuses: list[int] = []
     limited: list[httpx.Response] = []
     async with one.client() as a, two.client() as b:
