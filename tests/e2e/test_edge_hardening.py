@@ -84,12 +84,13 @@ def test_nginx_status_is_served_to_loopback(endpoint: Endpoint) -> None:
 
 def test_the_edges_own_rate_limit_answers_in_openai_shape(endpoint: Endpoint) -> None:
     """A flood from one address past limit_req's burst: Nginx refuses the excess itself (429, JSON,
-    Retry-After) before any gateway sees it; then the address is served again."""
+    Retry-After) before any gateway sees it; then the address is served again. (The flood comes from an
+    address of its own, 127.0.0.2: the limit is per address, so the other tests' 127.0.0.1 is untouched.)"""
     headers = {"Authorization": f"Bearer {endpoint.api_key}"}
 
     async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=endpoint.url, timeout=30,
-                                     limits=httpx.Limits(max_connections=50)) as http:
+        async with httpx.AsyncClient(base_url=endpoint.url, timeout=30, limits=httpx.Limits(max_connections=50),
+                                     transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as http:
             return await asyncio.gather(*(http.get("/v1/models", headers=headers) for _ in range(150)))
 
     responses = asyncio.run(flood())
@@ -98,8 +99,11 @@ def test_the_edges_own_rate_limit_answers_in_openai_shape(endpoint: Endpoint) ->
     assert {r.status_code for r in responses} <= {200, 429}
     assert limited[0].json()["error"]["code"] == "edge_rate_limited"
     assert limited[0].headers["retry-after"] == "1"
-    wait_until(lambda: httpx.get(f"{endpoint.url}/v1/models", headers=headers, timeout=10).status_code == 200,
-               "the address is served again once its rate drops", within=30)
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as again:
+        wait_until(lambda: again.get(f"{endpoint.url}/v1/models", headers=headers).status_code == 200,
+                   "the address is served again once its rate drops", within=30)
+    # Another address was never limited meanwhile.
+    assert httpx.get(f"{endpoint.url}/v1/models", headers=headers, timeout=10).status_code == 200
 
 
 def test_rolling_restart_of_the_gateways_loses_no_request(endpoint: Endpoint, local_stack: LocalStack) -> None:
@@ -119,7 +123,7 @@ def test_rolling_restart_of_the_gateways_loses_no_request(endpoint: Endpoint, lo
                 results.append("ok" if ok else f"{resp.status_code} {resp.text[:200]}")
             except httpx.HTTPError as err:
                 results.append(f"{type(err).__name__}: {err}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)  # 4 clients stay under the edge's per-address rate
 
     async def restart_each() -> None:
         for gateway in local_stack.gateways:
