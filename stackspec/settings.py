@@ -224,7 +224,14 @@ class EdgeSettings(_Section):
     tls: Tls = Tls()
     # One limit for the edge and the gateway: nginx's client_max_body_size and the gateway's max_body_bytes.
     client_max_body_size: NginxSize = "1m"
-    proxy_read_timeout_seconds: int = Field(default=600, ge=30)
+    # Nginx's read/send timeouts towards the gateway; unset = the gateway's totalTimeout + 30 s. It must
+    # exceed the gateway's total timeout, or Nginx cuts a stream before the gateway's own error event.
+    proxy_read_timeout_seconds: int | None = Field(default=None, ge=30)
+    # Per client address, on the API (/v1/): Nginx's limit_req (rate, burst) and limit_conn. A first line
+    # against floods before any request reaches a gateway; the per-identity limits stay the gateway's.
+    rate_limit_per_second: int = Field(default=20, ge=1)
+    rate_limit_burst: int = Field(default=40, ge=0)
+    connections_per_client: int = Field(default=64, ge=1)
 
     @property
     def client_max_body_bytes(self) -> int:
@@ -412,6 +419,13 @@ class StackSettings(_Section):
         return sum(1 for h in self.gpu_pool.hosts if h.gpus >= self.inference.tensor_parallel_size)
 
     @property
+    def edge_read_timeout_seconds(self) -> int:
+        """Nginx's proxy read/send timeout: set, or the gateway's total timeout + 30 s."""
+        if self.edge.proxy_read_timeout_seconds is not None:
+            return self.edge.proxy_read_timeout_seconds
+        return int(self.gateway.total_timeout) + 30
+
+    @property
     def gateway_backends_dns(self) -> str:
         """The headless vLLM Service the gateway resolves in the cluster (infra/components/inference.py)."""
         return f"vllm.{self.kubernetes.namespace}.svc.cluster.local:{self.inference.port}"
@@ -431,6 +445,7 @@ class StackSettings(_Section):
             "redis_url": (_key("redis"), redis_url),
             "api_key_hashes": (_key("apiKeyHashes"), SecretStr(json.dumps(self.api_key_hashes, sort_keys=True))),
             "max_body_bytes": (_key("edge.clientMaxBodySize"), self.edge.client_max_body_bytes),
+            "rate_limit_replicas": (_key("gateway.replicas"), self.gateway.replicas),
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
         }
 
@@ -618,6 +633,14 @@ def cross_field_problems(s: StackSettings) -> list[tuple[str, str]]:
     vllm_problem = vllm_image_problem(s.images.vllm)
     if vllm_problem:
         problems.append((_key("images.vllm"), vllm_problem))
+    read_timeout = s.edge.proxy_read_timeout_seconds
+    if read_timeout is not None and read_timeout <= s.gateway.total_timeout:
+        problems.append((
+            _key("edge.proxyReadTimeoutSeconds"),
+            f"{read_timeout} s does not exceed {_key('gateway.totalTimeout')} {s.gateway.total_timeout:g} s: Nginx "
+            "would cut a stream before the gateway ends it with its error event; raise it (or remove it: the "
+            "default is totalTimeout + 30)",
+        ))
     if s.edge.service_type == "LoadBalancer" and s.edge.node_port is not None:
         problems.append((_key("edge.nodePort"), "only for serviceType NodePort; remove it"))
 

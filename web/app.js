@@ -43,8 +43,42 @@ function headers(extra) {
 }
 
 function showError(text) {
+  els.error.classList.remove("notice");
   els.error.textContent = text;
   els.error.hidden = !text;
+}
+
+// A request for the user (not a failure): shown in the same place, without the alarm colours.
+function showNotice(text) {
+  showError(text);
+  els.error.classList.add("notice");
+}
+
+function hasKey() {
+  return Boolean(sessionStorage.getItem(KEY_STORE));
+}
+
+function askForKey() {
+  els.settings.hidden = false;
+  els.toggleSettings.setAttribute("aria-expanded", "true");
+  showNotice("Enter your API key under Settings to start (`make up` prints a development key).");
+  els.apiKey.focus();
+}
+
+// Start a new conversation: a new session id, an empty page.
+function startNewChat() {
+  localStorage.setItem(SESSION_STORE, newSessionId());
+  els.messages.replaceChildren();
+}
+
+// The gateway's error code in an OpenAI-shaped error body, without consuming the response.
+async function errorCode(resp) {
+  try {
+    const data = await resp.clone().json();
+    return (data && data.error && data.error.code) || "";
+  } catch (_) {
+    return "";
+  }
 }
 
 function setBusy(busy) {
@@ -109,6 +143,10 @@ function extraFields() {
 
 // --- models and history ----------------------------------------------------------------------------
 async function loadModels() {
+  if (!hasKey()) {
+    askForKey();
+    return;
+  }
   let resp;
   try {
     resp = await fetch("/v1/models", { headers: headers() });
@@ -142,7 +180,12 @@ async function loadHistory() {
   } catch (_) {
     return;
   }
-  if (resp.status === 404) return; // a new session: nothing stored yet
+  if (resp.status === 404) {
+    // Nothing stored under this id for this key: a new session, or one another key owns (a key changed in
+    // this browser). Either way, start clean with an id of our own.
+    startNewChat();
+    return;
+  }
   if (!resp.ok) {
     showError(await describeFailure(resp));
     return;
@@ -180,6 +223,11 @@ async function* sseEvents(body) {
 }
 
 async function send(text) {
+  if (!hasKey()) {
+    els.input.value = text; // kept for when the key is in
+    askForKey();
+    return;
+  }
   showError("");
   const model = els.model.value;
   if (!model) {
@@ -197,15 +245,23 @@ async function send(text) {
   const maxTokens = Math.max(1, parseInt(els.maxTokens.value, 10) || 256);
   controller = new AbortController();
   setBusy(true);
+  const post = () => fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    body: JSON.stringify({
+      ...extra, model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }],
+    }),
+    signal: controller.signal,
+  });
   try {
-    const resp = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: JSON.stringify({
-        ...extra, model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }],
-      }),
-      signal: controller.signal,
-    });
+    let resp = await post();
+    if (resp.status === 404 && (await errorCode(resp)) === "session_not_found") {
+      // The stored session id belongs to another key: this key starts a new chat (keeping this turn).
+      const kept = Array.from(els.messages.children).slice(-2);
+      startNewChat();
+      els.messages.append(...kept);
+      resp = await post();
+    }
     if (!resp.ok) {
       out.parentElement.remove();
       showError(await describeFailure(resp));
@@ -266,8 +322,7 @@ els.stop.addEventListener("click", () => {
 
 els.newChat.addEventListener("click", () => {
   if (controller) controller.abort();
-  localStorage.setItem(SESSION_STORE, newSessionId());
-  els.messages.replaceChildren();
+  startNewChat();
   showError("");
   els.input.focus();
 });
@@ -295,12 +350,7 @@ async function init() {
   els.apiKey.value = sessionStorage.getItem(KEY_STORE) || "";
   els.maxTokens.value = localStorage.getItem(MAX_TOKENS_STORE) || els.maxTokens.value;
   els.extraBody.value = localStorage.getItem(EXTRA_STORE) || "";
-  if (!els.apiKey.value) {
-    els.settings.hidden = false;
-    els.toggleSettings.setAttribute("aria-expanded", "true");
-    showError("Enter your API key under Settings (`make up` prints a development key).");
-  }
-  await loadModels();
+  await loadModels(); // without a key: asks for one (no request, no red 401)
   await loadHistory();
   document.body.dataset.ready = "true";
 }

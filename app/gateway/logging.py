@@ -9,7 +9,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")  # ours (also vLLM's request id)
+client_request_id_var: ContextVar[str] = ContextVar("client_request_id", default="")  # the client's X-Request-Id
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -23,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),
         }
+        client_id = client_request_id_var.get()
+        if client_id:
+            line["client_request_id"] = client_id
         # Fields passed with `extra={...}` become top-level keys.
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:

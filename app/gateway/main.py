@@ -23,6 +23,7 @@ from app.gateway.middleware import RequestContextMiddleware
 from app.gateway.proxy import Proxy
 from app.gateway.ratelimit.limiter import RateLimiter
 from app.gateway.redis_client import RedisGuard
+from app.gateway.schemas import install_request_schemas
 from app.gateway.sessions.store import SessionStore
 from app.gateway.settings import GatewaySettings, load_settings
 
@@ -46,14 +47,29 @@ def http_client(settings: GatewaySettings) -> aiohttp.ClientSession:
     )
 
 
+def slot_lifetime(settings: GatewaySettings) -> float:
+    """How long a concurrency slot can be held: the longest a request lives (total timeout, then the session
+    write), plus a margin. A slot leaked by a killed gateway is free again after this."""
+    return settings.total_timeout + settings.redis_timeout_seconds * 2 + 5
+
+
 def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.ClientSession) -> GatewayContext:
     pool = BackendPool(metrics, eject_after_failures=settings.eject_after_failures)
     pool.set_addresses(settings.backend_list)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    redis = RedisGuard.from_url(
-        settings.redis_url, password, metrics,
-        timeout=settings.redis_timeout_seconds, retry_seconds=settings.redis_retry_seconds,
-    )
+
+    def guard(url: str, name: str) -> RedisGuard:
+        return RedisGuard.from_url(
+            url, password, metrics, name=name,
+            timeout=settings.redis_timeout_seconds, retry_seconds=settings.redis_retry_seconds,
+            window_seconds=settings.redis_breaker_window_seconds,
+            min_failures=settings.redis_breaker_min_failures,
+            failure_ratio=settings.redis_breaker_failure_ratio,
+        )
+
+    redis = guard(settings.redis_url, "sessions")
+    # The limits' own pool and breaker (and instance, if configured): sessions' failures never switch them off.
+    limits_redis = guard(settings.rate_limit_redis_url or settings.redis_url, "ratelimit")
     oidc = None
     if settings.oidc_enabled:
         oidc = OidcVerifier(
@@ -78,16 +94,20 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
             retry_attempts=settings.retry_attempts,
         ),
         redis=redis,
+        limits_redis=limits_redis,
         limiter=RateLimiter(
-            redis, metrics,
+            limits_redis, metrics,
             rpm=settings.rate_limit_rpm,
             window_seconds=settings.rate_limit_window_seconds,
             concurrent=settings.rate_limit_concurrent,
             fail_open=settings.rate_limit_fail_open,
-            slot_ttl_seconds=int(settings.total_timeout + settings.shutdown_grace_seconds + 60),
+            slot_ttl_seconds=slot_lifetime(settings),
+            replicas=settings.rate_limit_replicas,
         ),
         sessions=SessionStore(redis, ttl_seconds=settings.session_ttl_seconds,
-                              replica_wait_ms=settings.session_replica_wait_ms),
+                              replica_wait_ms=settings.session_replica_wait_ms,
+                              max_sessions_per_owner=settings.session_max_per_identity,
+                              max_bytes_per_owner=settings.session_max_bytes_per_identity),
         auth=Authenticator(
             enabled=settings.auth_enabled, key_hashes=settings.key_hashes, oidc=oidc, metrics=metrics
         ),
@@ -103,15 +123,15 @@ async def start_background(settings: GatewaySettings, ctx: GatewayContext) -> li
         await health.refresh_from_dns(
             ctx.client, ctx.pool, settings.backends_dns, probe_timeout=settings.health_timeout_seconds
         )
-        tasks.append(asyncio.create_task(health.discovery_loop(
+        tasks.append(health.supervise("dns discovery", lambda: health.discovery_loop(
             ctx.client, ctx.pool, settings.backends_dns,
             interval=settings.dns_interval_seconds, probe_timeout=settings.health_timeout_seconds,
-        )))
+        ), ctx.metrics))
     await health.probe_all(ctx.client, ctx.pool, settings.health_timeout_seconds)
-    tasks.append(asyncio.create_task(health.probe_loop(
+    tasks.append(health.supervise("health probes", lambda: health.probe_loop(
         ctx.client, ctx.pool,
         interval=settings.health_interval_seconds, probe_timeout=settings.health_timeout_seconds,
-    )))
+    ), ctx.metrics))
     log.info("gateway started", extra={
         "backends": [b.address for b in ctx.pool.all()],
         "healthy": [b.address for b in ctx.pool.healthy()],
@@ -135,9 +155,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await ctx.redis.close()
+                await ctx.limits_redis.close()
                 log.info("gateway stopped")
 
     app = FastAPI(title="qwen-serving gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_request_schemas(app)
     install_error_handlers(app)
     app.include_router(generation.router)
     app.include_router(sessions.router)

@@ -57,4 +57,8 @@ class Metrics:
         self.auth_failures = Counter(
             "gateway_auth_failures_total", "Rejected credentials by reason", ["reason"], registry=r
         )
+        self.background_errors = Counter(
+            "gateway_background_errors_total", "Background loops (probes, DNS) that raised and were restarted",
+            ["task"], registry=r,
+        )
         self.ready = Gauge("gateway_ready", "1 when the gateway would pass its readiness probe", registry=r)

@@ -1,19 +1,26 @@
-"""One Redis connection pool for the process, behind a breaker so an outage costs one timeout, not one per call.
+"""A Redis connection pool behind a breaker, so an outage costs a few timeouts, not one per call.
 
-After a failure, calls are refused immediately (`RedisUnavailable`) for `retry_seconds`; then the next call
-tries again. A read-only replica (a standby before promotion) refuses writes without opening the breaker.
-Callers decide what "unavailable" means for them (limits fail open, sessions go stateless).
+The breaker opens on an error rate, not on one slow call: when, within the last `window_seconds`, at
+least `min_failures` calls failed and they are at least `failure_ratio` of that window's calls. While
+open, calls are refused immediately (`RedisUnavailable`) for `retry_seconds`; then calls go through again
+(the window still holds the outage's failures, so one more failure right away opens it again).
+Only an outage counts: a connection error or a timeout.
+A server that answers with an error (out of memory under `noeviction`, a script error) is not an outage,
+and a read-only replica (a standby before promotion) refuses writes without opening the breaker; it is
+remembered (`read_only`) so callers that only write can skip it until the next check.
+Callers decide what "unavailable" means for them (limits go local, sessions go stateless).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
@@ -25,18 +32,45 @@ class RedisUnavailable(Exception):
     pass
 
 
+class RedisReadOnly(RedisUnavailable):
+    """A read-only replica refused a write (a standby before promotion)."""
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis answered with an error (e.g. OOM under noeviction): it is up, but did not do it."""
+
+
 class RedisGuard:
-    def __init__(self, client: aioredis.Redis, metrics: Metrics, *, retry_seconds: float, timeout: float | None = None):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        metrics: Metrics,
+        *,
+        retry_seconds: float,
+        timeout: float | None = None,
+        window_seconds: float = 10.0,
+        min_failures: int = 3,
+        failure_ratio: float = 0.5,
+        name: str = "redis",
+    ):
         self.client = client
         self._timeout = timeout
         self._metrics = metrics
         self._retry_seconds = retry_seconds
+        self._window = window_seconds
+        self._min_failures = min_failures
+        self._ratio = failure_ratio
+        self._calls: collections.deque[tuple[float, bool]] = collections.deque()  # (time, failed)
+        self._failures = 0
         self._down_until = 0.0
+        self._read_only_until = 0.0
+        self.name = name
         self.last_error: str | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, password: str | None, metrics: Metrics, *, timeout: float, retry_seconds: float
+        cls, url: str, password: str | None, metrics: Metrics, *, timeout: float, retry_seconds: float,
+        window_seconds: float = 10.0, min_failures: int = 3, failure_ratio: float = 0.5, name: str = "redis",
     ) -> RedisGuard:
         client = aioredis.Redis.from_url(
             url,
@@ -49,11 +83,36 @@ class RedisGuard:
             retry_on_timeout=False,
             max_connections=200,
         )
-        return cls(client, metrics, retry_seconds=retry_seconds, timeout=timeout)
+        return cls(client, metrics, retry_seconds=retry_seconds, timeout=timeout, window_seconds=window_seconds,
+                   min_failures=min_failures, failure_ratio=failure_ratio, name=name)
 
     @property
     def up(self) -> bool:
         return self.last_error is None
+
+    @property
+    def open(self) -> bool:
+        """The breaker is open: calls are refused without trying."""
+        return time.monotonic() < self._down_until
+
+    @property
+    def read_only(self) -> bool:
+        """A write was refused as READONLY within the last `retry_seconds` (a standby's replica)."""
+        return time.monotonic() < self._read_only_until
+
+    def _record(self, now: float, failed: bool) -> None:
+        calls = self._calls
+        calls.append((now, failed))
+        self._failures += failed
+        horizon = now - self._window
+        while calls and calls[0][0] < horizon:
+            self._failures -= calls.popleft()[1]
+        if len(calls) > 10_000:  # bounded under any load: keep the newest half's counts exact enough
+            while len(calls) > 5_000:
+                self._failures -= calls.popleft()[1]
+
+    def _should_open(self) -> bool:
+        return self._failures >= self._min_failures and self._failures >= self._ratio * len(self._calls)
 
     async def run(self, operation: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         if time.monotonic() < self._down_until:
@@ -67,17 +126,30 @@ class RedisGuard:
             # outage, so the breaker stays closed: history keeps being read, and the first write after the
             # promotion (REPLICAOF NO ONE) succeeds at once.
             self._metrics.redis_errors.labels(operation).inc()
-            raise RedisUnavailable(f"ReadOnlyError: {err}") from err
+            self._read_only_until = time.monotonic() + self._retry_seconds
+            self._record(time.monotonic(), False)
+            raise RedisReadOnly(f"ReadOnlyError: {err}") from err
+        except ResponseError as err:  # the server answered: up, but refused (OOM, a script error)
+            self._metrics.redis_errors.labels(operation).inc()
+            self._record(time.monotonic(), False)
+            raise RedisRefused(f"{type(err).__name__}: {err}") from err
         except (RedisError, OSError) as err:  # (TimeoutError is an OSError)
+            now = time.monotonic()
             self._metrics.redis_errors.labels(operation).inc()
             self._metrics.redis_up.set(0)
             if self.last_error is None:
-                log.warning("redis unavailable", extra={"operation": operation, "error": str(err)})
+                log.warning("redis call failed", extra={"redis": self.name, "operation": operation,
+                                                         "error": str(err)})
             self.last_error = f"{type(err).__name__}: {err}"
-            self._down_until = time.monotonic() + self._retry_seconds
+            self._record(now, True)
+            if self._should_open() and now >= self._down_until:
+                log.warning("redis breaker open", extra={"redis": self.name, "failures": self._failures,
+                                                         "calls": len(self._calls)})
+                self._down_until = now + self._retry_seconds
             raise RedisUnavailable(self.last_error) from err
+        self._record(time.monotonic(), False)
         if self.last_error is not None:
-            log.info("redis back", extra={"operation": operation})
+            log.info("redis back", extra={"redis": self.name, "operation": operation})
         self.last_error = None
         self._metrics.redis_up.set(1)
         return result

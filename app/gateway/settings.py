@@ -42,7 +42,12 @@ class GatewayTuning(BaseModel):
 
     dns_interval_seconds: float = Field(default=5.0, gt=0)
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
-    redis_retry_seconds: float = Field(default=2.0, gt=0)  # how long to skip Redis after an error
+    redis_retry_seconds: float = Field(default=2.0, gt=0)  # how long the breaker stays open
+    # The breaker opens on an error rate, not one slow call: at least `min_failures` failed calls within
+    # the last `window_seconds`, and at least `failure_ratio` of that window's calls.
+    redis_breaker_window_seconds: float = Field(default=10.0, gt=0, le=600)
+    redis_breaker_min_failures: int = Field(default=3, ge=1, le=1000)
+    redis_breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
 
     auth_enabled: bool = True
     oidc_issuer: str = ""
@@ -54,10 +59,16 @@ class GatewayTuning(BaseModel):
     rate_limit_rpm: int = Field(default=120, ge=1)  # requests per window (per minute by default)
     rate_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)  # the sliding window
     rate_limit_concurrent: int = Field(default=8, ge=1)
+    # Redis unreachable (or a read-only standby): true = admit under this process's own limits (the rpm
+    # and concurrency divided by the gateway replicas), false = refuse with 503. Never unlimited.
     rate_limit_fail_open: bool = True
 
     session_ttl_seconds: int = Field(default=3600, ge=1)
     history_token_budget: int = Field(default=6000, ge=1)
+    # Per identity: live sessions, and the bytes their stored messages take (a turn is refused with 429
+    # once the identity is at its quota; one key cannot fill Redis for everyone).
+    session_max_per_identity: int = Field(default=100, ge=1, le=100_000)
+    session_max_bytes_per_identity: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     connect_timeout: float = Field(default=2.0, gt=0)
     first_token_timeout: float = Field(default=60.0, gt=0)
@@ -69,7 +80,9 @@ class GatewayTuning(BaseModel):
     health_timeout_seconds: float = Field(default=2.0, gt=0)
     eject_after_failures: int = Field(default=3, ge=1)  # passive ejection on consecutive 5xx/timeouts
 
-    max_tokens_cap: int = Field(default=4096, ge=1)
+    max_tokens_cap: int = Field(default=4096, ge=1)  # max_tokens is always sent, at most this
+    # n (or best_of) x prompts: the sequences one request makes vLLM generate; each holds a concurrency slot.
+    max_sequences_per_request: int = Field(default=16, ge=1, le=256)
     max_messages: int = Field(default=256, ge=1)
     max_content_chars: int = Field(default=200_000, ge=1)  # total characters of the input
 
@@ -88,6 +101,11 @@ class GatewaySettings(GatewayTuning, BaseSettings):
     model: str = ""  # the served model name; empty = accept what the backends report
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    # The rate limits' Redis: empty = the sessions' (redis_url) through a pool and breaker of their own, so a
+    # session write storm or its failures never switch the limits off; set it to give limits their own
+    # instance (or logical database).
+    rate_limit_redis_url: str = ""
+    rate_limit_replicas: int = Field(default=1, ge=1)  # gateway replicas: the local fallback's divisor
     api_key_hashes: SecretStr = SecretStr("{}")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # the edge's clientMaxBodySize, in bytes
     # After each session write, WAIT for one replica's acknowledgement up to this long (0: asynchronous).

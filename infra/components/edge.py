@@ -114,7 +114,7 @@ class Edge(kube.Tier):
         )
         template = kube.pod_template(
             s, "edge", "edge", uid=NGINX_UID, containers=[nginx, exporter], volumes=volumes,
-            grace_seconds=min(edge.proxy_read_timeout_seconds, 600) + 10,
+            grace_seconds=min(s.edge_read_timeout_seconds, 660) + 10,
             affinity=kube.spread_by_host(s, "edge", required=False),
             annotations={"qwen-serving.io/config-hash": kube.content_hash(self.nginx_conf)},
         )

@@ -2,6 +2,12 @@
 
 Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
 secretKeyRef. The HPA on CPU is declared by the monitoring tier (it owns autoscaling).
+
+Key rotation needs no manual restart: the pod template carries a hash of the API-key Secret's content and
+of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses
+no request: a preStop pause keeps a terminating pod serving while it leaves the Service's endpoints (and
+the edge's connections move), then SIGTERM starts the gateway's own drain (readiness off, in-flight
+requests finish within shutdownGraceSeconds).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from stackspec.settings import StackSettings
 GATEWAY_UID = 10001
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
 API_KEYS_KEY = "api-key-hashes"
+PRE_STOP_SECONDS = 10  # endpoints and kube-proxy catch up with a terminating pod within this
 
 
 @dataclass
@@ -73,13 +80,19 @@ class Gateway(kube.Tier):
             readiness_probe=kube.http_probe("/readyz", "http", period=5, failures=2),
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
             security_context=kube.restricted_container(),
+            # Keep serving while the pod leaves the endpoints; SIGTERM (the gateway's drain) comes after.
+            lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(PRE_STOP_SECONDS)]))),
         )
         template = kube.pod_template(
             s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
             volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
-            # The gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-            grace_seconds=math.ceil(gw.shutdown_grace_seconds) + 10,
+            # preStop, then the gateway drains itself on SIGTERM (readiness off, streams finish) within this.
+            grace_seconds=PRE_STOP_SECONDS + math.ceil(gw.shutdown_drain_seconds + gw.shutdown_grace_seconds) + 10,
             affinity=kube.spread_by_host(s, "gateway", required=False),
+            # Rotating keys (the Secret) or any setting rolls the pods: env from a Secret is read at start only.
+            annotations={"qwen-serving.io/config-hash": kube.content_hash(
+                json.dumps(s.api_key_hashes, sort_keys=True), json.dumps(self.env, sort_keys=True))},
         )
         # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
         scaled_by_hpa = ["spec.replicas"] if s.monitoring.enabled else None

@@ -21,8 +21,8 @@ TEMPLATE = "nginx.conf.j2"
 K8S_TLS_DIR = "/etc/nginx/tls"
 # Where the unprivileged nginx writes pid and temp files in the pod (an emptyDir).
 K8S_STATE_DIR = "/tmp/nginx"
-# The pod network may read /nginx_status too (RFC 1918: where cluster pod CIDRs live on-prem).
-POD_NETWORK_CIDRS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# /nginx_status answers loopback only: its reader is the nginx-prometheus-exporter sidecar in the same pod
+# (127.0.0.1), and Prometheus scrapes that exporter's own metrics port, never Nginx itself.
 
 _HOSTNAME_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
@@ -60,10 +60,11 @@ def render_nginx_conf(
     tls_key: str | None = None,
     local_prefix: str | None = None,
     tls_listen: str | None = None,
-    status_allow: Sequence[str] = POD_NETWORK_CIDRS,
+    status_allow: Sequence[str] = (),
 ) -> str:
     """nginx.conf text. With `local_prefix` (a writable dir) every path nginx writes lives under it and
-    nginx stays in the foreground; otherwise the pod layout (logs to stdout/stderr, state in /tmp/nginx)."""
+    nginx stays in the foreground; otherwise the pod layout (logs to stdout/stderr, state in /tmp/nginx).
+    `status_allow`: addresses beyond loopback that may read /nginx_status (none by default)."""
     edge = settings.edge
     if not gateway_upstreams:
         raise ValueError("gateway_upstreams: give at least one host:port of the gateway")
@@ -77,8 +78,13 @@ def render_nginx_conf(
         "client_max_body_size": _check(
             edge.client_max_body_size, _SIZE_RE, "qwen-serving:edge.clientMaxBodySize (e.g. 1m)"
         ),
-        "proxy_read_timeout": edge.proxy_read_timeout_seconds,
-        "gateway_upstreams": list(gateway_upstreams),
+        "proxy_read_timeout": settings.edge_read_timeout_seconds,
+        # One upstream (the gateway Service) is listed twice, so that a request refused by a gateway pod
+        # that is going away (connection refused/reset) is retried once (proxy_next_upstream).
+        "gateway_upstreams": list(gateway_upstreams) * (2 if len(gateway_upstreams) == 1 else 1),
+        "rate_per_second": edge.rate_limit_per_second,
+        "rate_burst": edge.rate_limit_burst,
+        "connections_per_client": edge.connections_per_client,
         "web_root": _check(web_root, _PATH_RE, "web_root"),
         "tls": edge.tls.enabled,
         "tls_cert": _check(tls_cert or f"{K8S_TLS_DIR}/tls.crt", _PATH_RE, "tls_cert"),

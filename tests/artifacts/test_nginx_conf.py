@@ -103,11 +103,31 @@ def test_v1_is_proxied_sse_safe_with_settings_timeouts() -> None:
         assert directive in v1, directive
     assert "client_max_body_size 4m;" in text
     health = _block(text, "location = /healthz")
-    assert "proxy_pass http://gateway/readyz;" in health and "return 200" not in health
+    # The gateway's status-only readiness (empty body); Nginx's own errors become a plain 503.
+    assert "proxy_pass http://gateway/readyz/status;" in health and "return 200" not in health
+    assert "proxy_intercept_errors on;" in health and "= @unready;" in health
     status = _block(text, "location = /nginx_status")
     assert "stub_status;" in status and status.rstrip("}").rstrip().endswith("deny all;")
+    assert [line.strip() for line in status.splitlines() if "allow" in line or "deny" in line] == [
+        "allow 127.0.0.1;", "allow ::1;", "deny all;"]  # loopback only: the exporter sidecar
     upstream = _block(text, "upstream gateway")
-    assert "keepalive" in upstream and "server gateway:8080" in upstream
+    # One Service listed twice: a connection refused by a terminating pod is retried once.
+    assert "keepalive" in upstream and upstream.count("server gateway:8080 max_fails=0;") == 2
+    assert "proxy_next_upstream error non_idempotent;" in v1
+
+
+def test_edge_limits_and_timeouts_come_from_settings() -> None:
+    settings = settings_with(
+        "staging", edge={"hostname": "chat.test", "replicas": 2, "rateLimitPerSecond": 7, "rateLimitBurst": 11,
+                         "connectionsPerClient": 5}, gateway={"replicas": 2, "totalTimeout": 300})
+    text = render_nginx_conf(settings)
+    assert "limit_req_zone $binary_remote_addr zone=api_rate:10m rate=7r/s;" in text
+    v1 = _block(text, "location /v1/")
+    assert "limit_req zone=api_rate burst=11 nodelay;" in v1 and "limit_conn api_conn 5;" in v1
+    # Longer than the gateway's total timeout (300 s): the gateway ends streams, Nginx never cuts one first.
+    assert "proxy_read_timeout 330s;" in v1
+    limited = _block(text, "location @edge_limited")
+    assert '"code":"edge_rate_limited"' in limited and "return 429" in limited
 
 
 def test_tls_redirects_plain_http_and_serves_the_api_only_over_tls() -> None:

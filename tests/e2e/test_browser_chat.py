@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, Playwright, Route, ViewportSize, expect, sync_playwright
 
 from localstack.stack import Endpoint, LocalStack
@@ -157,6 +158,44 @@ def test_wrong_key_shows_a_clear_401_message(page: Page) -> None:
     page.get_by_test_id("api-key").dispatch_event("change")
     expect(page.get_by_test_id("error")).to_contain_text("Not authorised (401)")
     expect(page.get_by_test_id("error")).to_contain_text("API key")
+
+
+def test_first_run_asks_for_a_key_instead_of_showing_a_401(page: Page) -> None:
+    """No key yet: the page asks for one (settings open, a notice, not an error) and calls no API."""
+    api_calls: list[str] = []
+    page.on("request", lambda request: api_calls.append(request.url) if "/v1/" in request.url else None)
+    page.goto("/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    notice = page.get_by_test_id("error")
+    expect(notice).to_contain_text("Enter your API key")
+    expect(notice).to_have_class("error notice")
+    expect(notice).not_to_contain_text("401")
+    expect(page.get_by_test_id("api-key")).to_be_visible()
+    send(page, "hello before any key")
+    expect(notice).to_contain_text("Enter your API key")
+    expect(page.get_by_test_id("input")).to_have_value("hello before any key")  # kept for later
+    assert api_calls == []
+
+
+def test_a_session_another_key_owns_starts_a_new_chat(page: Page, endpoint: Endpoint, local_stack: LocalStack) -> None:
+    """The browser remembers a session id that the current key does not own (another key used it in this
+    browser): the page starts a new chat instead of failing every turn with 404."""
+    assert local_stack.redis is not None
+    foreign = "web-foreign-session-0001"
+    store = redis.Redis(port=local_stack.redis.port, password=local_stack.redis.password)
+    store.hset(f"qs:session:{foreign}", mapping={"owner": "key:someone-else", "bytes": 0})
+    store.expire(f"qs:session:{foreign}", 600)
+    page.add_init_script(f"localStorage.setItem('qs.sessionId', '{foreign}')")
+    open_chat(page, endpoint.api_key, max_tokens=4)
+    send(page, "a turn of my own")
+    wait_idle(page)
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    expect(page.locator(".msg.user .body")).to_have_text(["a turn of my own"])
+    assert assistant_texts(page)[-1]
+    now = page.evaluate("localStorage.getItem('qs.sessionId')")
+    assert now != foreign
+    assert store.hget(f"qs:session:{foreign}", "owner") == b"key:someone-else"  # untouched
+    assert store.hget(f"qs:session:{now}", "owner") == b"key:local-dev"
 
 
 def test_rate_limit_message_shows_retry_after(page: Page, endpoint: Endpoint) -> None:

@@ -114,6 +114,26 @@ def redis_server(build_dir: Path, stack_settings: StackSettings) -> Iterator[Red
     handle.stop()
 
 
+def serve_json(answer: Callable[[], Any]) -> ThreadingHTTPServer:
+    """A local HTTP server (its own thread) answering every GET with `answer()` as JSON; `.shutdown()` ends it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(answer()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class JwksServer:
     """Serves the current JWKS; `rotate()` adds a new signing key (the old one stays published)."""
 
@@ -121,24 +141,12 @@ class JwksServer:
         self.keys: list[tuple[str, rsa.RSAPrivateKey]] = []
         self.fetches = 0
         self.rotate()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.fetches += 1
-                body = json.dumps(outer.jwks()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_json(self._answer)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _answer(self) -> dict[str, Any]:
+        self.fetches += 1
+        return self.jwks()
 
     def rotate(self) -> str:
         kid = f"k{len(self.keys) + 1}"
@@ -234,6 +242,7 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
         "GATEWAY_OIDC_JWKS_MIN_REFRESH_SECONDS": "0",
         "GATEWAY_RATE_LIMIT_RPM": "100000",
         "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",
+        "GATEWAY_SESSION_MAX_PER_IDENTITY": "100000",  # tests that check the quotas set their own
         "GATEWAY_HEALTH_INTERVAL_SECONDS": "0.5",
         "GATEWAY_FIRST_TOKEN_TIMEOUT": "20",
         "GATEWAY_IDLE_TIMEOUT": "10",

@@ -14,8 +14,9 @@ from tests.waiting import wait_until_async
 
 async def test_requests_per_minute_shared_by_two_gateways(start_gw: StartGateway, redis_server: RedisHandle) -> None:
     one, two = start_gw(rate_limit_rpm="5"), start_gw(rate_limit_rpm="5")
-    # carol's requests of the last minute (other tests) would count: start from an empty window.
-    redis.Redis(port=redis_server.port, password=redis_server.password).delete("qs:rl:requests:key:carol")
+    # carol's and bob's requests of the last minute (other tests) would count: start from empty windows.
+    redis.Redis(port=redis_server.port, password=redis_server.password).delete(
+        "qs:rl:requests:key:carol", "qs:rl:requests:key:bob")
     statuses: list[int] = []
     limited: list[httpx.Response] = []
     async with one.client() as a, two.client() as b:
@@ -45,11 +46,11 @@ async def test_concurrent_requests_limit_shared_by_two_gateways(
               "retry_attempts": "1"}
     one, two = start_gw(expect_ready=False, **limits), start_gw(expect_ready=False, **limits)
     slots = redis.Redis(port=redis_server.port, password=redis_server.password)
-    key = "qs:rl:concurrent:key:carol"
+    key = "qs:rl:slots:key:carol"  # one member per held sequence, scored by its deadline
     body = chat_body(stream=True)
     async with one.client() as a, two.client() as b:
         held = [asyncio.create_task(c.post("/v1/chat/completions", headers=auth("carol"), json=body)) for c in (a, b)]
-        await wait_until_async(lambda: asyncio.to_thread(lambda: int(slots.get(key) or 0) == 2),
+        await wait_until_async(lambda: asyncio.to_thread(lambda: slots.zcard(key) == 2),
                                "the two held requests take their slots", within=10)
         third, fourth = await asyncio.gather(
             a.post("/v1/chat/completions", headers=auth("carol"), json=chat_body()),
@@ -61,4 +62,4 @@ async def test_concurrent_requests_limit_shared_by_two_gateways(
         assert resp.headers["retry-after"] == "1"
         assert resp.json()["error"]["code"] == "concurrency_limit_exceeded"
     assert [r.status_code for r in timed_out] == [504, 504]
-    assert int(slots.get(key) or 0) == 0  # released when the requests ended
+    assert slots.zcard(key) == 0  # released when the requests ended

@@ -15,9 +15,11 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
+from app.gateway.errors import ApiError
 from app.gateway.metrics import Metrics
 from app.gateway.ratelimit.limiter import RateLimiter
-from app.gateway.redis_client import RedisGuard
+from app.gateway.redis_client import RedisGuard, RedisUnavailable
+from localstack.processes import free_port
 from localstack.services import RedisHandle, start_redis
 from stackspec.settings import StackSettings
 from tests.gateway.conftest import Gateway, StartGateway, auth, chat_body
@@ -103,20 +105,112 @@ async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redi
     guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
     limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
     plain = redis.Redis(port=own_redis.port, password=own_redis.password)
-    key = "qs:rl:concurrent:key:frozen-release"
+    key = "qs:rl:slots:key:frozen-release"
     plain.delete(key)
     slot = await limiter.admit("key:frozen-release")
-    assert int(plain.get(key) or 0) == 1
+    assert plain.zcard(key) == 1
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
         await slot.release()  # times out: handed to the background retry
         assert metric((await asyncio.to_thread(lambda: metrics_text(metrics))), "gateway_redis_errors_total") >= 1
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
-    await wait_until_async(lambda: asyncio.to_thread(lambda: int(plain.get(key) or 0) == 0),
+    await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(key) == 0),
                            "the slot is given back once Redis answers", within=20)
     await guard.close()
 
 
 def metrics_text(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
+
+
+async def test_the_breaker_opens_on_an_error_rate_not_one_slow_call(own_redis: RedisHandle) -> None:
+    """One timeout (Redis frozen for a moment) does not open the breaker: the next call goes through.
+    Failures making up the error rate do: then calls are refused without trying, even with Redis back."""
+    metrics = Metrics()
+    guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.2, retry_seconds=30,
+                                window_seconds=60, min_failures=3, failure_ratio=0.5)
+    try:
+        assert await guard.ping()
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            assert not await guard.ping()  # one timeout
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert not guard.open
+        assert await guard.ping()  # straight through: one slow call is not an outage
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                assert not await guard.ping()
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert guard.open  # 4 of the window's 6 calls failed: at least 3, and at least half
+        with pytest.raises(RedisUnavailable):
+            await guard.run("probe", lambda r: r.ping())  # refused without trying, though Redis answers
+    finally:
+        await guard.close()
+
+
+async def test_limits_go_local_when_their_redis_is_unreachable() -> None:
+    """No Redis at all: each process enforces rpm / replicas itself (never unlimited), or refuses (503)."""
+    metrics = Metrics()
+    guard = RedisGuard.from_url(f"redis://127.0.0.1:{free_port()}/0", None, metrics, timeout=0.5, retry_seconds=5)
+    local = RateLimiter(guard, metrics, rpm=4, concurrent=2, fail_open=True, slot_ttl_seconds=60, replicas=2)
+    closed = RateLimiter(guard, metrics, rpm=4, concurrent=2, fail_open=False, slot_ttl_seconds=60, replicas=2)
+    try:
+        first = await local.admit("key:somebody")
+        with pytest.raises(ApiError) as busy:
+            await local.admit("key:somebody")  # concurrency 2 / 2 replicas = 1 here
+        assert busy.value.code == "concurrency_limit_exceeded"
+        await first.release()
+        await (await local.admit("key:somebody")).release()
+        with pytest.raises(ApiError) as limited:
+            await local.admit("key:somebody")  # rpm 4 / 2 replicas = 2 per window here
+        assert limited.value.status == 429 and limited.value.code == "rate_limit_exceeded"
+        await (await local.admit("key:someone-else")).release()  # per identity, as in Redis
+        with pytest.raises(ApiError) as refused:
+            await closed.admit("key:other")
+        assert refused.value.status == 503 and refused.value.code == "rate_limit_unavailable"
+    finally:
+        await guard.close()
+
+
+async def test_a_standby_gateway_reads_history_from_the_replica_and_limits_locally(
+    start_gw: StartGateway, own_redis: RedisHandle, build_dir: Path, stack_settings: StackSettings
+) -> None:
+    """A standby site before promotion: its Redis is a read-only replica. Chat answers with the replicated
+    history, the turn is reported not stored, the limits are local (not switched off); once promoted
+    (REPLICAOF NO ONE) turns are stored again."""
+    replica = start_redis(build_dir / "redis-standby", settings=stack_settings, password=own_redis.password)
+    try:
+        follower = redis.Redis(port=replica.port, password=replica.password)
+        follower.config_set("masterauth", own_redis.password or "")
+        follower.replicaof("127.0.0.1", own_redis.port)
+        primary_gw = start_gw(redis_url=own_redis.url, redis_password=own_redis.password or "")
+        standby_gw = start_gw(redis_url=replica.url, redis_password=replica.password or "",
+                              redis_retry_seconds="0.5", rate_limit_replicas="2")
+        sid = f"standby-{os.getpid()}-{time.monotonic_ns()}"
+        headers = {**auth("alice"), "X-Session-Id": sid}
+        async with primary_gw.client() as primary, standby_gw.client() as standby:
+            first = await primary.post("/v1/chat/completions", headers=headers, json=chat_body("My name is Ada."))
+            assert first.status_code == 200
+            await wait_until_async(lambda: asyncio.to_thread(lambda: follower.exists(f"qs:session:{sid}") == 1),
+                                   "the turn is replicated", within=10)
+            answered = await standby.post("/v1/chat/completions", headers=headers, json=chat_body("My name?"))
+            assert answered.status_code == 200, answered.text
+            assert answered.headers["x-session-stored"] == "false"  # the client is told
+            alone = await standby.post("/v1/chat/completions", headers=auth("alice"), json=chat_body("My name?"))
+            assert answered.json()["usage"]["prompt_tokens"] > alone.json()["usage"]["prompt_tokens"]  # history
+            ready = (await standby.get("/readyz")).json()
+            assert ready["redis"] == "read-only" and ready["rate_limits"] == "local"
+            assert metric((await standby.get("/metrics")).text, "gateway_rate_limit_fail_open_total") >= 1
+            follower.replicaof("NO", "ONE")  # promoted
+
+            async def stored() -> bool:
+                resp = await standby.post("/v1/chat/completions", headers=headers, json=chat_body("promoted"))
+                return resp.status_code == 200 and resp.headers.get("x-session-stored") != "false"
+
+            await wait_until_async(stored, "turns are stored once the standby is promoted", within=15, interval=0.3)
+    finally:
+        replica.stop()

@@ -190,11 +190,32 @@ def test_gateway_deployment_service_probes_and_pdb(stack: str) -> None:
     assert gw["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gw["image"] == run.outputs["images"]["gateway"]
     assert gw["resources"]["requests"] == {"cpu": s.gateway.cpu_request, "memory": s.gateway.memory_request}
-    assert spec["terminationGracePeriodSeconds"] > s.gateway.shutdown_grace_seconds
+    # preStop keeps serving while the pod leaves the endpoints; then the drain; the grace covers both.
+    assert gw["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    pre_stop = int(gw["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] > (
+        pre_stop + s.gateway.shutdown_drain_seconds + s.gateway.shutdown_grace_seconds)
     service = obj(run, SERVICE, "gateway-service")
     assert service["metadata"]["name"] == "gateway"
     assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
     assert obj(run, PDB, "gateway-pdb")["spec"]["maxUnavailable"] == 1
+
+
+def test_rotating_api_keys_rolls_the_gateway_pods() -> None:
+    """Keys reach the gateway as env from a Secret (read at start only): the pod template carries a hash of
+    the Secret's content, so revoking a key changes the template and the Deployment rolls."""
+    from infra.offline import run_stack
+
+    def template_hash(hashes: str) -> str:
+        run = run_stack("staging", overrides={f"{PROJECT}:apiKeyHashes": hashes})
+        annotations = obj(run, DEPLOYMENT, "gateway")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["qwen-serving.io/config-hash"])
+
+    one, two = "a" * 64, "b" * 64
+    both = template_hash(f'{{"{one}": "alice", "{two}": "bob"}}')
+    revoked = template_hash(f'{{"{one}": "alice"}}')
+    assert both != revoked
+    assert template_hash(f'{{"{two}": "bob", "{one}": "alice"}}') == both  # same keys, same pods
 
 
 # --- edge -----------------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("prod", "site.role", "primary-ish", "qwen-serving:site.role", "primary"),
     ("dev", "site.name", "Dev_Site", "qwen-serving:site.name", "pattern"),
     ("dev", "edge.nodePort", 80, "qwen-serving:edge.nodePort", "30000"),
+    # hardening: Nginx outlives the gateway's own timeout; limits and quotas are bounded
+    ("dev", "edge.proxyReadTimeoutSeconds", 600, "qwen-serving:edge.proxyReadTimeoutSeconds", "raise it"),
+    ("dev", "edge.rateLimitPerSecond", 0, "qwen-serving:edge.rateLimitPerSecond", "greater than or equal to 1"),
+    ("dev", "gateway.maxSequencesPerRequest", 0, "qwen-serving:gateway.maxSequencesPerRequest", "greater than"),
+    ("dev", "gateway.redisBreakerFailureRatio", 1.5, "qwen-serving:gateway.redisBreakerFailureRatio", "less than"),
+    ("dev", "gateway.sessionMaxBytesPerIdentity", 10, "qwen-serving:gateway.sessionMaxBytesPerIdentity",
+     "greater than"),
     # disaster recovery (README): the replication link, backups
     ("prod", "redis.replication", DELETE, "qwen-serving:redis.replication.peerCidrs", "egress CIDRs"),
     ("prod", "redis.replication.peerCidrs", ["0.0.0.0/0"], "qwen-serving:redis.replication.peerCidrs[0]",

@@ -26,7 +26,8 @@ class GatewayContext:
     client: aiohttp.ClientSession
     pool: BackendPool
     proxy: Proxy
-    redis: RedisGuard
+    redis: RedisGuard  # sessions
+    limits_redis: RedisGuard  # rate limits: a pool and breaker of their own
     limiter: RateLimiter
     sessions: SessionStore
     auth: Authenticator

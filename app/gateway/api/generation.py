@@ -19,7 +19,7 @@ from app.gateway.logging import log, request_id_var
 from app.gateway.proxy import StreamAccount, UpstreamClientError, UpstreamStream
 from app.gateway.ratelimit.limiter import Slot
 from app.gateway.redis_client import RedisUnavailable
-from app.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from app.gateway.schemas import ChatCompletionRequest, CompletionRequest, request_body
 from app.gateway.sessions.history import compose, content_text
 from app.gateway.sessions.store import Session, validate_session_id
 
@@ -53,6 +53,23 @@ def check_max_tokens(ctx: GatewayContext, **values: int | None) -> None:
         if value is not None and value > cap:
             raise ApiError(400, f"{name} is {value}; the maximum here is {cap}", code="max_tokens_too_large",
                            param=name)
+
+
+def always_max_tokens(ctx: GatewayContext, body: dict[str, Any], *names: str) -> None:
+    """vLLM always gets a bound: the request's own (already checked against the cap), or the cap. Without
+    it only the model's length bounds an answer (`ignore_eos` or a model that never stops)."""
+    if all(body.get(name) is None for name in names):
+        body[names[0]] = ctx.settings.max_tokens_cap
+
+
+def check_sequences(ctx: GatewayContext, sequences: int, param: str) -> int:
+    """n x prompts: what one request makes vLLM generate at once. Bounded, and counted (each sequence holds
+    a concurrency slot), so one request cannot take more of the GPUs than the caller's limit."""
+    limit = min(ctx.settings.max_sequences_per_request, ctx.settings.rate_limit_concurrent)
+    if sequences > limit:
+        raise ApiError(400, f"This request asks for {sequences} sequences (n x prompts); the limit is {limit}",
+                       code="too_many_sequences", param=param)
+    return sequences
 
 
 def check_input_size(ctx: GatewayContext, chars: int) -> None:
@@ -188,7 +205,7 @@ def _session_id(request: Request, raw: dict[str, Any]) -> str | None:
     return validate_session_id(value)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Any:
     ctx, identity = await context_and_caller(request)
     raw = await read_json_object(request, ctx.settings.max_body_bytes)
@@ -197,12 +214,14 @@ async def chat_completions(request: Request) -> Any:
     if len(parsed.messages) > ctx.settings.max_messages:
         raise ApiError(400, f"{len(parsed.messages)} messages; the limit is {ctx.settings.max_messages}",
                        code="too_many_messages", param="messages")
-    messages = [m.model_dump(exclude_none=False) for m in parsed.messages]
+    messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
     check_input_size(ctx, sum(len(content_text(m)) for m in messages))
     check_max_tokens(ctx, max_tokens=parsed.max_tokens, max_completion_tokens=parsed.max_completion_tokens)
+    always_max_tokens(ctx, raw, "max_tokens", "max_completion_tokens")
+    sequences = check_sequences(ctx, parsed.n, "n")
     model = resolve_model(ctx, parsed.model)
 
-    slot = await ctx.limiter.admit(identity.subject)
+    slot = await ctx.limiter.admit(identity.subject, sequences)
     try:
         session: Session | None = None
         sent = messages
@@ -210,7 +229,8 @@ async def chat_completions(request: Request) -> Any:
         new_messages = [m for m in messages if m["role"] not in ("system", "developer")]
         if session_id is not None:
             try:
-                session = await ctx.sessions.load(session_id, identity.subject)
+                # Claims a new id for this caller atomically (404 if another holds it; 429 over quota).
+                session = await ctx.sessions.open_turn(session_id, identity.subject)
             except RedisUnavailable:
                 log.warning("session unavailable: answering without history", extra={"session_id": session_id})
                 session = Session(session_id, identity.subject, unavailable=True)
@@ -231,7 +251,7 @@ async def chat_completions(request: Request) -> Any:
     )
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Any:
     ctx, identity = await context_and_caller(request)
     raw = await read_json_object(request, ctx.settings.max_body_bytes)
@@ -239,11 +259,15 @@ async def completions(request: Request) -> Any:
         raise ApiError(400, "Sessions apply to /v1/chat/completions only", code="invalid_session_id",
                        param="session_id")
     parsed = parse_model(CompletionRequest, raw)
-    prompts = [parsed.prompt] if isinstance(parsed.prompt, str) else parsed.prompt
-    check_input_size(ctx, sum(len(p) if isinstance(p, str | list) else 1 for p in prompts))
+    prompt = parsed.prompt
+    # str | list[str] | list[int] (one tokenised prompt) | list[list[int]]
+    prompts: list[Any] = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else list(prompt)
+    check_input_size(ctx, sum(len(p) for p in prompts))
     check_max_tokens(ctx, max_tokens=parsed.max_tokens)
+    always_max_tokens(ctx, raw, "max_tokens")
+    sequences = check_sequences(ctx, parsed.n * len(prompts), "n" if len(prompts) == 1 else "prompt")
     model = resolve_model(ctx, parsed.model)
-    slot = await ctx.limiter.admit(identity.subject)
+    slot = await ctx.limiter.admit(identity.subject, sequences)
     body = {**raw, "model": model}
     return await _generate(
         request, ctx, identity, path="/v1/completions", body=body, model=model, stream=parsed.stream,

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.gateway.api.context import Caller, Ctx
+from app.gateway.api.context import Caller, Ctx, GatewayContext
 
 router = APIRouter()
 
@@ -19,21 +19,35 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def is_ready(ctx: GatewayContext) -> bool:
+    """Ready = not draining and at least one healthy backend. Redis is reported, not required (limits go
+    local, sessions stateless)."""
+    ready = bool(ctx.pool.healthy()) and not ctx.draining
+    ctx.metrics.ready.set(1 if ready else 0)
+    return ready
+
+
 @router.get("/readyz")
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Ready = not draining and at least one healthy backend. Redis is reported, not required (fail open)."""
-    healthy = ctx.pool.healthy()
+    """The detailed readiness, for the kubelet and operators on the gateway's own port (never public: the
+    edge's /healthz answers with `/readyz/status`)."""
     redis_up = await ctx.redis.ping()
-    ready = bool(healthy) and not ctx.draining
-    ctx.metrics.ready.set(1 if ready else 0)
+    ready = is_ready(ctx)
     body = {
         "ready": ready,
         "draining": ctx.draining,
         "backends": {b.address: {"healthy": b.healthy, "outstanding": b.outstanding} for b in ctx.pool.all()},
-        "redis": "up" if redis_up else "down",
+        "redis": ("read-only" if ctx.redis.read_only else "up") if redis_up else "down",
         "redis_error": None if redis_up else ctx.redis.last_error,
+        "rate_limits": "local" if ctx.limits_redis.read_only or ctx.limits_redis.open else "shared",
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/readyz/status")
+async def readyz_status(ctx: Ctx) -> Response:
+    """Readiness as a status code only (200/503, empty body): what the public edge exposes as /healthz."""
+    return Response(status_code=200 if is_ready(ctx) else 503)
 
 
 @router.get("/metrics")

@@ -1,15 +1,49 @@
-"""Active health probes and DNS discovery, as background tasks owned by the app's lifespan."""
+"""Active health probes and DNS discovery, as supervised background tasks owned by the app's lifespan.
+
+A probe reads the backend's answer defensively (a backend is not trusted to send what vLLM sends), and
+a loop that raises anyway is logged, counted (gateway_background_errors_total) and restarted: backend
+health never freezes silently.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 
 from app.gateway.backends.pool import Backend, BackendPool
 from app.gateway.logging import log
+from app.gateway.metrics import Metrics
+
+
+def supervise(
+    name: str, loop: Callable[[], Coroutine[Any, Any, None]], metrics: Metrics, *, backoff: float = 1.0
+) -> asyncio.Task[None]:
+    """Run `loop()` as a task; if it raises, log, count, wait `backoff` and start it again (until cancelled)."""
+
+    async def supervisor() -> None:
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the loop must go on, whatever a backend sent
+                metrics.background_errors.labels(name).inc()
+                log.exception("background task failed; restarting it", extra={"task": name, "error": repr(err)})
+            await asyncio.sleep(backoff)
+
+    return asyncio.create_task(supervisor(), name=name)
+
+
+def served_models(document: Any) -> list[dict[str, Any]]:
+    """The model entries of a `/v1/models` answer that have a string id; [] for anything else."""
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(data, list):
+        return []
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
 
 
 async def probe(client: aiohttp.ClientSession, pool: BackendPool, backend: Backend, probe_timeout: float) -> None:
@@ -18,9 +52,9 @@ async def probe(client: aiohttp.ClientSession, pool: BackendPool, backend: Backe
         async with client.get(
             f"{backend.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=probe_timeout)
         ) as resp:
-            ok = resp.status == 200
-            models: list[dict[str, Any]] = (await resp.json(content_type=None)).get("data", []) if ok else []
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            models = served_models(await resp.json(content_type=None)) if resp.status == 200 else []
+            ok = bool(models)  # a 200 that lists no model is not vLLM ready to serve
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         ok, models = False, []
     pool.mark_probe(backend, ok, models)
 

@@ -3,21 +3,28 @@
 - Requests per window (a minute by default): a sliding window — each admitted request is a member of a
   sorted set scored by Redis's own clock, members older than the window are pruned at admission — so
   there is no calendar boundary at which a caller gets twice the limit.
-- Concurrent requests (streams included): a counter INCRemented on admission (refused and undone in the
-  same script when over the limit) and DECRemented when the response ends. The key carries a TTL longer
-  than any request, so a gateway that dies mid-request cannot leak a slot forever.
+- Concurrent sequences (streams included): a sorted set of slots per identity, one member per sequence a
+  request makes vLLM generate (n x prompts), scored by its deadline (now + the longest a request can
+  live). Admission prunes members past their deadline, counts, and adds, in the same script as the
+  window check (one round trip); release removes the request's members. A gateway killed mid-request
+  leaks its slots only until their deadline, however often the caller retries meanwhile.
 
-When Redis is unavailable the limits fail open (default; counted in a metric) or refuse with 503.
+The limits have their own Redis pool and breaker (GATEWAY_RATE_LIMIT_REDIS_URL, or the sessions' Redis
+through a pool of their own). When that Redis is unreachable, out of memory, or a read-only standby
+replica, each process enforces the limits itself, divided by the number of gateway replicas
+(`LocalLimits`; counted in gateway_rate_limit_fail_open_total), or refuses with 503 if fail-open is off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -27,11 +34,12 @@ from app.gateway.logging import log
 from app.gateway.metrics import Metrics
 from app.gateway.redis_client import RedisGuard, RedisUnavailable
 
-# One round trip per admission. KEYS: the identity's request log (sorted set), its concurrency counter.
-# ARGV: request limit, window (ms), concurrency limit, concurrency-key TTL (s), this request's member.
+# One round trip per admission. KEYS: the identity's request log (sorted set), its slots (sorted set).
+# ARGV: request limit, window (ms), concurrency limit, slot lifetime (ms), this request's member, weight.
 # Returns {0, seconds until a request leaves the window} when over the request limit, {-1, 1} when over
-# the concurrency limit (its INCR undone), {1, 0} when admitted (and logged). Refused requests are not
-# logged, so retrying while limited does not extend the wait. Redis's clock: one time for all replicas.
+# the concurrency limit, {1, 0} when admitted (logged, slots taken as <member>:1..<weight>). Refused
+# requests are not logged, so retrying while limited does not extend the wait. Redis's clock: one time
+# for all replicas.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,22 +49,19 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {0, math.ceil((tonumber(oldest[2]) + window - now) / 1000)}
 end
-local c = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-if c > tonumber(ARGV[3]) then
-  redis.call('DECR', KEYS[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local weight = tonumber(ARGV[6])
+if redis.call('ZCARD', KEYS[2]) + weight > tonumber(ARGV[3]) then
   return {-1, 1}
 end
+local life = tonumber(ARGV[4])
+for i = 1, weight do
+  redis.call('ZADD', KEYS[2], now + life, ARGV[5] .. ':' .. i)
+end
+redis.call('PEXPIRE', KEYS[2], life)
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], window)
 return {1, 0}
-"""
-
-# Never below zero (a slot released after its key expired).
-_RELEASE = """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n > 0 then return redis.call('DECR', KEYS[1]) end
-return 0
 """
 
 
@@ -80,17 +85,61 @@ class Script:
 
 @dataclass
 class Slot:
-    """A held concurrency slot; `release()` is idempotent."""
+    """Held concurrency slots (`weight` sequences); `release()` is idempotent."""
 
-    key: str | None
+    key: str | None  # None: admitted by the local limits (or not limited at all)
     limiter: RateLimiter
+    members: list[str] = field(default_factory=list)
+    subject: str = ""
+    weight: int = 1
+    local: bool = False
     released: bool = False
 
     async def release(self) -> None:
-        if self.released or self.key is None:
+        if self.released:
             return
         self.released = True
-        await self.limiter.release(self.key)
+        if self.local:
+            self.limiter.local.release(self.subject, self.weight)
+        elif self.key is not None:
+            await self.limiter.release(self.key, self.members)
+
+
+class LocalLimits:
+    """This process's own limits while the shared ones are unavailable: the rpm and concurrency divided by
+    the number of gateway replicas (rounded up), per identity, over the same sliding window."""
+
+    def __init__(self, *, rpm: int, concurrent: int, window_seconds: float, replicas: int):
+        self.rpm = max(1, math.ceil(rpm / replicas))
+        self.concurrent = max(1, math.ceil(concurrent / replicas))
+        self.window = window_seconds
+        self._log: dict[str, collections.deque[float]] = {}
+        self._inflight: dict[str, int] = {}
+
+    def admit(self, subject: str, weight: int) -> int:
+        """0 if admitted, else the seconds to wait (-1: over the concurrency limit)."""
+        now = time.monotonic()
+        times = self._log.setdefault(subject, collections.deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) >= self.rpm:
+            return max(1, math.ceil(times[0] + self.window - now))
+        inflight = self._inflight.get(subject, 0)
+        if inflight and inflight + weight > self.concurrent:
+            return -1
+        times.append(now)
+        self._inflight[subject] = inflight + weight
+        if len(self._log) > 100_000:  # bounded: forget identities with nothing in the window
+            for idle in [k for k, v in self._log.items() if not v and not self._inflight.get(k)]:
+                del self._log[idle]
+        return 0
+
+    def release(self, subject: str, weight: int) -> None:
+        left = self._inflight.get(subject, 0) - weight
+        if left > 0:
+            self._inflight[subject] = left
+        else:
+            self._inflight.pop(subject, None)
 
 
 class RateLimiter:
@@ -103,75 +152,88 @@ class RateLimiter:
         window_seconds: float = 60.0,
         concurrent: int,
         fail_open: bool,
-        slot_ttl_seconds: int,
+        slot_ttl_seconds: float,
+        replicas: int = 1,
     ):
         self._redis, self._metrics = redis, metrics
         self.rpm, self.concurrent, self.fail_open = rpm, concurrent, fail_open
         self.window_ms = max(1, round(window_seconds * 1000))
         self._slot_ttl = slot_ttl_seconds
+        self._slot_ttl_ms = max(1, round(slot_ttl_seconds * 1000))
+        self.local = LocalLimits(rpm=rpm, concurrent=concurrent, window_seconds=window_seconds, replicas=replicas)
         self._pending_releases: set[asyncio.Task[None]] = set()
         # Sent once, then called by SHA (EVALSHA; reloaded if Redis restarted empty).
         self._admit = Script(_ADMIT)
-        self._release = Script(_RELEASE)
         # A unique member per admission: this process's random prefix and a counter (no uuid4 per request).
         self._member_prefix = os.urandom(8).hex()
         self._members = itertools.count()
 
-    def _unavailable(self) -> None:
+    def _refused(self, limit: str, retry: int) -> ApiError:
+        self._metrics.rate_limited.labels(limit).inc()
+        if limit == "rpm":
+            return ApiError(
+                429, f"Rate limit reached: {self.rpm} requests per {self.window_ms / 1000:g} s; retry in {retry} s",
+                code="rate_limit_exceeded", headers={"Retry-After": str(retry)},
+            )
+        return ApiError(
+            429, f"Too many concurrent requests: the limit is {self.concurrent} sequences (n x prompts)",
+            code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
+        )
+
+    def _admit_locally(self, subject: str, weight: int) -> Slot:
         if not self.fail_open:
             raise ApiError(503, "Rate limiting is unavailable; try again shortly", code="rate_limit_unavailable",
                            headers={"Retry-After": "1"})
+        wait = self.local.admit(subject, weight)
+        if wait == -1:
+            raise self._refused("concurrent", 1)
+        if wait > 0:
+            raise self._refused("rpm", wait)
         self._metrics.rate_limit_fail_open.inc()
+        return Slot(None, self, subject=subject, weight=weight, local=True)
 
-    async def admit(self, subject: str) -> Slot:
-        """Check the request window, then take a concurrency slot; 429 + Retry-After if over either."""
+    async def admit(self, subject: str, weight: int = 1) -> Slot:
+        """Check the request window, then take `weight` concurrency slots; 429 + Retry-After if over either."""
+        if self._redis.read_only:  # a standby's replica: limits are local until it is promoted
+            return self._admit_locally(subject, weight)
         log_key = f"qs:rl:requests:{subject}"
-        slot_key = f"qs:rl:concurrent:{subject}"
+        slot_key = f"qs:rl:slots:{subject}"
         member = f"{self._member_prefix}-{next(self._members)}"
-        args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl, member]
+        args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl_ms, member, weight]
         try:
             verdict, retry = await self._redis.run(
                 "ratelimit", lambda r: self._admit(r, [log_key, slot_key], args),
             )
         except RedisUnavailable:
-            self._unavailable()
-            return Slot(None, self)
+            return self._admit_locally(subject, weight)
         if verdict == 0:
-            self._metrics.rate_limited.labels("rpm").inc()
-            retry = max(int(retry), 1)
-            raise ApiError(
-                429, f"Rate limit reached: {self.rpm} requests per {self.window_ms / 1000:g} s; retry in {retry} s",
-                code="rate_limit_exceeded", headers={"Retry-After": str(retry)},
-            )
+            raise self._refused("rpm", max(int(retry), 1))
         if verdict == -1:
-            self._metrics.rate_limited.labels("concurrent").inc()
-            raise ApiError(
-                429, f"Too many concurrent requests: the limit is {self.concurrent}",
-                code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
-            )
-        return Slot(slot_key, self)
+            raise self._refused("concurrent", 1)
+        return Slot(slot_key, self, members=[f"{member}:{i}" for i in range(1, weight + 1)], subject=subject,
+                    weight=weight)
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, members: list[str]) -> None:
         try:
-            await self._release_once(key)
+            await self._release_once(key, members)
         except RedisUnavailable:
-            # A slot not given back blocks its owner until the key expires: keep trying in the background.
-            task = asyncio.create_task(self._release_later(key))
+            # A slot not given back blocks its owner until its deadline: keep trying in the background.
+            task = asyncio.create_task(self._release_later(key, members))
             self._pending_releases.add(task)
             task.add_done_callback(self._pending_releases.discard)
 
-    async def _release_once(self, key: str) -> None:
-        await self._redis.run("ratelimit", lambda r: self._release(r, [key], []))
+    async def _release_once(self, key: str, members: list[str]) -> None:
+        await self._redis.run("ratelimit", lambda r: r.zrem(key, *members))
 
-    async def _release_later(self, key: str) -> None:
-        """Retry a failed release (Redis slow or briefly down) with backoff until the key would expire."""
+    async def _release_later(self, key: str, members: list[str]) -> None:
+        """Retry a failed release (Redis slow or briefly down) with backoff until the slots' deadline."""
         deadline = time.monotonic() + self._slot_ttl
         delay = 0.1
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)  # backoff between attempts
             try:
-                await self._release_once(key)
+                await self._release_once(key, members)
                 return
             except RedisUnavailable:
                 delay = min(delay * 2, 2.0)
-        log.warning("could not release a concurrency slot; it expires with its key", extra={"key": key})
+        log.warning("could not release a concurrency slot; it expires at its deadline", extra={"key": key})

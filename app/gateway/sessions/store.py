@@ -1,10 +1,17 @@
 """Conversation sessions in Redis.
 
 Layout per session id:
-- `qs:session:<id>` hash: `owner` (the identity that created it), `system` (its system prompt, if any)
+- `qs:session:<id>` hash: `owner` (the identity that claimed it), `system` (its system prompt, if any),
+  `bytes` (what its stored messages and system prompt take)
 - `qs:session:<id>:messages` list of JSON messages (user/assistant turns, oldest first)
-Both carry the session TTL, refreshed on every completed turn. A session belongs to its owner; for anyone
-else it does not exist (404), so ids cannot be probed.
+Per identity (the quotas): `qs:owner:<identity>:sessions` (sorted set: session id -> expiry, ms) and
+`qs:owner:<identity>:bytes` (hash: session id -> bytes).
+Everything carries the session TTL, refreshed on every completed turn. A session belongs to its owner;
+for anyone else it does not exist (404), so ids cannot be probed.
+
+Ownership is claimed atomically when a session is first used (`open_turn`: one script checks the owner,
+claims a new id and checks the identity's quotas), and every append checks the owner in the same script
+that appends, so two identities racing on one new id cannot both write to it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 
 from app.gateway.errors import ApiError
 from app.gateway.logging import log
-from app.gateway.redis_client import RedisGuard
+from app.gateway.redis_client import RedisGuard, RedisReadOnly, RedisUnavailable
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")
 MAX_STORED_MESSAGES = 1000  # a hard cap on the list; the token budget trims what is sent long before this
@@ -52,16 +59,119 @@ def _keys(session_id: str) -> tuple[str, str]:
     return f"qs:session:{session_id}", f"qs:session:{session_id}:messages"
 
 
+def _owner_keys(owner: str) -> tuple[str, str]:
+    return f"qs:owner:{owner}:sessions", f"qs:owner:{owner}:bytes"
+
+
+class SessionConflict(RedisUnavailable):
+    """The session belongs to someone else (claimed meanwhile): the turn is not stored."""
+
+
+# Forget the identity's sessions that expired (their index entries and sizes). Shared by the scripts.
+_PRUNE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[4], unpack(gone))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+end
+"""
+
+# KEYS: meta, messages, owner's index, owner's sizes. ARGV: owner, ttl (ms), max sessions, max bytes, id.
+# {0}: someone else's; {-1}: the owner has its maximum of sessions; {-2, used}: its bytes quota is used up;
+# {1, has_system, system, messages...}: the session, claimed now if it was new.
+_OPEN_TURN = _PRUNE + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= ARGV[1] then return {0} end
+if not owner then
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {-1} end
+  local ttl = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'bytes', 0)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
+  redis.call('HSET', KEYS[4], ARGV[5], 0)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
+local used = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[4])) do used = used + tonumber(v) end
+if used >= tonumber(ARGV[4]) then return {-2, used} end
+local system = redis.call('HGET', KEYS[1], 'system')
+local out = {1, system and '1' or '0', system or ''}
+for _, m in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do out[#out + 1] = m end
+return out
+"""
+
+# KEYS as above. ARGV: owner, ttl (ms), max stored messages, id, has system ('1'/'0'), system, messages...
+# 0: someone else's (nothing written); 1: appended, TTLs and the owner's size refreshed.
+_APPEND = _PRUNE + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[2])
+local size = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+if not owner then redis.call('HSET', KEYS[1], 'owner', ARGV[1]) end
+if ARGV[5] == '1' then
+  size = size - string.len(redis.call('HGET', KEYS[1], 'system') or '') + string.len(ARGV[6])
+  redis.call('HSET', KEYS[1], 'system', ARGV[6])
+end
+for i = 7, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  size = size + string.len(ARGV[i])
+end
+local over = redis.call('LLEN', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  for _, m in ipairs(redis.call('LRANGE', KEYS[2], 0, over - 1)) do size = size - string.len(m) end
+  redis.call('LTRIM', KEYS[2], over, -1)
+end
+redis.call('HSET', KEYS[1], 'bytes', size)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[4], size)
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[4], ttl)
+return 1
+"""
+
+# KEYS as above. ARGV: owner, id. 0: not this owner's (or no such session); 1: deleted.
+_DELETE = _PRUNE + """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+def quota_exceeded(message: str) -> ApiError:
+    return ApiError(429, message, code="session_quota_exceeded", param="session_id",
+                    headers={"Retry-After": "60"})
+
+
 class SessionStore:
-    def __init__(self, redis: RedisGuard, *, ttl_seconds: int, replica_wait_ms: int = 0):
+    def __init__(
+        self,
+        redis: RedisGuard,
+        *,
+        ttl_seconds: int,
+        replica_wait_ms: int = 0,
+        max_sessions_per_owner: int = 100,
+        max_bytes_per_owner: int = 16 * 1024 * 1024,
+    ):
         self._redis, self.ttl = redis, ttl_seconds
-        # RPO ~ 0 (GATEWAY_SESSION_REPLICA_WAIT_MS): after the MULTI, `WAIT 1 <ms>` on the same connection, so
+        # RPO ~ 0 (GATEWAY_SESSION_REPLICA_WAIT_MS): after the append, `WAIT 1 <ms>` on the same connection, so
         # a turn is acknowledged once the cross-site replica has it (or the wait timed out: logged, counted).
         self.replica_wait_ms = replica_wait_ms
+        self.max_sessions, self.max_bytes = max_sessions_per_owner, max_bytes_per_owner
         self.unreplicated_writes = 0
 
+    def _all_keys(self, session_id: str, owner: str) -> list[str]:
+        return [*_keys(session_id), *_owner_keys(owner)]
+
     async def load(self, session_id: str, owner: str) -> Session:
-        """The session if `owner` owns it, an empty new one if nobody does; 404 if someone else does."""
+        """The session if `owner` owns it, an empty new one if nobody does; 404 if someone else does.
+        Reads only (a standby's read-only replica serves it)."""
         meta_key, msgs_key = _keys(session_id)
 
         async def read(r: Any) -> tuple[dict[str, str], list[str]]:
@@ -80,31 +190,54 @@ class SessionStore:
             session_id, owner, system=meta.get("system"), messages=[json.loads(m) for m in raw], exists=True
         )
 
+    async def open_turn(self, session_id: str, owner: str) -> Session:
+        """The session for a new turn: claimed for `owner` if it is new (atomically: of two identities racing
+        on a new id, one gets it and the other a 404), within the owner's quotas (429 when over). On a
+        read-only replica (a standby) the history is read and nothing is claimed."""
+        if self._redis.read_only:
+            return await self.load(session_id, owner)
+        args: list[str | int] = [owner, self.ttl * 1000, self.max_sessions, self.max_bytes, session_id]
+        try:
+            reply = await self._redis.run(
+                "session_load",
+                lambda r: r.eval(_OPEN_TURN, 4, *self._all_keys(session_id, owner), *args))
+        except RedisReadOnly:
+            return await self.load(session_id, owner)
+        verdict = int(reply[0])
+        if verdict == 0:
+            raise not_found(session_id)
+        if verdict == -1:
+            raise quota_exceeded(f"This identity has {self.max_sessions} live sessions, its maximum; delete one "
+                                 "(DELETE /v1/sessions/{id}) or wait for one to expire")
+        if verdict == -2:
+            raise quota_exceeded(f"This identity's sessions hold {int(reply[1])} bytes; the quota is "
+                                 f"{self.max_bytes}. Delete a session or wait for one to expire")
+        system = reply[2] if reply[1] == "1" else None
+        messages = [json.loads(m) for m in reply[3:]]
+        return Session(session_id, owner, system=system, messages=messages,
+                       exists=bool(messages) or system is not None)
+
     async def append(self, session: Session, new: list[dict[str, Any]], system: str | None) -> None:
-        """Append a completed turn and refresh the TTL, in one MULTI; claims the session if it is new."""
-        meta_key, msgs_key = _keys(session.id)
-
+        """Append a completed turn and refresh the TTLs, in one script that first checks the owner (claims
+        the session if nobody owns it); SessionConflict if someone else does."""
         wait_ms = self.replica_wait_ms
+        keys = self._all_keys(session.id, session.owner)
+        args: list[Any] = [session.owner, self.ttl * 1000, MAX_STORED_MESSAGES, session.id,
+                           "1" if system is not None else "0", system or "", *[json.dumps(m) for m in new]]
 
-        async def write(r: Any) -> int | None:
-            # Explicit MULTI/EXEC in a plain pipeline: one connection, so a WAIT after EXEC covers these writes.
-            async with r.pipeline(transaction=not wait_ms) as pipe:
+        async def write(r: Any) -> tuple[int, int | None]:
+            # One connection (a plain pipeline), so a WAIT after the script covers its writes.
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.eval(_APPEND, len(keys), *keys, *args)
                 if wait_ms:
-                    pipe.execute_command("MULTI")
-                pipe.hsetnx(meta_key, "owner", session.owner)
-                if system is not None:
-                    pipe.hset(meta_key, "system", system)
-                pipe.rpush(msgs_key, *[json.dumps(m) for m in new])
-                pipe.ltrim(msgs_key, -MAX_STORED_MESSAGES, -1)
-                pipe.expire(meta_key, self.ttl)
-                pipe.expire(msgs_key, self.ttl)
-                if wait_ms:
-                    pipe.execute_command("EXEC")
                     pipe.execute_command("WAIT", 1, wait_ms)
                 results = await pipe.execute()
-            return int(results[-1]) if wait_ms else None
+            return int(results[0]), (int(results[1]) if wait_ms else None)
 
-        acked = await self._redis.run("session_append", write)
+        appended, acked = await self._redis.run("session_append", write)
+        if not appended:
+            log.warning("turn not stored: the session belongs to another identity", extra={"session_id": session.id})
+            raise SessionConflict("the session belongs to another identity")
         if acked == 0:
             self.unreplicated_writes += 1
             log.warning("turn stored but not yet on a replica", extra={"session_id": session.id, "wait_ms": wait_ms})
@@ -114,7 +247,7 @@ class SessionStore:
         return int(await self._redis.run("session_ttl", lambda r: r.ttl(meta_key)))
 
     async def delete(self, session_id: str, owner: str) -> None:
-        session = await self.load(session_id, owner)
-        if not session.exists:
+        keys = self._all_keys(session_id, owner)
+        deleted = await self._redis.run("session_delete", lambda r: r.eval(_DELETE, 4, *keys, owner, session_id))
+        if not int(deleted):
             raise not_found(session_id)
-        await self._redis.run("session_delete", lambda r: r.delete(*_keys(session_id)))
