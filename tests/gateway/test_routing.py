@@ -1,4 +1,5 @@
-"""Routing against two real vLLMs: session affinity, least-outstanding spreading, client-disconnect cancel."""
+"""Routing against two real vLLMs: session affinity, least-outstanding spreading, client-disconnect cancel
+(streamed and not)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import redis
 from app.gateway.backends.routing import rendezvous_score
 from localstack.services import RedisHandle, VllmHandle
 from tests.gateway.conftest import Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
-from tests.waiting import wait_until_async
+from tests.waiting import metric, wait_until_async
 
 DONE = "vllm:request_success_total"
 RUNNING = "vllm:num_requests_running"
@@ -57,6 +58,24 @@ async def test_requests_without_session_spread_by_outstanding_load(gw: Gateway, 
     assert min(deltas) >= 2, deltas  # not all on one backend
 
 
+def slots_held(redis_server: RedisHandle, subject: str) -> int:
+    r = redis.Redis(port=redis_server.port, password=redis_server.password, decode_responses=True)
+    return int(r.zcard(f"qs:rl:slots:{subject}"))
+
+
+async def assert_vllm_dropped_the_request(paced: VllmHandle, finished_before: float, generated_before: float,
+                                          redis_server: RedisHandle) -> None:
+    """vLLM stops generating, counts no success (an aborted request is not one), and the gateway gives the
+    caller's concurrency slot back."""
+    await wait_until_async(lambda: asyncio.to_thread(lambda: vllm_metric(paced, RUNNING) == 0),
+                           "vLLM stops generating after the client went away", within=15)
+    assert vllm_metric(paced, DONE) == finished_before
+    generated = vllm_metric(paced, GENERATED) - generated_before
+    assert generated < 2000, f"vLLM generated {generated} of 4000 tokens for a client that had gone"
+    await wait_until_async(lambda: asyncio.to_thread(lambda: slots_held(redis_server, "key:alice") == 0),
+                           "the request's concurrency slot is released", within=5)
+
+
 async def test_client_disconnect_cancels_the_vllm_request(
     start_gw: StartGateway, fleet: Fleet, redis_server: RedisHandle
 ) -> None:
@@ -80,21 +99,39 @@ async def test_client_disconnect_cancels_the_vllm_request(
             # Precondition: we hold part of the answer and vLLM is generating the rest right now.
             await wait_until_async(lambda: asyncio.to_thread(lambda: vllm_metric(paced, RUNNING) == 1),
                                    "vLLM shows our request running", within=30)
+            assert slots_held(redis_server, "key:alice") == 1
         # leaving the block closes the connection mid-stream
 
-    await wait_until_async(lambda: asyncio.to_thread(lambda: vllm_metric(paced, RUNNING) == 0),
-                           "vLLM stops generating after the client went away", within=15)
-    # Aborted, not finished: vLLM counts only requests that ended by stop/length in its success counter.
-    assert vllm_metric(paced, DONE) == finished_before
-    generated = vllm_metric(paced, GENERATED) - generated_before
-    assert generated < 2000, f"vLLM generated {generated} of 4000 tokens for a client that had gone"
-    # The gateway released the stream's concurrency slot and its active-stream gauge.
-    r = redis.Redis(port=redis_server.port, password=redis_server.password, decode_responses=True)
-    await wait_until_async(lambda: asyncio.to_thread(lambda: int(r.get("qs:rl:concurrent:key:alice") or 0) == 0),
-                           "the stream's concurrency slot is released", within=5)
+    await assert_vllm_dropped_the_request(paced, finished_before, generated_before, redis_server)
     async with gw.client() as http:
         assert "gateway_active_streams 0.0" in (await http.get("/metrics")).text
     assert "client disconnected mid-stream" in gw.log()
+
+
+async def test_client_disconnect_cancels_a_non_streamed_request(
+    start_gw: StartGateway, fleet: Fleet, redis_server: RedisHandle
+) -> None:
+    """A client that gives up waiting for a whole (non-streamed) answer: the gateway cancels its vLLM
+    request too, instead of keeping a GPU on 4000 tokens nobody will read."""
+    paced = fleet.paced()
+    gw = start_gw(backends=f"127.0.0.1:{paced.port}")
+    finished_before = vllm_metric(paced, DONE)
+    generated_before = vllm_metric(paced, GENERATED)
+    async with gw.client() as http:
+        body = chat_body("go on forever", max_tokens=4000, ignore_eos=True)
+        waiting = asyncio.create_task(http.post("/v1/chat/completions", headers=auth("alice"), json=body))
+        await wait_until_async(lambda: asyncio.to_thread(lambda: vllm_metric(paced, RUNNING) == 1),
+                               "vLLM shows our request running", within=30)
+        assert slots_held(redis_server, "key:alice") == 1 and not waiting.done()
+        waiting.cancel()  # the client gives up: httpx closes the connection
+        await asyncio.gather(waiting, return_exceptions=True)
+
+    await assert_vllm_dropped_the_request(paced, finished_before, generated_before, redis_server)
+    assert "client disconnected before the answer" in gw.log()
+    await wait_until_async(
+        lambda: asyncio.to_thread(lambda: metric(gw.url, "gateway_requests_total", route="/v1/chat/completions",
+                                                 status="499") == 1),
+        "the abandoned request is counted as 499 (client closed)", within=5)
 
 
 async def test_backends_from_dns(start_gw: StartGateway, fleet: Fleet) -> None:

@@ -13,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.gateway.api.body import parse_model, read_json_object
 from app.gateway.api.context import GatewayContext, context_and_caller
+from app.gateway.api.disconnect import unless_client_leaves
 from app.gateway.auth.identity import Identity
 from app.gateway.errors import ApiError
 from app.gateway.logging import log, request_id_var
@@ -27,6 +28,7 @@ router = APIRouter()
 
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 SESSION_STORED_HEADER = "X-Session-Stored"  # "false" on a 200 whose turn could not be saved
+CLIENT_CLOSED = 499  # as Nginx logs a request whose client closed the connection first
 
 
 def upstream_body(body: dict[str, Any]) -> bytes:
@@ -144,9 +146,14 @@ async def _generate(
 
     if not stream:
         try:
-            status, data, raw = await ctx.proxy.complete(path, upstream_body(body), headers, affinity)
+            answered, result = await unless_client_leaves(
+                request.receive, ctx.proxy.complete(path, upstream_body(body), headers, affinity))
         finally:
             await slot.release()
+        if result is None or not answered:
+            log.info("client disconnected before the answer: request cancelled")
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the access log and metrics do
+        status, data, raw = result
         if status == 200:
             count_usage(data.get("usage"))
             choices = data.get("choices") or [{}]
