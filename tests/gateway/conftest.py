@@ -135,16 +135,21 @@ def serve_json(answer: Callable[[], Any]) -> ThreadingHTTPServer:
 
 
 class JwksServer:
-    """Serves the current JWKS; `rotate()` adds a new signing key (the old one stays published)."""
+    """Serves the current JWKS; `rotate()` adds a new signing key (the old one stays published). Clearing
+    `answering` makes it hang (a slow identity provider) until it is set again; `asked` counts requests."""
 
     def __init__(self) -> None:
         self.keys: list[tuple[str, rsa.RSAPrivateKey]] = []
-        self.fetches = 0
+        self.fetches = self.asked = 0
+        self.answering = threading.Event()
+        self.answering.set()
         self.rotate()
         self.server = serve_json(self._answer)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
 
     def _answer(self) -> dict[str, Any]:
+        self.asked += 1
+        self.answering.wait(timeout=60)
         self.fetches += 1
         return self.jwks()
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import aiohttp
 import httpx
 import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.gateway.auth.oidc import OidcVerifier
 from tests.gateway.conftest import AUDIENCE, ISSUER, MODEL, Gateway, JwksServer, StartGateway, auth, chat_body
+from tests.waiting import wait_until_async
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -95,6 +99,36 @@ async def test_key_rotation_refetches_the_jwks(gw: Gateway, jwks: JwksServer) ->
     assert jwks.fetches == fetches + 1  # fetched once for the unknown kid, then cached
     assert (await post(gw, bearer(jwks.token(kid=new_kid)))).status_code == 200
     assert jwks.fetches == fetches + 1
+
+
+async def test_a_slow_identity_provider_never_holds_up_a_cached_key() -> None:
+    """The JWKS cache has expired and the provider hangs: a token signed by a cached key is still verified
+    at once (the refetch runs beside it, for less than aiohttp's 5 s fetch timeout here) and the keys are
+    refreshed once the provider answers."""
+    provider = JwksServer()
+    try:
+        async with aiohttp.ClientSession() as client:
+            verifier = OidcVerifier(client, issuer=ISSUER, audience=AUDIENCE, jwks_url=provider.url,
+                                    cache_seconds=0, min_refresh_seconds=0)  # expired as soon as fetched
+            token = provider.token()
+            assert (await verifier.verify(token))["sub"] == "user-1"
+            assert verifier.fetches == 1
+            provider.answering.clear()
+            claims = await asyncio.wait_for(verifier.verify(token), timeout=4)
+            assert claims["sub"] == "user-1" and verifier.fetches == 1
+
+            async def refetch_asked() -> bool:
+                return provider.asked == 2
+
+            async def refetched() -> bool:
+                return verifier.fetches == 2
+
+            await wait_until_async(refetch_asked, "the expired cache is refetched meanwhile", within=5)
+            provider.answering.set()
+            await wait_until_async(refetched, "the refetch completes once the provider answers", within=10)
+    finally:
+        provider.answering.set()
+        provider.close()
 
 
 async def test_auth_disabled_for_local_development(start_gw: StartGateway) -> None:
