@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import redis
 
 from app.gateway.backends.routing import rendezvous_score
 from localstack.services import RedisHandle, VllmHandle
-from tests.gateway.conftest import Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
+from tests.gateway.conftest import MODEL, Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
 from tests.waiting import metric, wait_until_async
 
 DONE = "vllm:request_success_total"
@@ -132,6 +136,75 @@ async def test_client_disconnect_cancels_a_non_streamed_request(
         lambda: asyncio.to_thread(lambda: metric(gw.url, "gateway_requests_total", route="/v1/chat/completions",
                                                  status="499") == 1),
         "the abandoned request is counted as 499 (client closed)", within=5)
+
+
+class SilentBackend:
+    """A backend that is healthy (lists the model) but, asked to generate, sends the stream's headers and then
+    nothing: a request queued in vLLM, or a long prefill. Notes when the gateway closes the connection."""
+
+    def __init__(self, model: str) -> None:
+        self.held = 0
+        self.closed = threading.Event()
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._send(json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode())
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.flush()
+                backend.held += 1
+                while self.connection.recv(1024):  # until the gateway closes its side
+                    pass
+                backend.closed.set()
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+
+async def test_client_disconnect_before_the_first_token_cancels_the_upstream_request(
+    start_gw: StartGateway, redis_server: RedisHandle
+) -> None:
+    """The client gives up while its request waits for a first token (queued, prefilling): the gateway closes
+    its upstream request at once rather than holding it until the first-token timeout (50 s here)."""
+    silent = SilentBackend(MODEL)
+    try:
+        gw = start_gw(backends=silent.address, first_token_timeout="50")
+        gw.wait_backends_healthy(1)
+        async with gw.client() as http:
+            body = chat_body("anyone there?", stream=True)
+            waiting = asyncio.create_task(http.post("/v1/chat/completions", headers=auth("alice"), json=body))
+
+            async def upstream_held() -> bool:
+                return silent.held == 1
+
+            await wait_until_async(upstream_held, "the request reached the backend", within=15)
+            assert slots_held(redis_server, "key:alice") == 1 and not waiting.done()
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.to_thread(silent.closed.wait, 20)
+        assert silent.closed.is_set(), "the gateway kept its upstream request open after the client left"
+        await wait_until_async(lambda: asyncio.to_thread(lambda: slots_held(redis_server, "key:alice") == 0),
+                               "the request's concurrency slot is released", within=5)
+        assert "client disconnected before the first token" in gw.log()
+    finally:
+        silent.server.shutdown()
 
 
 async def test_backends_from_dns(start_gw: StartGateway, fleet: Fleet) -> None:

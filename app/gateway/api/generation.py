@@ -167,10 +167,15 @@ async def _generate(
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     account = StreamAccount(collect_text=session is not None, forward_usage_chunk=client_wants_usage)
     try:
-        opened = await ctx.proxy.open_stream(path, upstream_body(body), headers, affinity, account)
+        answered, opened = await unless_client_leaves(
+            request.receive, ctx.proxy.open_stream(path, upstream_body(body), headers, affinity, account))
     except BaseException:
         await slot.release()
         raise
+    if opened is None or not answered:  # gone while vLLM queued or prefilled: nothing was sent yet
+        await slot.release()
+        log.info("client disconnected before the first token: request cancelled")
+        return Response(status_code=CLIENT_CLOSED)
     if isinstance(opened, UpstreamClientError):
         await slot.release()
         return JSONResponse(opened.body, status_code=opened.status, headers=response_headers)
