@@ -128,7 +128,7 @@ def test_rolling_restart_of_the_gateways_loses_no_request(endpoint: Endpoint, lo
     async def restart_each() -> None:
         for gateway in local_stack.gateways:
             before = len(results)
-            await asyncio.to_thread(gateway.restart)
+            await asyncio.to_thread(local_stack.restart, gateway)  # records the new pid too
 
             async def traffic_flowed(since: int = before) -> bool:
                 return len(results) >= since + 4

@@ -114,17 +114,21 @@ def redis_server(build_dir: Path, stack_settings: StackSettings) -> Iterator[Red
     handle.stop()
 
 
+def send_json(handler: BaseHTTPRequestHandler, document: Any) -> None:
+    body = json.dumps(document).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def serve_json(answer: Callable[[], Any]) -> ThreadingHTTPServer:
     """A local HTTP server (its own thread) answering every GET with `answer()` as JSON; `.shutdown()` ends it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps(answer()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, answer())
 
         def log_message(self, *args: Any) -> None:
             pass

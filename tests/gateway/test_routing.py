@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,16 @@ import redis
 
 from app.gateway.backends.routing import rendezvous_score
 from localstack.services import RedisHandle, VllmHandle
-from tests.gateway.conftest import MODEL, Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
+from tests.gateway.conftest import (
+    MODEL,
+    Fleet,
+    Gateway,
+    StartGateway,
+    auth,
+    chat_body,
+    send_json,
+    vllm_metric,
+)
 from tests.waiting import metric, wait_until_async
 
 DONE = "vllm:request_success_total"
@@ -149,7 +157,7 @@ class SilentBackend:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self._send(json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode())
+                send_json(self, {"object": "list", "data": [{"id": model, "object": "model"}]})
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
@@ -161,13 +169,6 @@ class SilentBackend:
                 while self.connection.recv(1024):  # until the gateway closes its side
                     pass
                 backend.closed.set()
-
-            def _send(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
