@@ -445,7 +445,9 @@ class StackSettings(_Section):
             "redis_url": (_key("redis"), redis_url),
             "api_key_hashes": (_key("apiKeyHashes"), SecretStr(json.dumps(self.api_key_hashes, sort_keys=True))),
             "max_body_bytes": (_key("edge.clientMaxBodySize"), self.edge.client_max_body_bytes),
-            "rate_limit_replicas": (_key("gateway.replicas"), self.gateway.replicas),
+            # The most gateways the autoscaler may run: during a Redis outage each enforces its share of the
+            # limits locally, and dividing by the fewest would let a scaled-out fleet admit several times rpm.
+            "rate_limit_replicas": (_key("gateway.maxReplicas"), self.gateway.max_replicas),
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
         }
 

@@ -60,6 +60,15 @@ def test_oidc_settings_reach_the_gateway(monkeypatch: pytest.MonkeyPatch) -> Non
     assert gw.rate_limit_fail_open is False
 
 
+def test_the_local_limit_fallback_divides_by_the_most_gateways_that_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Redis down each gateway limits on its own: rpm / the autoscaler's maximum, so that however far
+    the fleet has scaled out, together they never admit more than the limit."""
+    s = settings_with("staging", gateway={"replicas": 2, "maxReplicas": 5})
+    env = render_gateway_env(s, backends_dns="v:1", redis_url="redis://r:6379/0")
+    gw = _load(env | {"GATEWAY_API_KEY_HASHES": SECRET_PLACEHOLDERS["apiKeyHashes"]}, monkeypatch)
+    assert gw.rate_limit_replicas == 5
+
+
 def test_no_backends_is_refused() -> None:
     with pytest.raises(ValueError, match="backends"):
         render_gateway_env(stack_settings("dev"), backends_dns=None, redis_url="redis://x:6379/0")
