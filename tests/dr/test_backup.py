@@ -279,6 +279,30 @@ def test_restore_refuses_a_replica(s3: ObjectStore, plain_redis: RedisHandle, tm
         follower.stop()
 
 
+def test_the_cronjobs_command_line_backs_up_through_the_real_programs(
+    s3: ObjectStore, plain_redis: RedisHandle, tmp_path: Path
+) -> None:
+    """The prod CronJob's own arguments (from the program under the mocks), with only the addresses and the
+    mounted password file swapped for local ones, run as `python -m dr.backup` — the image's entry point."""
+    from tests.program.conftest import stack_run  # the mocks only when this test runs
+
+    cron = stack_run("prod").one("kubernetes:batch/v1:CronJob", "redis-backup").inputs
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = list(container["args"])
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    for flag, value in (("--redis-url", plain_redis.url), ("--endpoint", s3.endpoint),
+                        ("--password-file", str(password_file)), ("--bucket", BUCKET)):
+        args[args.index(flag) + 1] = value
+    client(plain_redis).set("qs:session:cron", "from the CronJob's command line")
+    env = {**os.environ, "PYTHONPATH": str(Path(backup.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-m", "dr.backup", *args], capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["snapshot"].startswith("qwen-serving/site-a/") and report["bytes"] > 0
+
+
 def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project() -> None:
     """dr/backup.py is a leaf (the standard library and boto3: what dr/Dockerfile installs), and
     dr/requirements.txt pins exactly the versions constraints.txt has."""
