@@ -323,3 +323,28 @@ def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project()
     image, project = pins(repo / "dr" / "requirements.txt"), pins(repo / "constraints.txt")
     assert {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3"} <= set(image)
     assert {name: project.get(name) for name in image} == image
+
+
+def test_the_runbook_commands_take_the_stack_settings(
+    s3: ObjectStore, plain_redis: RedisHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: `python -m dr backup|snapshots|restore --stack prod-dr ...` (endpoint and bucket overridden to
+    the local object storage, as an operator would not need to)."""
+    from dr.__main__ import main as dr_main
+
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    local = ["--endpoint", s3.endpoint, "--bucket", BUCKET]
+    redis_args = ["--redis-url", plain_redis.url, "--password-file", str(password_file)]
+    client(plain_redis).set("qs:session:runbook", "turn")
+    assert dr_main(["backup", "--stack", "prod-dr", *redis_args, *local]) == 0
+    taken = json.loads(capsys.readouterr().out)["snapshot"]
+    assert taken.startswith("qwen-serving/site-b/")
+    assert dr_main(["snapshots", "--stack", "prod-dr", *local]) == 0
+    assert taken in capsys.readouterr().out
+    client(plain_redis).flushall()
+    assert dr_main(["restore", "--stack", "prod-dr", *redis_args, *local]) == 0
+    assert json.loads(capsys.readouterr().out)["keys"] == 1
+    assert client(plain_redis).get("qs:session:runbook") == b"turn"
+    with pytest.raises(SystemExit, match=r"no redis\.backup"):
+        dr_main(["snapshots", "--stack", "dev"])
