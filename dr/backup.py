@@ -469,9 +469,11 @@ def copy_keys(source: Resp, target: Resp, *, replace: bool) -> int:
     for db in sorted(source.keyspace()):
         source.call("SELECT", db)
         target.call("SELECT", db)
-        cursor = b"0"
+        cursor, seen = b"0", set()
         while True:
-            cursor, keys = source.call("SCAN", cursor, "COUNT", RESTORE_BATCH)
+            cursor, found = source.call("SCAN", cursor, "COUNT", RESTORE_BATCH)
+            keys = [k for k in found if k not in seen]  # SCAN may return a key twice (a rehash in progress)
+            seen.update(keys)
             if keys:
                 source.send(*[c for k in keys for c in (("PTTL", k), ("DUMP", k))])
                 replies = [source.read() for _ in range(2 * len(keys))]

@@ -239,7 +239,7 @@ def test_snapshot_over_mutual_tls_with_the_password_restores_into_a_plain_redis(
     s3: ObjectStore, plain_redis: RedisHandle, tmp_path: Path
 ) -> None:
     """The prod stack's Redis (its rendered config: TLS port, tls-auth-clients yes): the snapshot crosses
-    TLS with a client certificate, then restores into another Redis."""
+    TLS with a client certificate, then restores into another Redis, every database."""
     tls = make_replication_tls(tmp_path / "tls")
     tls_port = free_port()
     primary = start_redis(tmp_path / "prod", settings=settings("prod"), password=PASSWORD,
@@ -250,6 +250,7 @@ def test_snapshot_over_mutual_tls_with_the_password_restores_into_a_plain_redis(
             source.set(f"qs:session:tls-{i}", os.urandom(64))
         source.hset("qs:owner:team:bytes", mapping={f"tls-{i}": i for i in range(100)})
         source.expire("qs:owner:team:bytes", 3600)
+        redis.Redis(port=primary.port, password=PASSWORD, db=2).set("another-db", b"\x00\xff binary")
         over_tls = backup.RedisTarget.from_url(f"rediss://localhost:{tls_port}/0", password=PASSWORD,
                                                ca_file=str(tls / "ca.crt"), cert_file=str(tls / "tls.crt"),
                                                key_file=str(tls / "tls.key"))
@@ -259,6 +260,7 @@ def test_snapshot_over_mutual_tls_with_the_password_restores_into_a_plain_redis(
         assert time.monotonic() - started < 60
         backup.restore(target(plain_redis), storage)
         assert contents(client(plain_redis)) == contents(source)
+        assert redis.Redis(port=plain_redis.port, password=PASSWORD, db=2).get("another-db") == b"\x00\xff binary"
     finally:
         primary.stop()
 
