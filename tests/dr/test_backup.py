@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from localstack.services import RedisHandle, start_redis
 from localstack.tls import make_replication_tls
 from stackspec.settings import StackSettings, settings_from_config
 from stackspec.stackfile import read_stack_config, stack_file, with_placeholders
+from tests.gateway.test_image import missing_dependencies, pins
 
 PASSWORD, REPLICATION = "backup-test-password", "backup-test-replication"
 BUCKET = "qs-backups"
@@ -306,8 +308,9 @@ def test_the_cronjobs_command_line_backs_up_through_the_real_programs(
 
 
 def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project() -> None:
-    """dr/backup.py is a leaf (the standard library and boto3: what dr/Dockerfile installs), and
-    dr/requirements.txt pins exactly the versions constraints.txt has."""
+    """dr/backup.py is a leaf (the standard library and boto3: what dr/Dockerfile installs); dr/requirements.txt
+    is complete (installed with --no-deps) and pins exactly the versions constraints.txt has; the image is
+    pinned, non-root and tool-free like the gateway's."""
     source = Path(backup.__file__)
     tree = ast.parse(source.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
@@ -316,16 +319,17 @@ def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project()
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
     assert imported - sys.stdlib_module_names - {"__future__"} == {"boto3", "botocore"}
     repo = source.parents[1]
-
-    def pins(path: Path) -> dict[str, str]:
-        lines = [line.split("==") for line in path.read_text().splitlines() if "==" in line
-                 and not line.startswith("#")]
-        return {name.lower().replace("_", "-"): version for name, version in lines}
-
-    image, project = pins(repo / "dr" / "requirements.txt"), pins(repo / "constraints.txt")
+    requirements = repo / "dr" / "requirements.txt"
+    image, project = pins(requirements), pins(repo / "constraints.txt")
     assert {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3"} <= set(image)
     assert {name: project.get(name) for name in image} == image
-
+    assert missing_dependencies(requirements) == []
+    dockerfile = (repo / "dr" / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_BASE=\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M)
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER 10001:10001$", final_stage, re.M)
+    assert not re.search(r"gcc|build-essential|apt-get install|curl|wget", final_stage)
+    assert 'ENTRYPOINT ["python", "-m", "dr.backup"]' in final_stage
 
 def test_the_runbook_commands_take_the_stack_settings(
     s3: ObjectStore, plain_redis: RedisHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
