@@ -16,7 +16,8 @@ point-in-time RDB of every database, then streams it to us; nothing on the serve
 the server's is read, so it works from another pod, through the password (and ACL user), over TLS, against a
 primary or a replica alike. BGSAVE would need a shared volume with the Redis pod to fetch dump.rdb; `redis-cli
 --rdb` would need redis-cli in the image. `REPLCONF rdb-only 1` first tells a Redis >= 7.0 that this is a
-one-off fetch (no replication stream after it).
+one-off fetch (no replication stream after it). No `capa eof` is announced, so the server writes the RDB to its
+data dir and sends it with its length (a diskless transfer would wait `repl-diskless-sync-delay` first).
 
 **Restore: DUMP/RESTORE through a private redis-server.** The snapshot is loaded by a throwaway `redis-server`
 (unix socket only, no TCP port, no persistence) and every key is copied into the target with `DUMP` +
