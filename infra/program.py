@@ -62,9 +62,12 @@ def declare(settings: StackSettings) -> dict[str, object]:
     ns = network.namespace_name
     pool = GpuNodePool("gpu-pool", GpuNodePoolArgs(settings=settings))
     images = Images("images", ImagesArgs(settings=settings))
-    replication_password = pulumi.Config(PROJECT).get_secret("redisReplicationPassword")
+    config = pulumi.Config(PROJECT)
     redis = Redis("redis", RedisArgs(settings=settings, namespace=ns, password=redis_password,
-                                     replication_password=replication_password))
+                                     replication_password=config.get_secret("redisReplicationPassword"),
+                                     backup_image=images.backup_ref,
+                                     backup_access_key_id=config.get_secret("backupAccessKeyId"),
+                                     backup_secret_access_key=config.get_secret("backupSecretAccessKey")))
     inference = Inference(
         "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref),
         opts=pulumi.ResourceOptions(depends_on=[pool]),
@@ -87,7 +90,10 @@ def declare(settings: StackSettings) -> dict[str, object]:
         "services": {"vllm": inference.service_name, "gateway": gateway.service_name, "edge": edge.service_name,
                      "redis": redis.service_name},
         "vllm_args": inference.args,
-        "images": {"vllm": images.vllm_ref, "gateway": images.gateway_ref, "edge": images.edge_ref},
+        "images": {"vllm": images.vllm_ref, "gateway": images.gateway_ref, "edge": images.edge_ref,
+                   "backup": images.backup_ref},
+        # The scheduled Redis snapshot (README: backups and restore); None without redis.backup.
+        "redis_backup": redis.backup_location,
         "gpu_nodes": [h.name for h in settings.gpu_pool.hosts],
     }
     # monitoring tier: see infra/components/monitoring.py

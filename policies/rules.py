@@ -26,22 +26,14 @@ from pulumi_policy import (
 )
 
 from policies.dns import DNS_POLICIES
+from policies.kube import JOBS, WORKLOADS, pod_labels, pod_spec
 from policies.serving import SERVING_POLICIES
 from policies.workloads import WORKLOAD_POLICIES
 
-WORKLOADS = {
-    "kubernetes:apps/v1:Deployment",
-    "kubernetes:apps/v1:StatefulSet",
-    "kubernetes:apps/v1:DaemonSet",
-}
 GPU = "nvidia.com/gpu"
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN$|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
 # The only tier that may run as root: the official vLLM image does (and needs /dev/shm, GPUs).
 ROOT_ALLOWED = {"vllm"}
-
-
-def _pod_spec(props: Mapping[str, Any]) -> Mapping[str, Any]:
-    return ((props.get("spec") or {}).get("template") or {}).get("spec") or {}
 
 
 def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
@@ -50,12 +42,12 @@ def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 
 def _app_name(props: Mapping[str, Any]) -> str:
-    labels = ((props.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
-    return str(labels.get("app.kubernetes.io/name", ""))
+    return str(pod_labels(props).get("app.kubernetes.io/name", ""))
 
 
 def _workload(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
-    return _pod_spec(args.props) if args.resource_type in WORKLOADS else None
+    """The pod of a workload or a Job/CronJob (they run our images and secrets too); None for anything else."""
+    return pod_spec(args.props) if args.resource_type in WORKLOADS | JOBS else None
 
 
 def images_have_a_fixed_version(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -70,6 +62,8 @@ def images_have_a_fixed_version(args: ResourceValidationArgs, report: ReportViol
 
 
 def containers_have_requests_and_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type in JOBS:  # jobs-are-bounded (policies/workloads.py) asks more of them
+        return
     pod = _workload(args)
     for c in _containers(pod or {}):
         res = c.get("resources") or {}
@@ -82,8 +76,9 @@ def containers_have_requests_and_limits(args: ResourceValidationArgs, report: Re
 
 
 def workloads_have_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    pod = _workload(args)
-    for c in (pod or {}).get("containers") or []:
+    if args.resource_type not in WORKLOADS:  # a Job's pod runs to completion: nothing to route or restart
+        return
+    for c in pod_spec(args.props).get("containers") or []:
         missing = [p for p in ("readinessProbe", "livenessProbe") if not c.get(p)]
         if missing:
             report(f"container '{c.get('name')}' has no {' or '.join(missing)}: traffic and restarts would "
@@ -112,7 +107,9 @@ def no_plain_secrets_in_env(args: ResourceValidationArgs, report: ReportViolatio
     pod = _workload(args)
     for c in _containers(pod or {}):
         for env in c.get("env") or []:
-            if SECRETISH.search(str(env.get("name", ""))) and "value" in env and "valueFrom" not in env:
+            name = str(env.get("name", ""))
+            # `*_FILE` names a path to a mounted secret (AWS_SHARED_CREDENTIALS_FILE): the way it should be done
+            if SECRETISH.search(name) and not name.endswith("_FILE") and "value" in env and "valueFrom" not in env:
                 report(f"container '{c.get('name')}' sets {env['name']} as a plain value: read it from a "
                        "Secret (valueFrom.secretKeyRef)", None)
 

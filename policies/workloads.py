@@ -131,6 +131,8 @@ def jobs_are_bounded(args: ResourceValidationArgs, report: ReportViolation) -> N
             report(f"Job container '{c.get('name')}' lacks {', '.join(missing)}: a one-off task has no latency to "
                    "protect, so bound it completely", None)
     spec = args.props.get("spec") or {}
+    if "jobTemplate" in spec:  # a CronJob: the Job it makes carries the limit
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
     if spec.get("backoffLimit") is None:
         report(f"Job '{args.name}' has no backoffLimit: set one so a failing task stops retrying", None)
 

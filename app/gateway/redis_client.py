@@ -161,5 +161,15 @@ class RedisGuard:
             return False
         return True
 
+    async def role(self) -> str | None:
+        """What the server is (`ROLE`): "primary", or "replica" (a standby's Redis before promotion, read-only
+        even before any write was refused); None when it does not answer."""
+        try:
+            reply = await self.run("role", lambda r: r.execute_command("ROLE"))
+        except RedisUnavailable:
+            return None
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return "primary" if kind == "master" else "replica"
+
     async def close(self) -> None:
         await self.client.aclose()

@@ -1,4 +1,5 @@
-"""The images we build (gateway, edge) with pulumi-docker, and the ones we pin (vLLM by digest).
+"""The images we build (gateway, edge; the backup image where `redis.backup` is set) with pulumi-docker, and the
+ones we pin (vLLM by digest).
 
 Deployments use `repo_digest` (registry/name@sha256:...) so a pod runs exactly what was built.
 """
@@ -14,12 +15,15 @@ import pulumi
 import pulumi_docker as docker
 
 from infra.components import labels as kube
+from stackspec.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DOCKERFILE = "app/gateway/Dockerfile"
 EDGE_DOCKERFILE = "web/Dockerfile"
 GATEWAY_INPUTS = ("app", "pyproject.toml", "constraints.txt", GATEWAY_DOCKERFILE)
 EDGE_INPUTS = ("web",)
+BACKUP_DOCKERFILE = "dr/Dockerfile"
+BACKUP_INPUTS = ("dr/__init__.py", "dr/backup.py", "dr/requirements.txt", BACKUP_DOCKERFILE)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,12 @@ BUILDS: tuple[ImageBuild, ...] = (
     ImageBuild("gateway", GATEWAY_DOCKERFILE, GATEWAY_INPUTS, "PYTHON_BASE", "python_base"),
     ImageBuild("edge", EDGE_DOCKERFILE, EDGE_INPUTS, "NGINX_BASE", "nginx_base"),
 )
+BACKUP_BUILD = ImageBuild("backup", BACKUP_DOCKERFILE, BACKUP_INPUTS, "PYTHON_BASE", "python_base")
+
+
+def builds(settings: StackSettings) -> tuple[ImageBuild, ...]:
+    """The images this stack builds: the backup image only where the Redis tier runs backups."""
+    return (*BUILDS, BACKUP_BUILD) if settings.redis.backup is not None else BUILDS
 
 
 def content_tag(paths: Iterable[str], root: Path = REPO) -> str:
@@ -80,10 +90,12 @@ class Images(pulumi.ComponentResource):
                 skip_push=not s.images.push,
                 opts=child,
             )
-            for b in BUILDS
+            for b in builds(s)
         }
         self.gateway_image, self.edge_image = built["gateway"], built["edge"]
         self.gateway_ref = _ref(self.gateway_image)
         self.edge_ref = _ref(self.edge_image)
+        self.backup_ref = _ref(built["backup"]) if "backup" in built else None
         self.vllm_ref: str = s.images.vllm  # pulled as pinned in settings (a digest on prod-like sites)
-        self.register_outputs({"gateway": self.gateway_ref, "edge": self.edge_ref, "vllm": self.vllm_ref})
+        self.register_outputs({"gateway": self.gateway_ref, "edge": self.edge_ref, "vllm": self.vllm_ref,
+                               "backup": self.backup_ref})

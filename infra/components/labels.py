@@ -184,15 +184,17 @@ def pod_template(
     affinity: k8s.core.v1.AffinityArgs | None = None,
     annotations: dict[str, str] | None = None,
     fs_group: int | None = None,
+    restart_policy: str | None = None,
 ) -> k8s.core.v1.PodTemplateSpecArgs:
     """The pod skeleton every tier we run shares: labels, no service-account token, no service links,
-    Pod Security `restricted`, a termination grace."""
+    Pod Security `restricted`, a termination grace (and for a Job's pods a restart policy)."""
     return k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(settings, name, component), annotations=annotations),
         spec=k8s.core.v1.PodSpecArgs(
             affinity=affinity,
             automount_service_account_token=False,
             enable_service_links=False,
+            restart_policy=restart_policy,
             security_context=restricted_pod(uid, fs_group=fs_group),
             termination_grace_period_seconds=grace_seconds,
             containers=containers,

@@ -1,7 +1,10 @@
 """The namespace (with Pod Security labels) and its NetworkPolicies: deny everything, then allow the data path
-(edge -> gateway -> vLLM / Redis), DNS, and Prometheus to the metrics ports."""
+(edge -> gateway -> vLLM / Redis), DNS, Prometheus to the metrics ports, and the Redis backup CronJob to Redis and
+the object storage."""
 
 from __future__ import annotations
+
+from urllib.parse import urlparse
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -16,6 +19,13 @@ EDGE_HTTPS_PORT = 8443
 EDGE_METRICS_PORT = 9113  # nginx-prometheus-exporter sidecar
 REDIS_PORT = 6379
 REDIS_METRICS_PORT = 9121  # redis_exporter sidecar
+BACKUP = "redis-backup"  # the Redis tier's backup CronJob's pods (infra/components/redis.py)
+
+
+def backup_endpoint_port(endpoint: str) -> int:
+    """The object storage's port: the URL's own, else 443 for https and 80 for http."""
+    parts = urlparse(endpoint)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def pod_security_level(settings: StackSettings) -> str:
@@ -150,6 +160,12 @@ class Network(pulumi.ComponentResource):
             redis_egress = [egress(to=anywhere, ports=self._ports(replica_port))]
         redis_ingress = [ingress(from_=[self._peer("gateway")], ports=self._ports(REDIS_PORT)),
                          self._from_monitoring(REDIS_METRICS_PORT)]
+        if s.redis.backup is not None:  # the backup CronJob reads Redis and writes to the object storage
+            redis_ingress.append(ingress(from_=[self._peer(BACKUP)], ports=self._ports(REDIS_PORT)))
+            policies.append(self._policy(BACKUP, BACKUP, egress=[
+                egress(to=[self._peer("redis")], ports=self._ports(REDIS_PORT)),
+                egress(to=anywhere, ports=self._ports(backup_endpoint_port(s.redis.backup.endpoint))),
+            ]))
         rep = s.redis.replication
         if s.replication_endpoint and rep is not None:  # the peer site's replica, over TLS, from its CIDRs only
             redis_ingress.append(ingress(

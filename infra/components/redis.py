@@ -5,7 +5,13 @@ On a DR pair (`redis.replication`): the replication user's password in the same 
 mounted from `redis.replication.tlsSecretName`, and — on the primary only — the `redis-replication`
 endpoint: a LoadBalancer Service on the TLS port alone, admitting only the peer's egress CIDRs
 (loadBalancerSourceRanges; `externalTrafficPolicy: Local` keeps their source address for the
-NetworkPolicy's ipBlock, infra/components/network.py)."""
+NetworkPolicy's ipBlock, infra/components/network.py).
+
+With `redis.backup`: the `redis-backup` CronJob (the backup image, `python -m dr.backup snapshot`): an RDB of
+the whole server over the replication protocol, to S3-compatible storage under `<prefix>/<site>/`, pruned
+beyond `retentionDays`. Its secrets are files: the Redis password (the `redis` Secret's `password` key) and a
+shared-credentials file for boto3 (the `redis-backup` Secret, from secret config backupAccessKeyId /
+backupSecretAccessKey)."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.components import labels as kube
-from infra.components.network import REDIS_METRICS_PORT, REDIS_PORT
+from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, replication_user_args
 from stackspec.settings import StackSettings, redis_size_bytes
 
@@ -25,6 +31,9 @@ CONF_DIR = "/etc/redis"
 REPLICATION_SERVICE = "redis-replication"
 # Marks the one Service the policy pack lets face the outside besides the edge (policies/rules.py).
 REPLICATION_ENDPOINT_LABEL = "qwen-serving.io/endpoint"
+BACKUP_UID = 10001  # the backup image's user (dr/Dockerfile)
+BACKUP_REDIS_SECRET_DIR = "/var/run/secrets/redis"
+BACKUP_STORAGE_SECRET_DIR = "/var/run/secrets/object-storage"
 
 
 def memory_limit(maxmemory: str) -> str:
@@ -37,6 +46,9 @@ def memory_limit(maxmemory: str) -> str:
 class RedisArgs(kube.TierArgs):
     password: pulumi.Input[str] | None = None  # generated when None
     replication_password: pulumi.Input[str] | None = None  # secret config redisReplicationPassword
+    backup_image: pulumi.Input[str] | None = None  # the backup image (Images.backup_ref), with redis.backup
+    backup_access_key_id: pulumi.Input[str] | None = None  # secret config backupAccessKeyId
+    backup_secret_access_key: pulumi.Input[str] | None = None  # secret config backupSecretAccessKey
 
 
 class Redis(kube.Tier):
@@ -82,8 +94,88 @@ class Redis(kube.Tier):
         self.stateful_set = self._stateful_set(s, ns, conf, child)
         # One replica: the budget still lets a node drain (it only stops two voluntary evictions at once).
         self.pdb = kube.disruption_budget(s, "redis", "cache", namespace=ns, opts=child)
+        self.backup: k8s.batch.v1.CronJob | None = self._backup(s, ns, args) if s.redis.backup else None
+        b = s.redis.backup
+        self.backup_location = None if b is None else {
+            "cronjob": BACKUP, "schedule": b.schedule, "endpoint": b.endpoint,
+            "objects": f"s3://{b.bucket}/{'/'.join(p for p in (b.prefix.strip('/'), s.site.name) if p)}/"}
         self.register_outputs({"service": self.service_name, "url": self.url, "secret": self.secret_name,
-                               "replication_endpoint": REPLICATION_SERVICE if self.replication_service else None})
+                               "replication_endpoint": REPLICATION_SERVICE if self.replication_service else None,
+                               "backup": BACKUP if self.backup else None})
+
+    def _backup(self, s: StackSettings, ns: pulumi.Input[str], args: RedisArgs) -> k8s.batch.v1.CronJob:
+        """The scheduled snapshot to object storage (README: disaster recovery, backups and restore)."""
+        b = s.redis.backup
+        assert b is not None
+        if args.backup_image is None or args.backup_access_key_id is None or args.backup_secret_access_key is None:
+            raise ValueError("redis.backup needs the backup image and qwen-serving:backupAccessKeyId/"
+                             "backupSecretAccessKey (the settings check the keys before any resource)")
+        # boto3 reads a shared-credentials file (AWS_SHARED_CREDENTIALS_FILE): the keys never enter the env.
+        credentials: pulumi.Input[str] = pulumi.Output.format(
+            "[default]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n",
+            args.backup_access_key_id, args.backup_secret_access_key)
+        secret = k8s.core.v1.Secret(
+            f"{BACKUP}-secret",
+            metadata=kube.metadata(s, BACKUP, "backup", namespace=ns),
+            type="Opaque",
+            string_data={"credentials": pulumi.Output.secret(credentials)},
+            opts=self.child,
+        )
+        command = ["snapshot", "--redis-url", self.url, "--password-file", f"{BACKUP_REDIS_SECRET_DIR}/password",
+                   "--endpoint", b.endpoint, "--bucket", b.bucket, "--prefix", b.prefix, "--site", s.site.name,
+                   "--region", b.region, "--retention-days", str(b.retention_days)]
+        # The RDB is written to /tmp before upload: an RDB is smaller than the data set, bounded by maxmemory.
+        scratch = memory_limit(s.redis.maxmemory)
+        container = k8s.core.v1.ContainerArgs(
+            name="backup",
+            image=args.backup_image,
+            args=command,
+            env=[k8s.core.v1.EnvVarArgs(name="AWS_SHARED_CREDENTIALS_FILE",
+                                        value=f"{BACKUP_STORAGE_SECRET_DIR}/credentials"),
+                 k8s.core.v1.EnvVarArgs(name="TMPDIR", value="/tmp")],
+            volume_mounts=[
+                k8s.core.v1.VolumeMountArgs(name="redis-password", mount_path=BACKUP_REDIS_SECRET_DIR, read_only=True),
+                k8s.core.v1.VolumeMountArgs(name="object-storage", mount_path=BACKUP_STORAGE_SECRET_DIR,
+                                            read_only=True),
+                k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            ],
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "50m", "memory": "128Mi"}, limits={"cpu": "500m", "memory": "256Mi"}),
+            security_context=kube.restricted_container(),
+        )
+        volumes = [
+            k8s.core.v1.VolumeArgs(name="redis-password", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=self.secret_name, default_mode=0o440,
+                items=[k8s.core.v1.KeyToPathArgs(key=self.password_key, path="password")])),
+            k8s.core.v1.VolumeArgs(name="object-storage", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=BACKUP, default_mode=0o440,
+                items=[k8s.core.v1.KeyToPathArgs(key="credentials", path="credentials")])),
+            k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=scratch)),
+        ]
+        template = kube.pod_template(s, BACKUP, "backup", uid=BACKUP_UID, fs_group=BACKUP_UID,
+                                     containers=[container], grace_seconds=30, volumes=volumes,
+                                     restart_policy="Never")
+        return k8s.batch.v1.CronJob(
+            BACKUP,
+            metadata=kube.metadata(s, BACKUP, "backup", namespace=ns),
+            spec=k8s.batch.v1.CronJobSpecArgs(
+                schedule=b.schedule,
+                time_zone="Etc/UTC",
+                concurrency_policy="Forbid",  # never two snapshots at once (each forks Redis)
+                starting_deadline_seconds=600,
+                successful_jobs_history_limit=3,
+                failed_jobs_history_limit=3,
+                job_template=k8s.batch.v1.JobTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(s, BACKUP, "backup")),
+                    spec=k8s.batch.v1.JobSpecArgs(
+                        backoff_limit=2,
+                        active_deadline_seconds=3600,
+                        template=template,
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret, secret, self.stateful_set]),
+        )
 
     def _replication_service(
         self, s: StackSettings, ns: pulumi.Input[str], opts: pulumi.ResourceOptions

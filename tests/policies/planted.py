@@ -14,6 +14,7 @@ from typing import Any
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 JOB = "kubernetes:batch/v1:Job"
+CRONJOB = "kubernetes:batch/v1:CronJob"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 RECORD = "aws:route53/record:Record"
 
@@ -35,7 +36,9 @@ class Plant:
 
 
 def pod(inputs: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = inputs["spec"]["template"]["spec"]
+    """The pod spec of a workload, a Job or a CronJob (its jobTemplate's)."""
+    owner = inputs["spec"]["jobTemplate"]["spec"] if "jobTemplate" in inputs["spec"] else inputs["spec"]
+    spec: dict[str, Any] = owner["template"]["spec"]
     return spec
 
 
@@ -89,6 +92,10 @@ def append_off(inputs: dict[str, Any]) -> None:
 
 def unbounded_job(inputs: dict[str, Any]) -> None:
     first(inputs)["resources"]["limits"].pop("cpu", None)
+
+
+def unlimited_retries(inputs: dict[str, Any]) -> None:
+    inputs["spec"]["jobTemplate"]["spec"].pop("backoffLimit", None)
 
 
 def mount_token(inputs: dict[str, Any]) -> None:
@@ -145,6 +152,11 @@ PLANTED_MORE: list[Plant] = [
 
 # Further plants for rules with more than one way to be wrong (each must fire, named policy only).
 MORE_WAYS: list[Plant] = [
+    # the backup CronJob: its Job's limits and retries are read through the jobTemplate
+    Plant("jobs-are-bounded", "prod", CRONJOB, "redis-backup", unbounded_job, "limits.cpu"),
+    Plant("jobs-are-bounded", "prod", CRONJOB, "redis-backup", unlimited_retries, "backoffLimit"),
+    Plant("service-account-tokens-only-where-needed", "prod", CRONJOB, "redis-backup", mount_token,
+          "automountServiceAccountToken false"),
     Plant("max-model-len-within-the-model", "prod", DEPLOYMENT, "vllm", set_arg("--max-model-len", "65536"),
           "model.ropeScaling"),
     Plant("vllm-args-fit-the-gpus", "prod", DEPLOYMENT, "vllm",

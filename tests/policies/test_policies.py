@@ -19,6 +19,7 @@ from tests.stacks import GLOBAL_STACKS, SITE_STACKS
 
 STACKS = SITE_STACKS + GLOBAL_STACKS
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+CRONJOB = "kubernetes:batch/v1:CronJob"
 
 
 @cache
@@ -62,6 +63,10 @@ def drop_gpu_toleration(inputs: dict[str, Any]) -> None:
 
 def plain_password(inputs: dict[str, Any]) -> None:
     first(inputs).setdefault("env", []).append({"name": "GATEWAY_REDIS_PASSWORD", "value": "hunter2"})
+
+
+def plain_storage_key(inputs: dict[str, Any]) -> None:
+    first(inputs).setdefault("env", []).append({"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"})
 
 
 def root_pod(inputs: dict[str, Any]) -> None:
@@ -119,6 +124,11 @@ PLANTED = [
     ("every-workload-has-a-pdb", "kubernetes:policy/v1:PodDisruptionBudget", "gateway-pdb", no_pdb_selector),
     ("namespaces-deny-by-default", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "netpol-default-deny", allow_all),
     *PLANTED_REPLICATION,
+    # Jobs and CronJobs run our images with our secrets too: the same rules hold for their pods.
+    ("images-have-a-fixed-version", CRONJOB, "redis-backup", set_key("image", "registry.local/backup:latest")),
+    ("no-plain-secrets-in-env", CRONJOB, "redis-backup", plain_storage_key),
+    ("runs-as-non-root", CRONJOB, "redis-backup", root_pod),
+    ("runs-as-non-root", "kubernetes:batch/v1:Job", "log-retention-setup", root_pod),
 ]
 
 

@@ -309,8 +309,12 @@ def test_images_are_built_from_pinned_bases_and_pushed_per_settings(stack: str) 
     run = stack_run(stack)
     images = run.settings.images
     built = {r.name: r.inputs for r in run.of_type(IMAGE)}
-    assert set(built) == {"gateway-image", "edge-image"}
+    backup = {"backup-image"} if run.settings.redis.backup else set()
+    assert set(built) == {"gateway-image", "edge-image"} | backup
     assert built["gateway-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
+    if backup:
+        assert built["backup-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
+        assert built["backup-image"]["build"]["dockerfile"].endswith("dr/Dockerfile")
     assert built["edge-image"]["build"]["args"] == {"NGINX_BASE": images.nginx_base}
     for inputs in built.values():
         assert inputs["skipPush"] is (not images.push)

@@ -31,13 +31,16 @@ def is_ready(ctx: GatewayContext) -> bool:
 async def readyz(ctx: Ctx) -> JSONResponse:
     """The detailed readiness, for the kubelet and operators on the gateway's own port (never public: the
     edge's /healthz answers with `/readyz/status`)."""
-    redis_up = await ctx.redis.ping()
+    role = await ctx.redis.role()  # doubles as the ping
+    redis_up = role is not None
     ready = is_ready(ctx)
+    read_only = ctx.redis.read_only or role == "replica"  # a standby's replica: history read, turns not stored
     body = {
         "ready": ready,
         "draining": ctx.draining,
         "backends": {b.address: {"healthy": b.healthy, "outstanding": b.outstanding} for b in ctx.pool.all()},
-        "redis": ("read-only" if ctx.redis.read_only else "up") if redis_up else "down",
+        "redis": ("read-only" if read_only else "up") if redis_up else "down",
+        "redis_role": role,
         "redis_error": None if redis_up else ctx.redis.last_error,
         "rate_limits": "local" if ctx.limits_redis.read_only or ctx.limits_redis.open else "shared",
     }
