@@ -126,6 +126,11 @@ class KubernetesSettings(_Section):
     namespace: str = Field(default="qwen-serving", pattern=NAME_RE, max_length=63)
     context: str | None = None
 
+    @property
+    def gpu_system_namespace(self) -> str:
+        """The NVIDIA device plugin's and DCGM exporter's namespace (host paths and privileges: not the app's)."""
+        return f"{self.namespace}-gpu"
+
 
 class GpuHost(_Section):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")

@@ -265,7 +265,8 @@ class Monitoring(pulumi.ComponentResource):
         )
 
     def _dcgm_service_monitor(self, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
-        """DCGM exporter's Service comes from its Helm chart (GPU tier), in any namespace."""
+        """DCGM exporter's Service comes from its Helm chart (GPU tier), in the GPU system namespace only:
+        the rules select `namespace` = that namespace (stackspec/monitoring/scope.py)."""
         return k8s.apiextensions.CustomResource(
             "servicemonitor-dcgm-exporter",
             api_version=PROMETHEUS_OPERATOR_API,
@@ -274,7 +275,7 @@ class Monitoring(pulumi.ComponentResource):
             spec={
                 "jobLabel": "app.kubernetes.io/name",
                 "selector": {"matchLabels": {"app.kubernetes.io/name": m.JOB_DCGM}},
-                "namespaceSelector": {"any": True},
+                "namespaceSelector": {"matchNames": [self._settings.kubernetes.gpu_system_namespace]},
                 "endpoints": [{"port": "metrics", "path": "/metrics",
                                "interval": self._settings.monitoring.scrape_interval}],
             },
