@@ -7,6 +7,7 @@ STACK ?= dev
 STACK_FILE ?=
 PYTEST_ARGS ?=
 PLAN_ARGS ?=
+BASE ?=
 BENCH_ARGS ?=
 
 TO ?=
@@ -21,6 +22,7 @@ help:
 	@echo "make down   - stop everything 'make up' started"
 	@echo "make test   - set up and run every test layer (lint included)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
+	@echo "make plan STACK=prod BASE=origin/main - offline diff against a git ref: resources added/removed/changed"
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the gateway side by side with the direct path (not part of test): build/bench/"
@@ -46,7 +48,11 @@ test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 plan: setup
+ifneq ($(BASE),)
+	$(PY) -m infra.plan_diff --stack $(STACK) --base $(BASE)
+else
 	$(PY) -m infra.plan $(if $(STACK_FILE),--stack-file $(STACK_FILE),--stack $(STACK)) $(PLAN_ARGS)
+endif
 
 pin-digests:
 	$(PY) -m infra.pin_digests --stack $(STACK)
