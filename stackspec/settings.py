@@ -145,6 +145,9 @@ class GpuPoolSettings(_Section):
     taint_key: str = "nvidia.com/gpu"
     device_plugin_chart_version: str = "0.17.4"
     dcgm_exporter_chart_version: str = "4.1.1"
+    # The NVIDIA driver every GPU host must run at least (`make verify` checks it): the vLLM image's CUDA 12.8
+    # needs the R570 branch.
+    driver_min_version: str = Field(default="570.26", pattern=r"^\d+(\.\d+)*$")
 
     @property
     def total_gpus(self) -> int:
@@ -178,6 +181,7 @@ class ModelCache(_Section):
     host_path: str = "/mnt/nvme/models"
     pvc_size: KubeQuantity = "100Gi"
     storage_class: str | None = None
+    min_free_gb: float = Field(default=20.0, ge=0)  # free space the cache must keep (`make verify`, GPU hosts)
 
 
 class InferenceSettings(_Section):
