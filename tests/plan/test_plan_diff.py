@@ -115,3 +115,18 @@ def test_one_setting_between_two_commits_shows_exactly_what_it_touches(two_commi
 def test_the_same_commit_has_no_changes(two_commits: Path) -> None:
     _, changes = plan_diff("dev", "HEAD", repo=two_commits)
     assert changes == []
+
+
+def test_the_snapshot_never_holds_a_secret_value() -> None:
+    """prod with every secret filled in (placeholders): none of the values reaches resources.json."""
+    from infra.offline import SECRET_PLACEHOLDERS, run_stack
+    from infra.plan_snapshot import from_run
+
+    run = run_stack("prod")
+    assert len(run.placeholders) >= 5
+    text = json.dumps(from_run(run, REPO))
+    assert SECRET_MASK in text
+    for key, value in SECRET_PLACEHOLDERS.items():
+        values = list(json.loads(value)) if key == "apiKeyHashes" else [value]  # the key hashes themselves
+        for secret in values:
+            assert secret not in text, f"{key} is in the snapshot"
