@@ -22,6 +22,7 @@ from stackspec.monitoring import promql as m
 from stackspec.monitoring.alertmanager import render_alertmanager
 from stackspec.monitoring.dashboards import render_dashboards
 from stackspec.monitoring.rules import rule_groups
+from stackspec.monitoring.scope import scope
 from stackspec.settings import PROJECT, StackSettings
 
 PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
@@ -285,7 +286,7 @@ class Monitoring(pulumi.ComponentResource):
     def _vllm_scaled_object(self, deployment: str, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
         s = self._settings
         auto = s.monitoring.autoscaling
-        waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM, namespace=self.app_namespace)
+        waiting = scope(s).select(m.VLLM_WAITING, m.JOB_VLLM)  # the rules' scope: this stack's vLLM only
         return k8s.apiextensions.CustomResource(
             "vllm-scaler",
             api_version=KEDA_API,
