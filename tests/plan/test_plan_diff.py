@@ -130,3 +130,14 @@ def test_the_snapshot_never_holds_a_secret_value() -> None:
         values = list(json.loads(value)) if key == "apiKeyHashes" else [value]  # the key hashes themselves
         for secret in values:
             assert secret not in text, f"{key} is in the snapshot"
+
+
+def test_a_stack_the_base_does_not_have_is_all_additions(two_commits: Path) -> None:
+    new = two_commits / "stacks" / "Pulumi.dev2.yaml"
+    new.write_text((two_commits / "stacks" / "Pulumi.dev.yaml").read_text())
+    try:
+        _, changes = plan_diff("dev2", "HEAD", repo=two_commits)
+    finally:
+        new.unlink()
+    assert changes and {c.action for c in changes} == {"add"}
+    assert any(c.type == DEPLOY and c.name == "vllm" for c in changes)
