@@ -7,6 +7,10 @@ STACK ?= dev
 STACK_FILE ?=
 PYTEST_ARGS ?=
 PLAN_ARGS ?=
+BASE ?=
+HOSTS ?=
+# `make verify` checks the local stack unless STACK is given on the command line (STACK's default is for plan).
+VERIFY_STACK = $(if $(filter command line,$(origin STACK)),$(STACK),local)
 BENCH_ARGS ?=
 
 TO ?=
@@ -14,14 +18,17 @@ DRY_RUN ?=
 YES ?=
 DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
 
-.PHONY: help setup up down test lint plan pin-digests bench loadtest clean drill failover failback
+.PHONY: help setup up down test lint plan pin-digests bench loadtest clean drill failover failback verify
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
 	@echo "make down   - stop everything 'make up' started"
 	@echo "make test   - set up and run every test layer (lint included)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
+	@echo "make plan STACK=prod BASE=origin/main - offline diff against a git ref: resources added/removed/changed"
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
+	@echo "make verify [STACK=prod [HOSTS=ssh://gpu-a1,...]] - testinfra: the local stack (default), or a"
+	@echo "             stack's GPU hosts (ssh) and pods (kubectl), expectations from its settings"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the gateway side by side with the direct path (not part of test): build/bench/"
 	@echo "make loadtest URL=... RPS=... [STREAM=1] [KEY=...] [DURATION=60s] - Locust, P95 TTFT vs the SLO"
@@ -40,13 +47,20 @@ down:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy stackspec infra app localstack policies tests bench dr
+	.venv/bin/mypy stackspec infra app localstack policies tests bench dr verify
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 plan: setup
+ifneq ($(BASE),)
+	$(PY) -m infra.plan_diff --stack $(STACK) --base $(BASE)
+else
 	$(PY) -m infra.plan $(if $(STACK_FILE),--stack-file $(STACK_FILE),--stack $(STACK)) $(PLAN_ARGS)
+endif
+
+verify:
+	$(PY) -m verify --stack $(VERIFY_STACK) $(if $(HOSTS),--hosts $(HOSTS))
 
 pin-digests:
 	$(PY) -m infra.pin_digests --stack $(STACK)

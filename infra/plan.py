@@ -24,6 +24,7 @@ import kubernetes_validate
 import yaml
 
 from infra.offline import REPO, Captured, OfflineRun, manifest_of, run_stack, stack_file
+from infra.plan_snapshot import from_run, write_snapshot
 from infra.policy_config import policy_config
 from policies.runner import evaluate
 from stackspec.settings import SettingsError
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = validate_run(run)
     out = write_manifests(run, PLAN_DIR / run.stack)
+    # The machine-readable plan (secrets masked) that `make plan BASE=<ref>` diffs (infra/plan_diff.py).
+    write_snapshot(from_run(run, REPO), out.parent / "resources.json")
 
     shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     print(f"stack {run.stack} ({shown}): {describe(run)}\n")

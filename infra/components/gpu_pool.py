@@ -37,7 +37,7 @@ class GpuNodePool(pulumi.ComponentResource):
         ]
         self.runtime_class_name = RUNTIME_CLASS
         # The device plugin and DCGM need host paths and privileges: their own namespace, not the app's.
-        self.system_namespace = f"{s.kubernetes.namespace}-gpu"
+        self.system_namespace = s.kubernetes.gpu_system_namespace
 
         self.node_patches = [
             k8s.core.v1.NodePatch(

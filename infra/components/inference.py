@@ -15,27 +15,15 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.gpu_pool import GpuNodePool
-from stackspec.render.vllm_args import ENTRYPOINT_MODULE, render_vllm_args
+from stackspec.render.vllm_args import (  # the pod environment is the contract's (make verify checks it too)
+    CACHE_MOUNT,
+    ENTRYPOINT_MODULE,
+    render_vllm_args,
+    vllm_env,
+)
 from stackspec.settings import StackSettings
 
-CACHE_MOUNT = "/models"
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
-
-
-def needs_p2p_disabled(settings: StackSettings) -> bool:
-    """RTX 4090-class cards hang in NCCL peer-to-peer; TP on them must go through host memory."""
-    return settings.inference.tensor_parallel_size > 1 and "4090" in settings.gpu_pool.gpu_model
-
-
-def vllm_env(settings: StackSettings) -> dict[str, str]:
-    env = {
-        "HF_HOME": CACHE_MOUNT,
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-    if needs_p2p_disabled(settings):
-        env["NCCL_P2P_DISABLE"] = "1"
-    return env
 
 
 @dataclass

@@ -22,6 +22,7 @@ from stackspec.monitoring import promql as m
 from stackspec.monitoring.alertmanager import render_alertmanager
 from stackspec.monitoring.dashboards import render_dashboards
 from stackspec.monitoring.rules import rule_groups
+from stackspec.monitoring.scope import scope
 from stackspec.settings import PROJECT, StackSettings
 
 PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
@@ -265,7 +266,8 @@ class Monitoring(pulumi.ComponentResource):
         )
 
     def _dcgm_service_monitor(self, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
-        """DCGM exporter's Service comes from its Helm chart (GPU tier), in any namespace."""
+        """DCGM exporter's Service comes from its Helm chart (GPU tier), in the GPU system namespace only:
+        the rules select `namespace` = that namespace (stackspec/monitoring/scope.py)."""
         return k8s.apiextensions.CustomResource(
             "servicemonitor-dcgm-exporter",
             api_version=PROMETHEUS_OPERATOR_API,
@@ -274,7 +276,7 @@ class Monitoring(pulumi.ComponentResource):
             spec={
                 "jobLabel": "app.kubernetes.io/name",
                 "selector": {"matchLabels": {"app.kubernetes.io/name": m.JOB_DCGM}},
-                "namespaceSelector": {"any": True},
+                "namespaceSelector": {"matchNames": [self._settings.kubernetes.gpu_system_namespace]},
                 "endpoints": [{"port": "metrics", "path": "/metrics",
                                "interval": self._settings.monitoring.scrape_interval}],
             },
@@ -284,7 +286,7 @@ class Monitoring(pulumi.ComponentResource):
     def _vllm_scaled_object(self, deployment: str, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
         s = self._settings
         auto = s.monitoring.autoscaling
-        waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM, namespace=self.app_namespace)
+        waiting = scope(s).select(m.VLLM_WAITING, m.JOB_VLLM)  # the rules' scope: this stack's vLLM only
         return k8s.apiextensions.CustomResource(
             "vllm-scaler",
             api_version=KEDA_API,

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from stackspec.monitoring import promql as m
+from stackspec.monitoring.scope import Scope, scope
 from stackspec.settings import StackSettings
 
 Rule = dict[str, Any]
@@ -56,9 +57,10 @@ def _alert(name: str, expr: str, *, for_: str, severity: str, summary: str, desc
     return rule
 
 
-def recording_rules() -> list[Rule]:
-    gw = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES)
-    gw_err = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES, status=SERVER_ERROR)
+def recording_rules(settings: StackSettings) -> list[Rule]:
+    sc = scope(settings)
+    gw = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
+    gw_err = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES, status=SERVER_ERROR)
     rules = [_record(RPS, f"sum by (job) (rate({gw}[5m]))")]
     for window in ERROR_RATIO_WINDOWS:
         rules.append(_record(
@@ -68,18 +70,18 @@ def recording_rules() -> list[Rule]:
             f" / sum by (job) (rate({gw}[{window}]))",
         ))
     rules += [
-        _record(VLLM_RPS, f"sum by (job) (rate({m.selector(m.VLLM_SUCCESS, job=m.JOB_VLLM)}[5m]))"),
+        _record(VLLM_RPS, f"sum by (job) (rate({sc.select(m.VLLM_SUCCESS, m.JOB_VLLM)}[5m]))"),
         _record(TOKENS_PER_SECOND,
-                f"sum by (job) (rate({m.selector(m.VLLM_GENERATION_TOKENS, job=m.JOB_VLLM)}[5m]))"),
+                f"sum by (job) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
         _record(PROMPT_TOKENS_PER_SECOND,
-                f"sum by (job) (rate({m.selector(m.VLLM_PROMPT_TOKENS, job=m.JOB_VLLM)}[5m]))"),
+                f"sum by (job) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
     ]
     for q in QUANTILES:
         rules.append(_record(TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, le", job=m.JOB_VLLM)))
+                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, le", **sc.labels(m.JOB_VLLM))))
     for q in QUANTILES:
         rules.append(_record(GW_TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, le", job=m.JOB_GATEWAY)))
+                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, le", **sc.labels(m.JOB_GATEWAY))))
     return rules
 
 
@@ -89,19 +91,29 @@ def health_check_window(settings: StackSettings) -> str:
     return m.duration((failures - 0.5) * m.seconds(settings.monitoring.scrape_interval))
 
 
+def _targets_failing(sc: Scope, window: str, failures: int) -> str:
+    """Each of this stack's targets (per namespace: its jobs) whose last N scrapes all failed."""
+    parts = []
+    for namespace, jobs in sc.jobs_by_namespace().items():
+        up = m.selector("up", job="~" + "|".join(jobs), namespace=namespace)
+        parts.append(f"(max_over_time({up}[{window}]) == 0 and count_over_time({up}[{window}]) >= {failures})")
+    return " or ".join(parts)
+
+
 def capacity_alerts(settings: StackSettings) -> list[Rule]:
     """The three alerts of the original design."""
     a = settings.monitoring.alerting
     failures = a.health_check_failures
     window = health_check_window(settings)
     factor = 1 + a.request_rate_increase_percent / 100
-    api = m.selector(m.GW_REQUESTS, job=m.JOB_GATEWAY, route=API_ROUTES)
+    sc = scope(settings)
+    api = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
     now = f"sum by (job) (rate({api}[5m]))"
     before = f"sum by (job) (rate({api}[5m] offset 1h))"
     return [
         _alert(
             "GpuUtilizationHigh",
-            f"avg({m.DCGM_UTIL}) > {a.gpu_utilization_percent:g}",
+            f"avg({sc.select(m.DCGM_UTIL, m.JOB_DCGM)}) > {a.gpu_utilization_percent:g}",
             for_="5m", severity="warning", signal="scale-out",
             summary=f"GPU pool above {a.gpu_utilization_percent:g} % utilisation for 5 minutes",
             description="Average GPU utilisation is {{ $value | printf \"%.0f\" }} %: the pool is near "
@@ -109,8 +121,8 @@ def capacity_alerts(settings: StackSettings) -> list[Rule]:
         ),
         _alert(
             "TargetHealthCheckFailing",
-            # Exactly the last N scrapes (the range holds N samples), all of them failed.
-            f"max_over_time(up[{window}]) == 0 and count_over_time(up[{window}]) >= {failures}",
+            # Exactly the last N scrapes (the range holds N samples), all of them failed; our targets only.
+            _targets_failing(sc, window, failures),
             for_="0s", severity="critical",
             summary=f"{{{{ $labels.job }}}} target {{{{ $labels.instance }}}} failed {failures} "
                     "consecutive health checks",
@@ -146,7 +158,8 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
             description="5xx ratio {{ $value | humanizePercentage }} over the long window; windows "
                         + ", ".join(f"{lw}/{sw} at {rate:g}x" for lw, sw, rate in pairs) + ".",
         ))
-    waiting = m.selector(m.VLLM_WAITING, job=m.JOB_VLLM)
+    sc = scope(settings)
+    waiting = sc.select(m.VLLM_WAITING, m.JOB_VLLM)
     rules += [
         _alert(
             "TtftP95High", f"{TTFT_QUANTILE.format(q=95)} > {a.ttft_p95_seconds:g}",
@@ -156,7 +169,7 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
         ),
         _alert(
             "KvCacheUsageHigh",
-            f"max by (job, instance) ({m.selector(m.VLLM_KV_USAGE, job=m.JOB_VLLM)}) > {a.kv_cache_usage_ratio:g}",
+            f"max by (job, instance) ({sc.select(m.VLLM_KV_USAGE, m.JOB_VLLM)}) > {a.kv_cache_usage_ratio:g}",
             for_="5m", severity="warning",
             summary=f"vLLM KV cache above {a.kv_cache_usage_ratio:.0%} on {{{{ $labels.instance }}}}",
             description="KV cache usage {{ $value | humanizePercentage }}: requests will queue or be preempted.",
@@ -170,14 +183,14 @@ def slo_alerts(settings: StackSettings) -> list[Rule]:
         ),
         _alert(
             "NoHealthyVllmBackend",
-            f'(count({m.selector("up", job=m.JOB_VLLM)} == 1) or vector(0)) == 0',
+            f'(count({sc.select("up", m.JOB_VLLM)} == 1) or vector(0)) == 0',
             for_="1m", severity="critical",
             summary="No vLLM backend is up",
             description="Every vLLM replica is down or unreachable: all chat requests fail.",
         ),
         _alert(
             "RedisDown",
-            f"(max({m.REDIS_UP}) or vector(0)) == 0",
+            f"(max({sc.select(m.REDIS_UP, m.JOB_REDIS)}) or vector(0)) == 0",
             for_="1m", severity="critical",
             summary="Redis is down",
             description="redis_exporter reports Redis unreachable (or the Redis pod is gone): sessions "
@@ -193,10 +206,15 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
     if rep is None:
         return []
     lag = rep.lag_alert_seconds
+    sc = scope(settings)
+
+    def redis(metric: str) -> str:
+        return sc.select(metric, m.JOB_REDIS)
+
     rules = [
         _alert(
             "RedisReplicationLinkDown",
-            f"min({m.REDIS_MASTER_LINK_UP}) == 0",
+            f"min({redis(m.REDIS_MASTER_LINK_UP)}) == 0",
             for_="1m", severity="critical",
             summary="The standby's Redis has lost its primary",
             description="master_link_status is down on this replica: sessions written at the primary are not "
@@ -204,7 +222,7 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
         ),
         _alert(
             "RedisReplicaLagHigh",
-            f"max({m.REDIS_MASTER_LAST_IO} or {m.REDIS_REPLICA_LAG}) > {lag}",
+            f"max({redis(m.REDIS_MASTER_LAST_IO)} or {redis(m.REDIS_REPLICA_LAG)}) > {lag}",
             for_="1m", severity="warning",
             summary="Redis replication lags",
             description=f"The cross-site replica is {{{{ $value | printf \"%.0f\" }}}} s behind (threshold "
@@ -214,7 +232,7 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
     if settings.site.role == "primary":
         rules.append(_alert(
             "RedisPrimaryHasNoReplica",
-            f"(max({m.REDIS_CONNECTED_REPLICAS}) or vector(0)) < 1",
+            f"(max({redis(m.REDIS_CONNECTED_REPLICAS)}) or vector(0)) < 1",
             for_="5m", severity="warning",
             summary="No standby replicates this primary's Redis",
             description="No replica is connected over the replication endpoint: the DR site has no copy of "
@@ -226,7 +244,7 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
 def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     interval = settings.monitoring.scrape_interval
     groups = [
-        {"name": "qwen-serving.recording", "interval": interval, "rules": recording_rules()},
+        {"name": "qwen-serving.recording", "interval": interval, "rules": recording_rules(settings)},
         {"name": "qwen-serving.capacity", "interval": interval, "rules": capacity_alerts(settings)},
         {"name": "qwen-serving.slo", "interval": interval, "rules": slo_alerts(settings)},
     ]

@@ -21,6 +21,10 @@ TEMPLATE = "nginx.conf.j2"
 K8S_TLS_DIR = "/etc/nginx/tls"
 # Where the unprivileged nginx writes pid and temp files in the pod (an emptyDir).
 K8S_STATE_DIR = "/tmp/nginx"
+# Where the rendered nginx.conf is mounted in the pod (the edge's ConfigMap; `make verify` runs `nginx -T` on it).
+K8S_CONF_DIR = "/etc/nginx/qwen"
+# The OpenAI API's location: streamed (SSE), so never buffered (web/nginx.conf.j2; checked by `make verify`).
+SSE_LOCATION = "/v1/"
 # /nginx_status answers loopback only: its reader is the nginx-prometheus-exporter sidecar in the same pod
 # (127.0.0.1), and Prometheus scrapes that exporter's own metrics port, never Nginx itself.
 

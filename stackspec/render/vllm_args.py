@@ -12,6 +12,24 @@ from collections.abc import Sequence
 from stackspec.settings import StackSettings
 
 ENTRYPOINT_MODULE = "vllm.entrypoints.openai.api_server"
+CACHE_MOUNT = "/models"  # where the model cache (hostPath or PVC) is mounted in the vLLM container
+
+
+def needs_p2p_disabled(settings: StackSettings) -> bool:
+    """RTX 4090-class cards hang in NCCL peer-to-peer; TP on them must go through host memory."""
+    return settings.inference.tensor_parallel_size > 1 and "4090" in settings.gpu_pool.gpu_model
+
+
+def vllm_env(settings: StackSettings) -> dict[str, str]:
+    """The vLLM container's environment (infra/components/inference.py; checked in the pods by `make verify`)."""
+    env = {
+        "HF_HOME": CACHE_MOUNT,
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    if needs_p2p_disabled(settings):
+        env["NCCL_P2P_DISABLE"] = "1"
+    return env
 
 
 def _flag_key(token: str) -> str:

@@ -122,7 +122,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_packages_are_what_the_readme_maps() -> None:
-    assert {"stackspec", "infra", "app.gateway", "app.inference", "localstack", "policies", "tests"} <= packages()
+    assert {"stackspec", "infra", "app.gateway", "app.inference", "localstack", "policies", "tests",
+            "verify"} <= packages()
 
 
 def test_the_contract_imports_nothing_of_ours_but_the_gateway_settings() -> None:
@@ -149,6 +150,14 @@ def test_dependencies_point_at_the_contract_never_from_it() -> None:
         assert LEAF not in edges.get(package, set()) or package not in edges[LEAF]
     assert "policies" not in edges["infra"] or "infra" not in edges["policies"]
     assert edges["policies"] <= {LEAF}, edges["policies"]
+
+
+def test_verify_reads_the_contract_and_the_local_stack_and_nothing_imports_it_but_tests() -> None:
+    """`make verify` checks what a stack declared: it may read the contract (and find the local stack), never
+    the Pulumi program (what runs must match the settings, not the program's own reading of them)."""
+    edges, where = graph()
+    assert edges["verify"] <= {LEAF, "localstack"}, {k: v for k, v in where.items() if k[0] == "verify"}
+    assert [p for p, deps in edges.items() if "verify" in deps] in ([], ["tests"])
 
 
 def test_the_checker_sees_a_planted_cycle() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.rules import rule_groups
+from stackspec.monitoring.scope import scope
 from stackspec.settings import StackSettings
 
 
@@ -75,24 +76,30 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         return int(m.seconds(duration) / step)
 
     quarter = span("15m")
+    sc = scope(settings)
 
-    gw = 'gateway_requests_total{job="gateway",route="/v1/chat/completions",model="m",status="%s"}'
-    up_a = 'up{job="vllm",instance="10.0.0.1:8000"}'
+    def ours(job: str) -> str:
+        """The target labels of one of this stack's jobs (job and namespace, as Prometheus attaches them)."""
+        return ",".join(f'{k}="{v}"' for k, v in sc.labels(job).items())
+
+    vllm, gateway, redis, dcgm = ours(m.JOB_VLLM), ours(m.JOB_GATEWAY), ours(m.JOB_REDIS), ours(m.JOB_DCGM)
+    gw = m.GW_REQUESTS + '{' + gateway + ',route="/v1/chat/completions",model="m",status="%s"}'
+    up_a = f'up{{{vllm},instance="10.0.0.1:8000"}}'
     result: dict[str, list[Case]] = {}
 
     # --- GPU utilisation > threshold for 5 minutes --------------------------------------------------------
     hot, warm = a.gpu_utilization_percent + 4, a.gpu_utilization_percent + 2
     result["GpuUtilizationHigh"] = [
         Case("pool average above the threshold: pending at 4m, firing at 6m", {
-            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{quarter}",
-            f'{m.DCGM_UTIL}{{gpu="1",Hostname="gpu-a1"}}': f"{warm:g}x{quarter}",
+            f'{m.DCGM_UTIL}{{{dcgm},gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{quarter}",
+            f'{m.DCGM_UTIL}{{{dcgm},gpu="1",Hostname="gpu-a1"}}': f"{warm:g}x{quarter}",
         }, [("4m", []), ("6m", [ex(settings, "GpuUtilizationHigh", (hot + warm) / 2)])], interval),
         Case("one hot GPU, pool average below the threshold", {
-            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"99x{quarter}",
-            f'{m.DCGM_UTIL}{{gpu="1",Hostname="gpu-a1"}}': f"{a.gpu_utilization_percent - 40:g}x{quarter}",
+            f'{m.DCGM_UTIL}{{{dcgm},gpu="0",Hostname="gpu-a1"}}': f"99x{quarter}",
+            f'{m.DCGM_UTIL}{{{dcgm},gpu="1",Hostname="gpu-a1"}}': f"{a.gpu_utilization_percent - 40:g}x{quarter}",
         }, [("6m", []), ("12m", [])], interval),
         Case("above the threshold for only 3 minutes", {
-            f'{m.DCGM_UTIL}{{gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{span('3m')} 10x{quarter}",
+            f'{m.DCGM_UTIL}{{{dcgm},gpu="0",Hostname="gpu-a1"}}': f"{hot:g}x{span('3m')} 10x{quarter}",
         }, [("4m", []), ("8m", [])], interval),
     ]
 
@@ -106,7 +113,8 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     result["TargetHealthCheckFailing"] = [
         Case(f"{n} failed scrapes in a row fire at the {n}th, clear on recovery", {up_a: ok_then_down}, [
             (t_one_short, []),
-            (t_last_fail, [ex(settings, "TargetHealthCheckFailing", 0, job="vllm", instance="10.0.0.1:8000")]),
+            (t_last_fail, [ex(settings, "TargetHealthCheckFailing", 0, **sc.labels(m.JOB_VLLM),
+                                 instance="10.0.0.1:8000")]),
             (t_recovered, []),
         ], interval),
         Case(f"failures never {n} in a row", {up_a: flapping}, [
@@ -174,7 +182,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         series, cumulative = {}, 0.0
         for le, c in zip([*(f"{b:g}" for b in bounds), "+Inf"], counts, strict=True):
             cumulative += c
-            series[f'{m.VLLM_TTFT}_bucket{{job="vllm",instance="a",model_name="m",le="{le}"}}'] = \
+            series[f'{m.VLLM_TTFT}_bucket{{{vllm},instance="a",model_name="m",le="{le}"}}'] = \
                 _counter(cumulative, span("30m"))
         return series
 
@@ -187,7 +195,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     ]
 
     # --- KV cache, waiting requests ---------------------------------------------------------------------
-    kv = f'{m.VLLM_KV_USAGE}{{job="vllm",instance="10.0.0.1:8000",engine="0",model_name="m"}}'
+    kv = f'{m.VLLM_KV_USAGE}{{{vllm},instance="10.0.0.1:8000",engine="0",model_name="m"}}'
     full = min(a.kv_cache_usage_ratio + 0.05, 1.0)
     result["KvCacheUsageHigh"] = [
         Case("KV cache nearly full for 5 minutes", {kv: f"{full:g}x{quarter}"}, [
@@ -197,7 +205,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         Case("KV cache busy but below the threshold", {kv: f"{a.kv_cache_usage_ratio - 0.1:g}x{quarter}"},
              [("10m", [])], interval),
     ]
-    waiting = f'{m.VLLM_WAITING}{{job="vllm",instance="10.0.0.1:8000",engine="0",model_name="m"}}'
+    waiting = f'{m.VLLM_WAITING}{{{vllm},instance="10.0.0.1:8000",engine="0",model_name="m"}}'
     queued = a.waiting_requests + 5
     result["RequestsWaitingHigh"] = [
         Case("queue above the threshold for 5 minutes", {waiting: f"{queued}x{quarter}"}, [
@@ -209,27 +217,27 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     ]
 
     # --- no healthy backend, Redis down ------------------------------------------------------------------
-    up_b = 'up{job="vllm",instance="10.0.0.2:8000"}'
+    up_b = f'up{{{vllm},instance="10.0.0.2:8000"}}'
     result["NoHealthyVllmBackend"] = [
         Case("every vLLM target down", {up_a: f"0x{quarter}", up_b: f"0x{quarter}"}, [
             ("30s", []), ("2m", [ex(settings, "NoHealthyVllmBackend", 0)]),
         ], interval),
-        Case("vLLM targets gone entirely (pods deleted)", {'up{job="gateway",instance="g"}': f"1x{quarter}"}, [
+        Case("vLLM targets gone entirely (pods deleted)", {f'up{{{gateway},instance="g"}}': f"1x{quarter}"}, [
             ("2m", [ex(settings, "NoHealthyVllmBackend", 0)]),
         ], interval),
         Case("one backend down, one up", {up_a: f"0x{quarter}", up_b: f"1x{quarter}"}, [("2m", [])], interval),
     ]
-    redis_up = f'{m.REDIS_UP}{{job="redis",instance="redis-0"}}'
+    redis_up = f'{m.REDIS_UP}{{{redis},instance="redis-0"}}'
     result["RedisDown"] = [
         Case("redis_exporter reports Redis down", {redis_up: f"0x{quarter}"}, [("2m", [ex(settings, "RedisDown", 0)])],
              interval),
-        Case("Redis pod gone (no redis_up at all)", {'up{job="gateway",instance="g"}': f"1x{quarter}"}, [
+        Case("Redis pod gone (no redis_up at all)", {f'up{{{gateway},instance="g"}}': f"1x{quarter}"}, [
             ("2m", [ex(settings, "RedisDown", 0)]),
         ], interval),
         Case("Redis up", {redis_up: f"1x{quarter}"}, [("2m", [])], interval),
     ]
     result |= replication_cases(settings, quarter, interval)
-    return result
+    return {alert: [*found, *foreign_cases(settings, alert, found)] for alert, found in result.items()}
 
 
 def replication_cases(settings: StackSettings, quarter: int, interval: str) -> dict[str, list[Case]]:
@@ -238,10 +246,11 @@ def replication_cases(settings: StackSettings, quarter: int, interval: str) -> d
     if rep is None:
         return {}
     ex = expected_alert
-    link = f'{m.REDIS_MASTER_LINK_UP}{{job="redis",instance="redis-0"}}'
-    last_io = f'{m.REDIS_MASTER_LAST_IO}{{job="redis",instance="redis-0"}}'
-    replica_lag = f'{m.REDIS_REPLICA_LAG}{{job="redis",instance="redis-0",slave_ip="198.51.100.5"}}'
-    replicas = f'{m.REDIS_CONNECTED_REPLICAS}{{job="redis",instance="redis-0"}}'
+    redis = ",".join(f'{k}="{v}"' for k, v in scope(settings).labels(m.JOB_REDIS).items())
+    link = f'{m.REDIS_MASTER_LINK_UP}{{{redis},instance="redis-0"}}'
+    last_io = f'{m.REDIS_MASTER_LAST_IO}{{{redis},instance="redis-0"}}'
+    replica_lag = f'{m.REDIS_REPLICA_LAG}{{{redis},instance="redis-0",slave_ip="198.51.100.5"}}'
+    replicas = f'{m.REDIS_CONNECTED_REPLICAS}{{{redis},instance="redis-0"}}'
     late = rep.lag_alert_seconds + 5
     found = {
         "RedisReplicationLinkDown": [
@@ -266,6 +275,51 @@ def replication_cases(settings: StackSettings, quarter: int, interval: str) -> d
             Case("the standby is connected", {replicas: f"1x{quarter}"}, [("6m", [])], interval),
         ]
     return found
+
+
+# Targets that are not this stack's: its job names in another team's namespace, and a cluster component.
+FOREIGN_TARGETS = ((None, "another-team"), ("kube-scheduler", "kube-system"))
+# Alerts that fire when this stack's series are missing ("no healthy backend", "Redis down"): a foreign
+# target alone would make them fire for the right reason, so their foreign cases keep this stack healthy.
+ABSENCE_ALERTS = {"NoHealthyVllmBackend", "RedisDown", "RedisPrimaryHasNoReplica"}
+
+
+def _relabel(series: str, job: str | None, namespace: str) -> str:
+    """The series of a foreign target: `namespace` (and `job`, when given) replaced."""
+    if job is not None:
+        series = re.sub(r'(?<![\w])job="[^"]*"', f'job="{job}"', series)
+    return re.sub(r'(?<![\w])namespace="[^"]*"', f'namespace="{namespace}"', series)
+
+
+def _foreign(series: dict[str, str], job: str | None, namespace: str) -> dict[str, str]:
+    return {_relabel(name, job, namespace): values for name, values in series.items()}
+
+
+def foreign_cases(settings: StackSettings, alert: str, found: list[Case]) -> list[Case]:
+    """For each firing case, the same failure on foreign targets stays silent, and next to this stack's own
+    failure changes nothing (the same alerts, labels and values fire).
+
+    For an absence alert the foreign failure comes with this stack healthy (its first silent case), and this
+    stack's failure comes with foreign targets healthy (a foreign `vllm` up must not hide ours down).
+    """
+    firing = [c for c in found if c.fires]
+    healthy = next(c for c in found if not c.fires)
+    result: list[Case] = []
+    for case in firing:
+        for job, namespace in FOREIGN_TARGETS:
+            who = f'{f"job {job}" if job else "the same jobs"} in namespace {namespace}'
+            failing_elsewhere = _foreign(case.series, job, namespace)
+            if alert in ABSENCE_ALERTS:
+                quiet = {**healthy.series, **failing_elsewhere}
+                loud = {**case.series, **_foreign(healthy.series, job, namespace)}
+            else:
+                quiet = failing_elsewhere
+                loud = {**case.series, **failing_elsewhere}
+            result.append(Case(f"foreign ({who}): {case.description} -> silent", quiet,
+                               [(when, []) for when, _ in case.checks], case.interval))
+            result.append(Case(f"ours and foreign ({who}): {case.description} -> only ours", loud,
+                               case.checks, case.interval))
+    return result
 
 
 def promtool_test_file(settings: StackSettings, rule_file: str, alert: str, alert_cases: list[Case]

@@ -87,7 +87,9 @@ def test_every_scrape_target_matches_a_service_and_port(name: str) -> None:
             dcgm = run.one(RELEASE, "dcgm-exporter")
             assert inputs(dcgm)["chart"] == "dcgm-exporter" and port == "metrics"
             assert inputs(dcgm)["values"]["service"]["enable"] is True
-            assert spec["namespaceSelector"] == {"any": True}
+            # Only the GPU system namespace's exporter: the rules' DCGM selectors pin that namespace.
+            assert spec["namespaceSelector"] == {"matchNames": [run.settings.kubernetes.gpu_system_namespace]}
+            assert inputs(dcgm)["namespace"] == run.settings.kubernetes.gpu_system_namespace
             continue
         namespaces = spec["namespaceSelector"]["matchNames"]
         matching = [

@@ -192,6 +192,8 @@ def test_every_rule_evaluates_cleanly_and_no_outage_alert_fires(live: Live) -> N
     for job, count in expected.items():
         assert [value(s) for s in query(live, f'up{{job="{job}"}}')] == [1.0] * count, job
     assert value(query(live, m.NGINX_UP)[0]) == 1.0 and value(query(live, m.REDIS_UP)[0]) == 1.0
+    # The scoped rules select job and namespace: every local target carries the stack's namespace label.
+    assert {s["metric"].get("namespace") for s in query(live, "up")} == {monitoring_settings().kubernetes.namespace}
     active = {s["metric"]["alertname"] for s in query(live, "ALERTS")}
     assert not active & {"NoHealthyVllmBackend", "RedisDown", "TargetHealthCheckFailing"}, active
 

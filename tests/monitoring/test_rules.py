@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stackspec.monitoring.rules import alert_names, render_rules, rule_groups
+from stackspec.monitoring.scope import scope
 from stackspec.settings import StackSettings
 from tests.monitoring.conftest import all_settings, run, stack_settings, tool
 from tests.monitoring.rule_cases import cases, promtool_test_file
@@ -46,6 +48,31 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     for alert, alert_cases in found.items():
         assert any(c.fires for c in alert_cases), f"{alert}: no case where it fires"
         assert any(not c.fires for c in alert_cases), f"{alert}: no case where it stays silent"
+
+
+def test_every_alert_is_tested_against_foreign_targets() -> None:
+    """Each firing case has a twin on foreign targets (same jobs elsewhere, kube-scheduler) that stays silent."""
+    for alert, alert_cases in cases(PROD).items():
+        foreign = [c for c in alert_cases if c.description.startswith("foreign")]
+        assert foreign and not any(c.fires for c in foreign), alert
+        assert {"another-team", "kube-system"} <= {ns for c in foreign for s in c.series for ns in
+                                                    re.findall(r'namespace="([^"]+)"', s)}, alert
+
+
+def test_every_selector_in_the_rules_is_scoped_to_the_stack() -> None:
+    """Every series a rule reads carries this stack's job and namespace (recorded series are built from them)."""
+    sc = scope(PROD)
+    ours = {f'namespace="{ns}"' for ns in sc.jobs_by_namespace()}
+    recorded = {rule["record"] for g in rule_groups(PROD) for rule in g["rules"] if "record" in rule}
+    for group in rule_groups(PROD):
+        for rule in group["rules"]:
+            expr = re.sub(r"\[[^\]]*\]", "", rule["expr"])  # drop range windows
+            for name, labels in re.findall(r"([a-zA-Z_:][\w:]*)(\{[^}]*\})?", expr):
+                if name in recorded or not (labels or name in ("up",) or name.startswith(("vllm:", "gateway_",
+                                                                                             "redis_", "DCGM_"))):
+                    continue
+                assert labels and "job" in labels and any(n in labels for n in ours), \
+                    f"{rule.get('alert') or rule.get('record')}: {name}{labels} is not scoped"
 
 
 def _promtool_test(settings: StackSettings, rules_from: StackSettings, alert: str, where: Path
@@ -92,6 +119,16 @@ def test_promtool_fails_when_a_rule_is_wrong(alert: str, change: dict[str, objec
     assert "FAILED" in output
 
 
+@pytest.mark.parametrize("alert", ["TargetHealthCheckFailing", "NoHealthyVllmBackend", "RedisDown",
+                                   "AvailabilityBudgetBurnFast"])
+def test_promtool_fails_when_the_rules_watch_another_namespace(alert: str, scratch: Path) -> None:
+    """The scoping is what the foreign cases test: rules rendered for the namespace the tests call foreign fail."""
+    values = PROD.kubernetes.model_dump(by_alias=True) | {"namespace": "another-team"}
+    elsewhere = PROD.model_copy(update={"kubernetes": type(PROD.kubernetes)(**values)})
+    code, output = _promtool_test(PROD, elsewhere, alert, scratch)
+    assert code != 0 and "FAILED" in output, output
+
+
 def test_health_check_window_holds_exactly_the_failures() -> None:
     from stackspec.monitoring.promql import seconds
     from stackspec.monitoring.rules import health_check_window
@@ -102,3 +139,21 @@ def test_health_check_window_holds_exactly_the_failures() -> None:
         n = settings.monitoring.alerting.health_check_failures
         # A closed range [t - w, t] holds n samples spaced `interval` apart iff (n-1)*i <= w < n*i.
         assert (n - 1) * interval <= window < n * interval
+
+
+def test_the_local_scrape_config_attaches_the_labels_the_rules_select(scratch: Path) -> None:
+    """The local Prometheus has no operator: its static config must give each job the namespace label the
+    ServiceMonitors give it in the cluster, or the scoped rules would see nothing locally."""
+    from stackspec.monitoring.scope import APP_JOBS
+    from stackspec.monitoring.scrape import prometheus_config, render_prometheus_config
+
+    local = SETTINGS["local"]
+    targets = {job: [f"127.0.0.1:{9100 + i}"] for i, job in enumerate(APP_JOBS)}
+    config = prometheus_config(local, targets)
+    for job_config in config["scrape_configs"]:
+        labels = {"job": job_config["job_name"], **job_config["static_configs"][0]["labels"]}
+        assert labels == scope(local).labels(job_config["job_name"])
+    (scratch / "rules.yaml").write_text(render_rules(local))
+    (scratch / "prometheus.yml").write_text(render_prometheus_config(local, targets))
+    result = run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=scratch)
+    assert result.returncode == 0, result.stdout + result.stderr

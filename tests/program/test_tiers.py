@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from infra.components.inference import needs_p2p_disabled
 from infra.components.network import pod_security_level
 from stackspec.render.nginx import render_nginx_conf
 from stackspec.render.redis import render_redis_conf
-from stackspec.render.vllm_args import render_vllm_args
+from stackspec.render.vllm_args import needs_p2p_disabled, render_vllm_args
 from stackspec.settings import PROJECT
 from tests.program.conftest import (
     CONFIG_MAP,
