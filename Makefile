@@ -14,11 +14,12 @@ DRY_RUN ?=
 YES ?=
 DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
 
-.PHONY: help setup up down test lint plan pin-digests bench loadtest clean drill failover failback
+.PHONY: help setup up down images test lint plan pin-digests bench loadtest clean drill failover failback
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
 	@echo "make down   - stop everything 'make up' started"
+	@echo "make images - build the gateway and edge images with Docker, offline (IMAGES=1 make up runs them)"
 	@echo "make test   - set up and run every test layer (lint included)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
@@ -37,6 +38,9 @@ up: setup
 
 down:
 	$(PY) -m localstack down
+
+images: setup
+	$(PY) -m localstack images
 
 lint: setup
 	.venv/bin/ruff check .

@@ -310,8 +310,8 @@ def test_images_are_built_from_pinned_bases_and_pushed_per_settings(stack: str) 
     images = run.settings.images
     built = {r.name: r.inputs for r in run.of_type(IMAGE)}
     assert set(built) == {"gateway-image", "edge-image"}
-    assert built["gateway-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
-    assert built["edge-image"]["build"]["args"] == {"NGINX_BASE": images.nginx_base}
+    assert built["gateway-image"]["build"]["args"]["PYTHON_BASE"] == images.python_base
+    assert built["edge-image"]["build"]["args"]["NGINX_BASE"] == images.nginx_base
     for inputs in built.values():
         assert inputs["skipPush"] is (not images.push)
         assert inputs["imageName"].startswith(images.registry + "/")
