@@ -38,6 +38,7 @@ class Docker:
 
     root: Path = DEFAULT_DIR
     process: ManagedProcess | None = None
+    name: str = "dockerd"
 
     @property
     def exec_root(self) -> Path:

@@ -218,6 +218,7 @@ class LocalStack:
         the containers in front of the session stack's): processes, or containers from the images built here
         first with `config.images`. Only what this starts is this stack's to stop."""
         cfg, say, root = self.config, self.config.say, self.root
+        root.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         t = time.monotonic()
         images: dict[str, str] = {}
