@@ -73,4 +73,5 @@ failback:
 	$(PY) -m dr failback $(DR_ARGS)
 
 clean:
+	-@for m in build/docker/run/netns/*; do [ -e "$$m" ] && umount "$$m" 2>/dev/null; done; true
 	rm -rf build

@@ -88,6 +88,7 @@ class Docker:
             d.mkdir(parents=True, exist_ok=True)
         pidfile = run / "dockerd.pid"
         _drop_stale_pidfile(pidfile)
+        self.unmount_leftovers()
         argv = [
             DOCKERD, "--data-root", str(data), "--exec-root", str(run), "--pidfile", str(pidfile),
             "-H", self.host, "--bridge=none", "--iptables=false", "--ip6tables=false",
@@ -102,12 +103,27 @@ class Docker:
         if self.process is not None:
             self.process.stop(timeout=30)
             self.process = None
+            self.unmount_leftovers()
+
+    def unmount_leftovers(self) -> None:
+        """dockerd leaves its network namespace bind-mounted (<exec root>/netns/default) when stopped after
+        running a container; unmounted here, or `make clean` could not remove build/docker."""
+        netns = self.exec_root / "netns"
+        for entry in sorted(netns.iterdir()) if netns.is_dir() else []:
+            if entry.is_mount() or _mounted(entry):
+                subprocess.run(["umount", str(entry)], check=False, capture_output=True)
 
     def __enter__(self) -> Docker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _mounted(path: Path) -> bool:
+    """A namespace bind mount is not a directory, so Path.is_mount cannot see it: read /proc/self/mounts."""
+    target = str(path)
+    return any(line.split()[1] == target for line in Path("/proc/self/mounts").read_text().splitlines())
 
 
 def _drop_stale_pidfile(pidfile: Path) -> None:
