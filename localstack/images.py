@@ -161,11 +161,14 @@ def choose_base(docker: Docker, setting: str, pinned: str, say: Say) -> tuple[st
     """The pinned base if Docker has it or can pull it; otherwise the one made here. Says which."""
     if _has_image(docker, pinned):
         return pinned, "pinned"
-    pull = docker.run(["pull", pinned], check=False, timeout=300)
-    if pull.returncode == 0:
-        return pinned, "pinned"
+    try:
+        pull = docker.run(["pull", pinned], check=False, timeout=300)
+        if pull.returncode == 0:
+            return pinned, "pinned"
+        reason = (pull.stderr.strip().splitlines() or ["pull failed"])[-1][:160]
+    except subprocess.TimeoutExpired:
+        reason = "no answer from the registry in 300 s"
     local = ensure_local_base(docker, LOCAL_BASES[setting], say)
-    reason = (pull.stderr.strip().splitlines() or ["pull failed"])[-1][:160]
     say(f"base: {pinned} cannot be pulled ({reason}); using {local}, made here (Debian {SUITE}, debootstrap)")
     return local, f"made here (Debian {SUITE}, debootstrap)"
 
