@@ -18,11 +18,12 @@ DRY_RUN ?=
 YES ?=
 DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
 
-.PHONY: help setup up down test lint plan pin-digests bench loadtest clean drill failover failback verify
+.PHONY: help setup up down images test lint plan pin-digests bench loadtest clean drill failover failback verify
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
 	@echo "make down   - stop everything 'make up' started"
+	@echo "make images - build the gateway and edge images with Docker, offline (IMAGES=1 make up runs them)"
 	@echo "make test   - set up and run every test layer (lint included)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
 	@echo "make plan STACK=prod BASE=origin/main - offline diff against a git ref: resources added/removed/changed"
@@ -44,6 +45,9 @@ up: setup
 
 down:
 	$(PY) -m localstack down
+
+images: setup
+	$(PY) -m localstack images
 
 lint: setup
 	.venv/bin/ruff check .
@@ -83,4 +87,5 @@ failback:
 	$(PY) -m dr failback $(DR_ARGS)
 
 clean:
+	-@for m in build/docker/run/netns/*; do [ -e "$$m" ] && umount "$$m" 2>/dev/null; done; true
 	rm -rf build

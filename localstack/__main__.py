@@ -4,6 +4,8 @@ up:     start the stack (PORT, MODEL, VLLM_REPLICAS from the environment), print
         Ctrl-C (or `make down` from another shell), then stop every process it started.
 down:   stop exactly the processes recorded in build/local/pids.json (if they are still the same ones).
 status: show the recorded processes and the endpoint.
+images: build the gateway and edge images with Docker (a dockerd of our own under build/docker, stopped
+        afterwards), offline, from the build definitions the Pulumi Images component uses; `make images`.
 """
 
 from __future__ import annotations
@@ -115,10 +117,31 @@ def status() -> int:
     return 0
 
 
+def images() -> int:
+    from localstack.docker import Docker
+    from localstack.images import build_images
+    from localstack.settings import local_settings
+
+    started = time.monotonic()
+    try:
+        settings = local_settings("images")  # local.yaml's images.* (the pinned bases), as `make up` uses
+        with Docker() as docker:
+            print(f"docker: dockerd {docker.run(['version', '--format', '{{.Server.Version}}']).stdout.strip()} "
+                  f"on {docker.host}")
+            built = build_images(docker, settings.images, print)
+    except (ProcessError, SettingsError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"\nbuilt in {time.monotonic() - started:.0f} s (images in build/docker; `IMAGES=1 make up` runs them):")
+    for b in built.values():
+        print(f"  {b.tag:40} {b.size_bytes / 1e6:5.0f} MB  base {b.base} ({b.base_source})")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "status": status}
+    commands = {"up": up, "down": down, "status": status, "images": images}
     if len(argv) != 1 or argv[0] not in commands:
-        print("usage: python -m localstack up|down|status", file=sys.stderr)
+        print("usage: python -m localstack up|down|status|images", file=sys.stderr)
         return 2
     return commands[argv[0]]()
 

@@ -279,6 +279,11 @@ def start_gateway(
     }
     cmd = [str(PROJECT_PYTHON), "-m", "app.gateway"]
     proc = ManagedProcess(name, cmd, workdir / f"{name}.log", env=full_env, cwd=REPO_ROOT).start()
+    return gateway_handle(name, port, proc, timeout=timeout, wait=wait)
+
+
+def gateway_handle(name: str, port: int, proc: ManagedProcess, *, timeout: float, wait: bool) -> GatewayHandle:
+    """A started gateway (process or container) on `port`: ready when /readyz answers 2xx."""
     url = f"http://127.0.0.1:{port}"
     handle = GatewayHandle(name, port, proc, lambda: http_ok(f"{url}/readyz"), timeout)
     if wait:

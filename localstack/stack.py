@@ -59,7 +59,7 @@ class StackError(RuntimeError):
 @dataclass
 class LocalConfig:
     """What a run of the local stack may vary; `from_env` reads PORT, MODEL, TEST_MODEL, VLLM_REPLICAS,
-    LOCAL_STATE_DIR."""
+    LOCAL_STATE_DIR, IMAGES."""
 
     root: Path = DEFAULT_ROOT
     port: int = 8080
@@ -71,6 +71,9 @@ class LocalConfig:
     gateway_replicas: int | None = None  # default: settings.gateway.replicas
     prometheus: bool = True
     vllm_timeout: float = 600.0
+    # The gateways and the edge from their images (built first, `make images`), under a dockerd of the
+    # stack's own (build/docker), instead of as processes: localstack/containers.py.
+    images: bool = False
     say: Callable[[str], None] = print
 
     @classmethod
@@ -96,9 +99,13 @@ class LocalConfig:
         test_model = env.get("TEST_MODEL", PACED_MODEL)
         if test_model not in TEST_MODELS:
             problems.append(f"TEST_MODEL={test_model!r}: choose one of {', '.join(TEST_MODELS)}")
+        images = env.get("IMAGES", "0")
+        if images not in ("0", "1", ""):
+            problems.append(f"IMAGES={images!r}: 1 runs the gateway and the edge from their images, 0 as processes")
         if problems:
             raise StackError("\n".join(problems))
-        return cls(root=state_dir(env), port=port, model=model, vllm_replicas=replicas, test_model=test_model)
+        return cls(root=state_dir(env), port=port, model=model, vllm_replicas=replicas, test_model=test_model,
+                   images=images == "1")
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -125,6 +132,7 @@ class LocalStack:
     gateways: list[GatewayHandle] = field(default_factory=list)
     nginx: NginxHandle | None = None
     monitoring: Any = None  # localstack.prometheus.LocalMonitoring: Prometheus + the Nginx/Redis exporters
+    docker: Any = None  # localstack.docker.Docker, with config.images
     endpoint: Endpoint | None = None
     settings: StackSettings | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -140,7 +148,8 @@ class LocalStack:
 
     def handles(self) -> list[Any]:
         monitoring = self.monitoring.handles() if self.monitoring is not None else []
-        found: list[Any] = [self.redis, *self.vllm, *self.gateways, self.nginx, *monitoring]
+        docker = self.docker if self.docker is not None and self.docker.process is not None else None
+        found: list[Any] = [docker, self.redis, *self.vllm, *self.gateways, self.nginx, *monitoring]
         return [h for h in found if h is not None]
 
     # --- start -----------------------------------------------------------------------------------
@@ -193,31 +202,67 @@ class LocalStack:
             say(f"vllm-{i}     ready on 127.0.0.1:{handle.port} ({time.monotonic() - t:.1f} s)")
         self.timings["vllm"] = time.monotonic() - t
 
-        t = time.monotonic()
-        env = gateway_env(settings, self.vllm, self.redis, api_key_hashes={key_hash(api_key): "local-dev"})
-        n_gateways = settings.gateway.replicas
-        for i in range(n_gateways):
-            self.gateways.append(start_gateway(root / f"gateway-{i}", env=env, name=f"gateway-{i}", wait=False))
-            self._record()
-        for gw in self.gateways:
-            gw.wait_ready()
-            say(f"{gw.name}  ready on 127.0.0.1:{gw.port}")
-        self.timings["gateways"] = time.monotonic() - t
-
-        t = time.monotonic()
-        conf = nginx_conf(settings, port=cfg.port, gateways=self.gateways, prefix=root / "nginx")
-        self.nginx = start_nginx(root / "nginx", conf_text=conf, port=cfg.port, health_path="/")
-        self._record()
-        self.timings["nginx"] = time.monotonic() - t
-        say(f"nginx      ready on 127.0.0.1:{cfg.port}")
+        self.start_front(settings, api_key=api_key, redis=self.redis, vllm=self.vllm)
 
         if cfg.prometheus:
             self._start_monitoring(redis_password, say)
 
-        self.endpoint = Endpoint(f"http://127.0.0.1:{cfg.port}", api_key, served)
+        assert self.endpoint is not None
         _write_private_json(root / ENDPOINT_FILE, self.endpoint.as_json())
         self.timings["total"] = time.monotonic() - t0
         return self.endpoint
+
+    def start_front(self, settings: StackSettings, *, api_key: str, redis: RedisHandle, vllm: list[VllmHandle]
+                    ) -> Endpoint:
+        """The gateways and Nginx in front of `redis` and `vllm` (this stack's, or another's: tests/images puts
+        the containers in front of the session stack's): processes, or containers from the images built here
+        first with `config.images`. Only what this starts is this stack's to stop."""
+        cfg, say, root = self.config, self.config.say, self.root
+        root.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        t = time.monotonic()
+        images: dict[str, str] = {}
+        if cfg.images:
+            from localstack.docker import Docker
+            from localstack.images import build_images
+
+            self.docker = Docker(REPO_ROOT / "build" / "docker").start()
+            self._record()
+            images = {name: b.tag for name, b in build_images(self.docker, settings.images, say).items()}
+            self.timings["images"] = time.monotonic() - t
+            t = time.monotonic()
+        env = gateway_env(settings, vllm, redis, api_key_hashes={key_hash(api_key): "local-dev"})
+        for i in range(settings.gateway.replicas):
+            self.gateways.append(self._start_gateway(root / f"gateway-{i}", env, f"gateway-{i}", images))
+            self._record()
+        for gw in self.gateways:
+            gw.wait_ready()
+            say(f"{gw.name}  ready on 127.0.0.1:{gw.port}{' (container)' if cfg.images else ''}")
+        self.timings["gateways"] = time.monotonic() - t
+
+        t = time.monotonic()
+        if cfg.images:
+            from localstack.containers import start_edge_container
+
+            conf = container_nginx_conf(settings, port=cfg.port, gateways=self.gateways)
+            self.nginx = start_edge_container(self.docker, root / "nginx", image=images["edge"], conf_text=conf,
+                                              port=cfg.port)
+        else:
+            conf = nginx_conf(settings, port=cfg.port, gateways=self.gateways, prefix=root / "nginx")
+            self.nginx = start_nginx(root / "nginx", conf_text=conf, port=cfg.port, health_path="/")
+        self._record()
+        self.timings["nginx"] = time.monotonic() - t
+        say(f"nginx      ready on 127.0.0.1:{cfg.port}{' (container)' if cfg.images else ''}")
+        self.endpoint = Endpoint(f"http://127.0.0.1:{cfg.port}", api_key, settings.model.served_name)
+        return self.endpoint
+
+    def _start_gateway(self, workdir: Path, env: dict[str, str], name: str, images: dict[str, str]
+                       ) -> GatewayHandle:
+        if not self.config.images:
+            return start_gateway(workdir, env=env, name=name, wait=False)
+        from localstack.containers import start_gateway_container
+
+        return start_gateway_container(self.docker, workdir, image=images["gateway"], env=env, name=name, wait=False)
 
     def _start_monitoring(self, redis_password: str, say: Callable[[str], None]) -> None:
         """Prometheus with the rendered rules, scraping vLLM, the gateways and the Nginx/Redis exporters.
@@ -246,7 +291,7 @@ class LocalStack:
                 handle.stop()
             except Exception as err:  # keep stopping the others
                 print(f"warning: stopping {getattr(handle, 'name', handle)}: {err}", file=sys.stderr)
-        self.redis, self.nginx, self.monitoring = None, None, None
+        self.redis, self.nginx, self.monitoring, self.docker = None, None, None, None
         self.vllm, self.gateways = [], []
         if self.owns_state:  # never the state file of another, running stack
             (self.root / PIDS_FILE).unlink(missing_ok=True)
@@ -367,6 +412,13 @@ def nginx_conf(settings: StackSettings, *, port: int, gateways: list[GatewayHand
         settings, listen=f"127.0.0.1:{port}", gateway_upstreams=upstreams, web_root=str(WEB_ROOT),
         local_prefix=str(prefix),
     )
+
+
+def container_nginx_conf(settings: StackSettings, *, port: int, gateways: list[GatewayHandle]) -> str:
+    """The edge container's nginx.conf: the pod's layout (state in the emptyDir's place, logs to the
+    container's stdout/stderr, the image's web root), listening where the local stack does."""
+    return render_nginx_conf(settings, listen=f"127.0.0.1:{port}",
+                             gateway_upstreams=[f"127.0.0.1:{g.port}" for g in gateways])
 
 
 def ensure_test_model_verbose(name: str, say: Callable[[str], None]) -> Path:

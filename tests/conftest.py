@@ -25,7 +25,7 @@ from localstack.stack import Endpoint, LocalConfig, LocalStack
 BUILD = Path(__file__).resolve().parents[1] / "build"
 
 # Directories (under tests/) in the order they run; anything not listed runs first.
-HEAVY_ORDER = ["localstack", "gateway", "e2e", "infra", "verify", "monitoring/test_live_prometheus.py"]
+HEAVY_ORDER = ["localstack", "gateway", "e2e", "images", "infra", "verify", "monitoring/test_live_prometheus.py"]
 
 
 def _rank(item: pytest.Item) -> int:

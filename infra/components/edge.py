@@ -10,10 +10,10 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.network import EDGE_HTTP_PORT, EDGE_HTTPS_PORT, EDGE_METRICS_PORT
-from stackspec.render.nginx import K8S_CONF_DIR, K8S_STATE_DIR, K8S_TLS_DIR, render_nginx_conf
+from stackspec.images import NGINX_UID
+from stackspec.render.nginx import K8S_CONF_DIR, K8S_STATE_DIR, K8S_TLS_DIR, NGINX_COMMAND, render_nginx_conf
 from stackspec.settings import StackSettings
 
-NGINX_UID = 101  # the `nginx` user of the official image
 CONF_DIR = K8S_CONF_DIR
 
 
@@ -94,8 +94,7 @@ class Edge(kube.Tier):
         nginx = k8s.core.v1.ContainerArgs(
             name="nginx",
             image=args.image,
-            # Bypass the image's entrypoint scripts (they rewrite /etc/nginx, which is read-only here).
-            command=["nginx", "-c", f"{CONF_DIR}/nginx.conf"],
+            command=list(NGINX_COMMAND),
             ports=ports,
             volume_mounts=mounts,
             resources=k8s.core.v1.ResourceRequirementsArgs(

@@ -20,10 +20,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
+from stackspec.images import GATEWAY_UID
 from stackspec.render.gateway_env import render_gateway_env
 from stackspec.settings import StackSettings
 
-GATEWAY_UID = 10001
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
 API_KEYS_KEY = "api-key-hashes"
 PRE_STOP_SECONDS = 10  # endpoints and kube-proxy catch up with a terminating pod within this

@@ -23,6 +23,7 @@ import pulumi_random as random
 
 from infra.components import labels as kube
 from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
+from stackspec.images import BACKUP_UID
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, replication_user_args
 from stackspec.settings import StackSettings, redis_size_bytes
 
@@ -31,7 +32,7 @@ CONF_DIR = "/etc/redis"
 REPLICATION_SERVICE = "redis-replication"
 # Marks the one Service the policy pack lets face the outside besides the edge (policies/rules.py).
 REPLICATION_ENDPOINT_LABEL = "qwen-serving.io/endpoint"
-BACKUP_UID = 10001  # the backup image's user (dr/Dockerfile)
+
 BACKUP_REDIS_SECRET_DIR = "/var/run/secrets/redis"
 BACKUP_STORAGE_SECRET_DIR = "/var/run/secrets/object-storage"
 

@@ -17,12 +17,16 @@ from stackspec.settings import StackSettings
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 TEMPLATE = "nginx.conf.j2"
 
+# In the pod, nginx.conf comes from the edge ConfigMap, mounted read-only here (also in `make up IMAGES=1`;
+# `make verify` runs `nginx -T` on it).
+K8S_CONF_DIR = "/etc/nginx/qwen"
+# The edge container's command: nginx on that file, bypassing the image's entrypoint scripts (they rewrite
+# /etc/nginx, which is read-only there).
+NGINX_COMMAND = ("nginx", "-c", f"{K8S_CONF_DIR}/nginx.conf")
 # In the pod, TLS material comes from the mounted Secret (settings.edge.tls.secretName).
 K8S_TLS_DIR = "/etc/nginx/tls"
 # Where the unprivileged nginx writes pid and temp files in the pod (an emptyDir).
 K8S_STATE_DIR = "/tmp/nginx"
-# Where the rendered nginx.conf is mounted in the pod (the edge's ConfigMap; `make verify` runs `nginx -T` on it).
-K8S_CONF_DIR = "/etc/nginx/qwen"
 # The OpenAI API's location: streamed (SSE), so never buffered (web/nginx.conf.j2; checked by `make verify`).
 SSE_LOCATION = "/v1/"
 # /nginx_status answers loopback only: its reader is the nginx-prometheus-exporter sidecar in the same pod

@@ -32,7 +32,7 @@ from localstack.services import RedisHandle, start_redis
 from localstack.tls import make_replication_tls
 from stackspec.settings import StackSettings, settings_from_config
 from stackspec.stackfile import read_stack_config, stack_file, with_placeholders
-from tests.gateway.test_image import missing_dependencies, pins
+from tests.gateway.test_image import BASE_PYTHONS, missing_dependencies, pins
 
 PASSWORD, REPLICATION = "backup-test-password", "backup-test-replication"
 BUCKET = "qs-backups"
@@ -323,7 +323,8 @@ def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project()
     image, project = pins(requirements), pins(repo / "constraints.txt")
     assert {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3"} <= set(image)
     assert {name: project.get(name) for name in image} == image
-    assert missing_dependencies(requirements) == []
+    for python in BASE_PYTHONS:
+        assert missing_dependencies(requirements, python) == [], python
     dockerfile = (repo / "dr" / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_BASE=\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M)
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]

@@ -42,8 +42,9 @@ def test_api_key_is_made_once_private_and_kept(workdir: Path) -> None:
 
 def test_config_from_env_defaults() -> None:
     cfg = LocalConfig.from_env({})
-    assert (cfg.port, cfg.vllm_replicas, cfg.model) == (8080, 1, None)
+    assert (cfg.port, cfg.vllm_replicas, cfg.model, cfg.images) == (8080, 1, None, False)
     assert cfg.root == state_dir({})
+    assert LocalConfig.from_env({"IMAGES": "1"}).images is True
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,7 @@ def test_config_from_env_defaults() -> None:
         ({"VLLM_REPLICAS": "0"}, "VLLM_REPLICAS='0': give 1 to 4"),
         ({"MODEL": "/nonexistent/model"}, "MODEL=/nonexistent/model: no config.json there"),
         ({"TEST_MODEL": "huge"}, "TEST_MODEL='huge': choose one of tiny-qwen2, paced-qwen2"),
+        ({"IMAGES": "yes"}, "IMAGES='yes': 1 runs the gateway and the edge from their images"),
     ],
 )
 def test_bad_environment_names_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:

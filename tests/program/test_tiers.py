@@ -310,7 +310,7 @@ def test_images_are_built_from_pinned_bases_and_pushed_per_settings(stack: str) 
     built = {r.name: r.inputs for r in run.of_type(IMAGE)}
     backup = {"backup-image"} if run.settings.redis.backup else set()
     assert set(built) == {"gateway-image", "edge-image"} | backup
-    assert built["gateway-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
+    assert built["gateway-image"]["build"]["args"]["PYTHON_BASE"] == images.python_base
     if backup:
         assert built["backup-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
         assert built["backup-image"]["build"]["dockerfile"].endswith("dr/Dockerfile")
