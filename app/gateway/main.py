@@ -28,13 +28,16 @@ from app.gateway.sessions.store import SessionStore
 from app.gateway.settings import GatewaySettings, load_settings
 
 UPSTREAM_MAX_CONNECTIONS = 4096  # all backends together; waiting for one counts against the connect timeout
+# Below vLLM's own idle keep-alive (uvicorn's, VLLM_HTTP_TIMEOUT_KEEP_ALIVE: 5 s): a connection the backend is
+# closing at the moment we reuse it fails the request ("dropped"), so we give idle connections up first.
+UPSTREAM_KEEPALIVE_SECONDS = 4.0
 
 
 def http_client(settings: GatewaySettings) -> aiohttp.ClientSession:
     """The one HTTP client for every upstream call (vLLM, probes, JWKS): aiohttp, whose C HTTP parser and
     connection pool keep their cost flat as concurrency grows; keep-alive pool sized for many streams."""
     connector = aiohttp.TCPConnector(
-        limit=UPSTREAM_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30,
+        limit=UPSTREAM_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS,
         ttl_dns_cache=None, use_dns_cache=False,  # DNS discovery resolves itself; a Service name may move
     )
     return aiohttp.ClientSession(

@@ -170,21 +170,29 @@ class Proxy:
         self._stream_timeout = _total(None, connect_timeout)  # streams: our own first-token/idle/total clocks
 
     async def _attempts(self, affinity: str | None, attempt: Callable[[Backend], Awaitable[T]]) -> T:
-        """Run `attempt` on up to `retry_attempts` distinct backends until one does not raise UpstreamFailure."""
+        """Run `attempt` on up to `retry_attempts` backends until one does not raise UpstreamFailure: each backend
+        once, then again one still healthy whose connection was dropped before it answered (with one backend
+        left, a kept-alive connection it closed as we reused it must not fail the request)."""
         tried: list[Backend] = []
+        dropped: list[Backend] = []
         failure: UpstreamFailure | None = None
         for _ in range(self.retry_attempts):
             backend = choose_backend(self.pool.all(), session_id=affinity, exclude=tried)
             if backend is None:
-                break
+                backend = choose_backend([b for b in dropped if b.healthy], session_id=affinity)
+                if backend is None:
+                    break
+                dropped.remove(backend)
             if failure is not None:
                 self.metrics.retries.labels(failure.kind).inc()
-                log.info("retrying on another backend", extra={"backend": backend.address, "after": str(failure)})
+                log.info("retrying the request", extra={"backend": backend.address, "after": str(failure)})
             tried.append(backend)
             try:
                 result = await attempt(backend)
             except UpstreamFailure as err:
                 self.pool.record_failure(backend, err.kind)
+                if err.kind == "dropped":
+                    dropped.append(backend)
                 log.warning("upstream attempt failed", extra={"backend": backend.address, "error": str(err)})
                 failure = err
                 continue

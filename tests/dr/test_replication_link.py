@@ -49,8 +49,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     replica = start_redis(root / "b", settings=settings("prod-dr", f"127.0.0.1:{tls_port}"), password=PASSWORD,
                           replication_password=REPLICATION, tls_dir=tls, tls_port=free_port())
     try:
-        client = redis.Redis(port=replica.port, password=PASSWORD, decode_responses=True)
-        wait_until(lambda: client.info("replication").get("master_link_status") == "up", "the replica linked up")
+        follower = redis.Redis(port=replica.port, password=PASSWORD, decode_responses=True)
+        leader = redis.Redis(port=primary.port, password=PASSWORD, decode_responses=True)
+        wait_until(lambda: follower.info("replication").get("master_link_status") == "up", "the replica linked up")
+        # The primary sees its replica online a moment later (after the replica's first REPLCONF ACK).
+        wait_until(lambda: [v.get("state") for k, v in leader.info("replication").items() if k.startswith("slave")]
+                   == ["online"], "the primary sees its replica online")
         yield Pair(primary, replica, tls_port)
     finally:
         replica.stop()

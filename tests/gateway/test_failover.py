@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 
-from tests.gateway.conftest import Fleet, StartGateway, auth, chat_body, vllm_metric
+from localstack.processes import free_port
+from tests.gateway.conftest import MODEL, Fleet, StartGateway, auth, chat_body, send_json, vllm_metric
 from tests.gateway.test_routing import session_for
 from tests.waiting import wait_until_async
 
@@ -115,3 +119,53 @@ async def test_no_backend_at_all_is_a_clean_502_and_not_ready(start_gw: StartGat
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "upstream_unavailable"
     assert ready.status_code == 503 and ready.json()["ready"] is False
+
+
+class DroppingBackend:
+    """A backend that lists the model but closes the connection of its first generation request without an
+    answer (as a backend does when it closes a kept-alive connection just as the gateway reuses it), then
+    answers normally."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                send_json(self, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                backend.posts += 1
+                if backend.posts == 1:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                send_json(self, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL,
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                                              "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+
+async def test_a_dropped_connection_is_retried_even_when_the_other_backend_is_dead(start_gw: StartGateway) -> None:
+    """One backend dead, the other drops a request's connection before answering: the request is tried on the
+    dead one (refused) and then again on the live one, and succeeds, rather than failing with a 502."""
+    dropping = DroppingBackend()
+    try:
+        gw = start_gw(backends=f"{dropping.address},127.0.0.1:{free_port()}")
+        gw.wait_backends_healthy(1)
+        async with gw.client() as http:
+            resp = await http.post("/v1/chat/completions", headers=auth("alice"), json=chat_body())
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == "hello"
+        assert dropping.posts == 2
+    finally:
+        dropping.server.shutdown()
