@@ -123,19 +123,36 @@ def send_json(handler: BaseHTTPRequestHandler, document: Any) -> None:
     handler.wfile.write(body)
 
 
-def serve_json(answer: Callable[[], Any]) -> ThreadingHTTPServer:
-    """A local HTTP server (its own thread) answering every GET with `answer()` as JSON; `.shutdown()` ends it."""
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stand-in server's handler (odd backends, an identity provider) that keeps the test output clean."""
 
-    class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class ModelListing(QuietHandler):
+    """Lists the served model on GET, as vLLM's /v1/models does: the gateway's probes find it healthy."""
+
+    def do_GET(self) -> None:
+        send_json(self, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """Run `handler` on a free loopback port in its own thread; `.shutdown()` ends it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve_json(answer: Callable[[], Any]) -> ThreadingHTTPServer:
+    """A local HTTP server answering every GET with `answer()` as JSON."""
+
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             send_json(self, answer())
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(Handler)
 
 
 class JwksServer:

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 
 from localstack.processes import free_port
-from tests.gateway.conftest import MODEL, Fleet, StartGateway, auth, chat_body, send_json, vllm_metric
+from tests.gateway.conftest import (
+    MODEL,
+    Fleet,
+    ModelListing,
+    StartGateway,
+    auth,
+    chat_body,
+    send_json,
+    serve,
+    vllm_metric,
+)
 from tests.gateway.test_routing import session_for
 from tests.waiting import wait_until_async
 
@@ -130,10 +137,7 @@ class DroppingBackend:
         self.posts = 0
         backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                send_json(self, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-
+        class Handler(ModelListing):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 backend.posts += 1
@@ -146,12 +150,7 @@ class DroppingBackend:
                                               "finish_reason": "stop"}],
                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
 
 

@@ -6,21 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import redis
 
 from app.gateway.backends.routing import rendezvous_score
 from localstack.services import RedisHandle, VllmHandle
 from tests.gateway.conftest import (
-    MODEL,
     Fleet,
     Gateway,
+    ModelListing,
     StartGateway,
     auth,
     chat_body,
-    send_json,
+    serve,
     vllm_metric,
 )
 from tests.waiting import metric, wait_until_async
@@ -150,15 +148,12 @@ class SilentBackend:
     """A backend that is healthy (lists the model) but, asked to generate, sends the stream's headers and then
     nothing: a request queued in vLLM, or a long prefill. Notes when the gateway closes the connection."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self) -> None:
         self.held = 0
         self.closed = threading.Event()
         backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                send_json(self, {"object": "list", "data": [{"id": model, "object": "model"}]})
-
+        class Handler(ModelListing):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 self.send_response(200)
@@ -170,12 +165,7 @@ class SilentBackend:
                     pass
                 backend.closed.set()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
 
 
@@ -184,7 +174,7 @@ async def test_client_disconnect_before_the_first_token_cancels_the_upstream_req
 ) -> None:
     """The client gives up while its request waits for a first token (queued, prefilling): the gateway closes
     its upstream request at once rather than holding it until the first-token timeout (50 s here)."""
-    silent = SilentBackend(MODEL)
+    silent = SilentBackend()
     try:
         gw = start_gw(backends=silent.address, first_token_timeout="50")
         gw.wait_backends_healthy(1)
