@@ -171,6 +171,15 @@ async function loadModels() {
   document.body.dataset.models = String(els.model.options.length);
 }
 
+// History reads run one after another, and a turn waits for those under way: a read landing later (a 404
+// starts a new chat, a found session replaces the page) would wipe the turn from the page while it streams.
+let historyLoad = Promise.resolve();
+
+function reloadHistory() {
+  historyLoad = historyLoad.then(() => loadHistory()).catch(() => {});
+  return historyLoad;
+}
+
 async function loadHistory() {
   els.messages.replaceChildren();
   if (!sessionStorage.getItem(KEY_STORE)) return;
@@ -301,11 +310,19 @@ async function send(text) {
 }
 
 // --- wiring ---------------------------------------------------------------------------------------
-els.composer.addEventListener("submit", (e) => {
+let queued = false; // a turn submitted while the history loads (it is sent once the history is in)
+
+els.composer.addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = els.input.value.trim();
-  if (!text || controller) return;
+  if (!text || controller || queued) return;
   els.input.value = "";
+  queued = true;
+  try {
+    await historyLoad;
+  } finally {
+    queued = false;
+  }
   send(text);
 });
 
@@ -339,7 +356,7 @@ els.apiKey.addEventListener("change", async () => {
   else sessionStorage.removeItem(KEY_STORE);
   showError("");
   await loadModels();
-  await loadHistory();
+  await reloadHistory();
 });
 
 els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORE, els.model.value));
@@ -351,7 +368,7 @@ async function init() {
   els.maxTokens.value = localStorage.getItem(MAX_TOKENS_STORE) || els.maxTokens.value;
   els.extraBody.value = localStorage.getItem(EXTRA_STORE) || "";
   await loadModels(); // without a key: asks for one (no request, no red 401)
-  await loadHistory();
+  await reloadHistory();
   document.body.dataset.ready = "true";
 }
 

@@ -107,6 +107,41 @@ def test_answer_streams_in_and_history_survives_a_reload(page: Page, endpoint: E
     expect(page.locator(".msg")).to_have_count(0)
 
 
+def test_a_turn_sent_while_the_history_loads_stays_on_the_page(page: Page, endpoint: Endpoint) -> None:
+    """Send a message while the page is still reading the session's history (the first read held here until
+    the message is sent; filling the key field reads it twice): when the reads answer (404, a new session),
+    the turn is not wiped; it is sent and answered."""
+    held: list[Route] = []
+
+    def hold_the_first(route: Route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/v1/sessions/**", hold_the_first)
+    page.goto("/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    with page.expect_request("**/v1/sessions/**"):
+        page.get_by_test_id("api-key").fill(endpoint.api_key)
+        page.get_by_test_id("api-key").dispatch_event("change")
+    expect(page.get_by_test_id("model").locator("option")).to_have_count(1)
+    page.get_by_test_id("max-tokens").fill("16")
+    page.get_by_test_id("max-tokens").dispatch_event("change")
+    # Route callbacks run while Playwright is called: evaluating something lets them through.
+    wait_until(lambda: page.evaluate("1") == 1 and len(held) == 1, "the history read reaches the route", within=10)
+    send(page, "Hello while the history loads")
+    assert len(held) == 1 and not held[0].request.failure, "precondition: the history read is still unanswered"
+    held[0].fulfill(status=404, content_type="application/json",
+                    body='{"error":{"message":"Session not found","type":"invalid_request_error",'
+                         '"param":null,"code":"session_not_found"}}')
+    expect(page.locator(".msg.user .body")).to_have_text(["Hello while the history loads"])
+    expect(page.locator(".msg.assistant .body")).to_have_count(1)
+    wait_idle(page)
+    expect(page.locator(".msg.assistant .body").last).not_to_have_text("")
+    expect(page.locator(".msg.user .body")).to_have_text(["Hello while the history loads"])  # kept to the end
+
+
 def test_markup_in_a_message_is_shown_as_text_and_runs_nothing(page: Page, endpoint: Endpoint) -> None:
     hostile = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold</b>'
     open_chat(page, endpoint.api_key, max_tokens=8)
