@@ -51,7 +51,7 @@ BACKUP_BUILD = ImageBuild(
     "backup", "dr/Dockerfile", ("dr/__init__.py", "dr/backup.py", "dr/requirements.txt", "dr/Dockerfile"),
     "PYTHON_BASE", "python_base", BACKUP_UID,
 )
-BUILD_BY_NAME = {b.name: b for b in (*BUILDS, BACKUP_BUILD)}
+BUILD_BY_NAME = {b.name: b for b in BUILDS}  # what `make images` builds here
 
 
 def builds(settings: StackSettings) -> tuple[ImageBuild, ...]:
