@@ -400,8 +400,10 @@ def gateway_env(
     env["GATEWAY_API_KEY_HASHES"] = json.dumps(dict(api_key_hashes))
     if redis.password:
         env["GATEWAY_REDIS_PASSWORD"] = redis.password
-    # Local only: nothing to drain behind a load balancer, so Ctrl-C should not wait 30 s.
-    env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = "3"
+    # Local only: nothing to drain behind a load balancer, so Ctrl-C should not wait 30 s; but a short answer
+    # in flight must still finish (a CPU vLLM just restarted took 3-5 s for 3 tokens on a slow 2-core
+    # machine), and the grace stays under ManagedProcess.stop()'s 15 s before SIGKILL.
+    env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = "10"
     env["GATEWAY_SHUTDOWN_DRAIN_SECONDS"] = "0"
     return env
 

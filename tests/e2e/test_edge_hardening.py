@@ -126,6 +126,11 @@ def test_rolling_restart_of_the_gateways_loses_no_request(endpoint: Endpoint, lo
             await asyncio.sleep(0.15)  # 4 clients stay under the edge's per-address rate
 
     async def restart_each() -> None:
+        # Precondition: traffic flows (vLLM may just have been restarted, and its first answers are slow).
+        async def flowing() -> bool:
+            return sum(r == "ok" for r in results) >= 4
+
+        await wait_until_async(flowing, "steady traffic before the first restart", within=60)
         for gateway in local_stack.gateways:
             before = len(results)
             await asyncio.to_thread(local_stack.restart, gateway)  # records the new pid too

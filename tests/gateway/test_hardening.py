@@ -67,8 +67,9 @@ async def test_n_counts_against_the_concurrency_limit(
     start_gw: StartGateway, black_hole: int, jwks: JwksServer, redis_server: RedisHandle
 ) -> None:
     """A request for n=3 holds three slots (its backend hangs until the first-token timeout)."""
+    # The hold lasts the first-token timeout: long enough for the checks below on a slow, loaded machine.
     gw = start_gw(expect_ready=False, backends=f"127.0.0.1:{black_hole}", rate_limit_concurrent="4",
-                  first_token_timeout="4", retry_attempts="1")
+                  first_token_timeout="10", retry_attempts="1")
     who = f"n-{uuid.uuid4().hex[:8]}"
     headers = bearer(jwks, who)
     slots = rdb(redis_server)
@@ -93,7 +94,7 @@ async def test_slots_come_back_when_streams_are_abandoned_before_and_after_the_f
     slots = rdb(redis_server)
     # Before the first token: the backend never answers; the client leaves; the slot is back by the
     # first-token timeout at the latest.
-    hung = start_gw(expect_ready=False, backends=f"127.0.0.1:{black_hole}", first_token_timeout="3",
+    hung = start_gw(expect_ready=False, backends=f"127.0.0.1:{black_hole}", first_token_timeout="10",
                     retry_attempts="1")
     who = f"early-{uuid.uuid4().hex[:8]}"
     key = f"qs:rl:slots:oidc:{who}"
@@ -128,8 +129,10 @@ async def test_slots_of_a_killed_gateway_expire_at_their_deadline_while_the_clie
     refused (the slots are leaked) until their deadline, which the retries do not push back, then admitted;
     vLLM is not left generating for the dead gateway."""
     paced = fleet.paced()
-    limits = {"backends": f"127.0.0.1:{paced.port}", "rate_limit_concurrent": "2", "total_timeout": "8",
-              "first_token_timeout": "5", "idle_timeout": "5"}
+    # The streams must outlive the moment of the kill: a total timeout that ended one first would release its
+    # slot (seen with 8 s on a slow machine); the slots' lifetime, and so this test's length, follows it.
+    limits = {"backends": f"127.0.0.1:{paced.port}", "rate_limit_concurrent": "2", "total_timeout": "15",
+              "first_token_timeout": "10", "idle_timeout": "10"}
     doomed, survivor = start_gw(**limits), start_gw(**limits)
     lifetime = slot_lifetime(GatewaySettings.model_validate({**limits, "auth_enabled": False}))
     who = f"killed-{uuid.uuid4().hex[:8]}"

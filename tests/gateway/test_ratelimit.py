@@ -42,7 +42,8 @@ async def test_concurrent_requests_limit_shared_by_two_gateways(
     start_gw: StartGateway, black_hole: int, redis_server: RedisHandle
 ) -> None:
     """Two requests held open (their backend hangs until the first-token timeout) fill carol's two slots."""
-    limits = {"rate_limit_concurrent": "2", "backends": f"127.0.0.1:{black_hole}", "first_token_timeout": "4",
+    # The hold lasts the first-token timeout: long enough for the checks below on a slow, loaded machine.
+    limits = {"rate_limit_concurrent": "2", "backends": f"127.0.0.1:{black_hole}", "first_token_timeout": "10",
               "retry_attempts": "1"}
     one, two = start_gw(expect_ready=False, **limits), start_gw(expect_ready=False, **limits)
     slots = redis.Redis(port=redis_server.port, password=redis_server.password)
