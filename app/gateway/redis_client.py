@@ -36,6 +36,10 @@ class RedisReadOnly(RedisUnavailable):
     """A read-only replica refused a write (a standby before promotion)."""
 
 
+class RedisNoAnswer(RedisUnavailable):
+    """The call was sent but no answer came (timeout, dropped connection): it may still have been applied."""
+
+
 class RedisRefused(RedisUnavailable):
     """Redis answered with an error (e.g. OOM under noeviction): it is up, but did not do it."""
 
@@ -146,7 +150,7 @@ class RedisGuard:
                 log.warning("redis breaker open", extra={"redis": self.name, "failures": self._failures,
                                                          "calls": len(self._calls)})
                 self._down_until = now + self._retry_seconds
-            raise RedisUnavailable(self.last_error) from err
+            raise RedisNoAnswer(self.last_error) from err
         self._record(time.monotonic(), False)
         if self.last_error is not None:
             log.info("redis back", extra={"redis": self.name, "operation": operation})

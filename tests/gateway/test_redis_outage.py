@@ -120,6 +120,33 @@ async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redi
     await guard.close()
 
 
+async def test_an_admission_that_times_out_gives_back_the_slot_it_took_late(own_redis: RedisHandle) -> None:
+    """Redis frozen during an admission: the gateway admits locally after its timeout, but the script it had
+    sent runs once Redis thaws and takes a slot there. That slot is given back, not left to lock the caller
+    out until its deadline (seen: two such slots failed the next tests that counted a caller's slots)."""
+    metrics = Metrics()
+    guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
+    limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
+    plain = redis.Redis(port=own_redis.port, password=own_redis.password)
+    who = f"key:frozen-admission-{time.monotonic_ns()}"
+    slots, requests = f"qs:rl:slots:{who}", f"qs:rl:requests:{who}"
+    await (await limiter.admit(f"{who}-warm")).release()  # the script is loaded: after the thaw it runs
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        slot = await limiter.admit(who)  # no answer within 0.3 s: admitted by the local limits
+        assert slot.local
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    # Precondition: the script did run late (it logged the request in the window and took a slot)...
+    await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(requests) == 1),
+                           "the admission sent before the freeze runs after the thaw", within=10)
+    # ...and the slot it took is given back, long before its 120 s deadline.
+    await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(slots) == 0),
+                           "the late admission's slot is given back", within=20)
+    await slot.release()
+    await guard.close()
+
+
 def metrics_text(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
 

@@ -35,6 +35,8 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     redis_up = role is not None
     ready = is_ready(ctx)
     read_only = ctx.redis.read_only or role == "replica"  # a standby's replica: history read, turns not stored
+    # The limits' own Redis, asked too: "a write was refused lately" alone goes stale between requests.
+    limits_local = ctx.limits_redis.read_only or ctx.limits_redis.open or await ctx.limits_redis.role() == "replica"
     body = {
         "ready": ready,
         "draining": ctx.draining,
@@ -42,7 +44,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
         "redis": ("read-only" if read_only else "up") if redis_up else "down",
         "redis_role": role,
         "redis_error": None if redis_up else ctx.redis.last_error,
-        "rate_limits": "local" if ctx.limits_redis.read_only or ctx.limits_redis.open else "shared",
+        "rate_limits": "local" if limits_local else "shared",
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError
 from app.gateway.errors import ApiError
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
-from app.gateway.redis_client import RedisGuard, RedisUnavailable
+from app.gateway.redis_client import RedisGuard, RedisNoAnswer, RedisUnavailable
 
 # One round trip per admission. KEYS: the identity's request log (sorted set), its slots (sorted set).
 # ARGV: request limit, window (ms), concurrency limit, slot lifetime (ms), this request's member, weight.
@@ -199,28 +199,36 @@ class RateLimiter:
         log_key = f"qs:rl:requests:{subject}"
         slot_key = f"qs:rl:slots:{subject}"
         member = f"{self._member_prefix}-{next(self._members)}"
+        members = [f"{member}:{i}" for i in range(1, weight + 1)]
         args: list[int | str] = [self.rpm, self.window_ms, self.concurrent, self._slot_ttl_ms, member, weight]
         try:
             verdict, retry = await self._redis.run(
                 "ratelimit", lambda r: self._admit(r, [log_key, slot_key], args),
             )
-        except RedisUnavailable:
+        except RedisNoAnswer:
+            # Sent but unanswered (a timeout): the script may still run on the server, so give back the slots
+            # it may have taken, or they would block this caller until their deadline (total timeout + ~6 s).
+            self._release_in_background(slot_key, members)
+            return self._admit_locally(subject, weight)
+        except RedisUnavailable:  # not sent (breaker open) or refused by the server: nothing was taken
             return self._admit_locally(subject, weight)
         if verdict == 0:
             raise self._refused("rpm", max(int(retry), 1))
         if verdict == -1:
             raise self._refused("concurrent", 1)
-        return Slot(slot_key, self, members=[f"{member}:{i}" for i in range(1, weight + 1)], subject=subject,
-                    weight=weight)
+        return Slot(slot_key, self, members=members, subject=subject, weight=weight)
 
     async def release(self, key: str, members: list[str]) -> None:
         try:
             await self._release_once(key, members)
         except RedisUnavailable:
             # A slot not given back blocks its owner until its deadline: keep trying in the background.
-            task = asyncio.create_task(self._release_later(key, members))
-            self._pending_releases.add(task)
-            task.add_done_callback(self._pending_releases.discard)
+            self._release_in_background(key, members)
+
+    def _release_in_background(self, key: str, members: list[str]) -> None:
+        task = asyncio.create_task(self._release_later(key, members))
+        self._pending_releases.add(task)
+        task.add_done_callback(self._pending_releases.discard)
 
     async def _release_once(self, key: str, members: list[str]) -> None:
         await self._redis.run("ratelimit", lambda r: r.zrem(key, *members))
