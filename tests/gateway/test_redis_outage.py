@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -98,23 +99,35 @@ async def test_outage_and_recovery(start_gw: StartGateway, own_redis: RedisHandl
     ]
 
 
-async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redis: RedisHandle) -> None:
-    """Redis frozen at the moment a request ends: the release fails, and is retried (not left to expire)
-    once Redis answers again, so the caller is not locked out for the slot TTL."""
+@contextlib.contextmanager
+def frozen(handle: RedisHandle) -> Iterator[None]:
+    """Redis stopped (SIGSTOP) for the block: calls sent meanwhile wait unanswered, and run once it thaws."""
+    os.kill(handle.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(handle.pid, signal.SIGCONT)
+
+
+def slot_limiter(own_redis: RedisHandle) -> tuple[Metrics, RedisGuard, RateLimiter, redis.Redis]:
+    """A limiter whose calls give up after 0.3 s, with slots that live 120 s, and a plain client to look."""
     metrics = Metrics()
     guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
     limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
-    plain = redis.Redis(port=own_redis.port, password=own_redis.password)
+    return metrics, guard, limiter, redis.Redis(port=own_redis.port, password=own_redis.password)
+
+
+async def test_a_slot_release_that_fails_is_retried_until_redis_answers(own_redis: RedisHandle) -> None:
+    """Redis frozen at the moment a request ends: the release fails, and is retried (not left to expire)
+    once Redis answers again, so the caller is not locked out for the slot TTL."""
+    metrics, guard, limiter, plain = slot_limiter(own_redis)
     key = "qs:rl:slots:key:frozen-release"
     plain.delete(key)
     slot = await limiter.admit("key:frozen-release")
     assert plain.zcard(key) == 1
-    os.kill(own_redis.pid, signal.SIGSTOP)
-    try:
+    with frozen(own_redis):
         await slot.release()  # times out: handed to the background retry
         assert metric((await asyncio.to_thread(lambda: metrics_text(metrics))), "gateway_redis_errors_total") >= 1
-    finally:
-        os.kill(own_redis.pid, signal.SIGCONT)
     await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(key) == 0),
                            "the slot is given back once Redis answers", within=20)
     await guard.close()
@@ -124,19 +137,13 @@ async def test_an_admission_that_times_out_gives_back_the_slot_it_took_late(own_
     """Redis frozen during an admission: the gateway admits locally after its timeout, but the script it had
     sent runs once Redis thaws and takes a slot there. That slot is given back, not left to lock the caller
     out until its deadline (seen: two such slots failed the next tests that counted a caller's slots)."""
-    metrics = Metrics()
-    guard = RedisGuard.from_url(own_redis.url, own_redis.password, metrics, timeout=0.3, retry_seconds=0.2)
-    limiter = RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True, slot_ttl_seconds=120)
-    plain = redis.Redis(port=own_redis.port, password=own_redis.password)
+    _, guard, limiter, plain = slot_limiter(own_redis)
     who = f"key:frozen-admission-{time.monotonic_ns()}"
     slots, requests = f"qs:rl:slots:{who}", f"qs:rl:requests:{who}"
     await (await limiter.admit(f"{who}-warm")).release()  # the script is loaded: after the thaw it runs
-    os.kill(own_redis.pid, signal.SIGSTOP)
-    try:
+    with frozen(own_redis):
         slot = await limiter.admit(who)  # no answer within 0.3 s: admitted by the local limits
         assert slot.local
-    finally:
-        os.kill(own_redis.pid, signal.SIGCONT)
     # Precondition: the script did run late (it logged the request in the window and took a slot)...
     await wait_until_async(lambda: asyncio.to_thread(lambda: plain.zcard(requests) == 1),
                            "the admission sent before the freeze runs after the thaw", within=10)
@@ -159,19 +166,13 @@ async def test_the_breaker_opens_on_an_error_rate_not_one_slow_call(own_redis: R
                                 window_seconds=60, min_failures=3, failure_ratio=0.5)
     try:
         assert await guard.ping()
-        os.kill(own_redis.pid, signal.SIGSTOP)
-        try:
+        with frozen(own_redis):
             assert not await guard.ping()  # one timeout
-        finally:
-            os.kill(own_redis.pid, signal.SIGCONT)
         assert not guard.open
         assert await guard.ping()  # straight through: one slow call is not an outage
-        os.kill(own_redis.pid, signal.SIGSTOP)
-        try:
+        with frozen(own_redis):
             for _ in range(3):
                 assert not await guard.ping()
-        finally:
-            os.kill(own_redis.pid, signal.SIGCONT)
         assert guard.open  # 4 of the window's 6 calls failed: at least 3, and at least half
         with pytest.raises(RedisUnavailable):
             await guard.run("probe", lambda r: r.ping())  # refused without trying, though Redis answers
