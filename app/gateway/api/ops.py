@@ -35,8 +35,10 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     redis_up = role is not None
     ready = is_ready(ctx)
     read_only = ctx.redis.read_only or role == "replica"  # a standby's replica: history read, turns not stored
-    # The limits' own Redis, asked too: "a write was refused lately" alone goes stale between requests.
-    limits_local = ctx.limits_redis.read_only or ctx.limits_redis.open or await ctx.limits_redis.role() == "replica"
+    # The limits' Redis is asked its role too ("a write was refused lately" alone goes stale between requests);
+    # unless it is the sessions' server, whose role is already known.
+    limits_role = await ctx.limits_redis.role() if ctx.settings.rate_limit_redis_url else role
+    limits_local = ctx.limits_redis.read_only or ctx.limits_redis.open or limits_role == "replica"
     body = {
         "ready": ready,
         "draining": ctx.draining,
