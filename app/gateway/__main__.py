@@ -2,7 +2,8 @@
 
 On SIGTERM: readiness turns false at once (so the Service/Nginx stops sending new requests), after
 GATEWAY_SHUTDOWN_DRAIN_SECONDS the server stops accepting, and in-flight streams get up to
-GATEWAY_SHUTDOWN_GRACE_SECONDS to finish. A second signal exits at once.
+GATEWAY_SHUTDOWN_GRACE_SECONDS to finish. A second SIGTERM ends the drain at once (in-flight requests
+keep their grace); SIGINT after that forces the exit.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining:
-            super().handle_exit(sig, frame)  # second signal: uvicorn forces the exit
+        if self._draining:  # second signal: stop accepting now; SIGINT after that forces the exit
+            # Not uvicorn's handle_exit: it would record the signal and re-raise it once the server has
+            # stopped, so a clean drain would end as "killed by SIGTERM" (exit -15), not exit 0.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
             return
         self._draining = True
         app = self.config.app

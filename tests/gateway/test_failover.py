@@ -102,7 +102,8 @@ async def test_killing_a_backend_mid_traffic(start_gw: StartGateway, fleet: Flee
 async def test_first_token_timeout_retries_on_a_healthy_backend(
     start_gw: StartGateway, fleet: Fleet, black_hole: int
 ) -> None:
-    gw = start_gw(backends=f"127.0.0.1:{black_hole},127.0.0.1:{fleet.a.port}", first_token_timeout="1",
+    # 5 s: long enough for the healthy backend's first token on a busy 2-core machine, short for the test.
+    gw = start_gw(backends=f"127.0.0.1:{black_hole},127.0.0.1:{fleet.a.port}", first_token_timeout="5",
                   health_interval_seconds="60")
     async with gw.client() as http:
         # Both look healthy until probed; send enough requests that some pick the hung one first.
