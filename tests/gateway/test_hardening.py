@@ -112,7 +112,8 @@ async def test_slots_come_back_when_streams_are_abandoned_before_and_after_the_f
     async with gw.client() as http:
         async with http.stream("POST", CHAT, headers=bearer(jwks, who), json=body) as resp:
             assert resp.status_code == 200
-            first = await anext(resp.aiter_text())
+            chunks = resp.aiter_text()  # held: a dropped iterator is closed by the GC, and the stream with it
+            first = await anext(chunks)
             assert "[DONE]" not in first and slots.zcard(key) == 1
             assert vllm_metric(paced, "vllm:num_requests_running") >= 1
     await wait_until_async(lambda: asyncio.to_thread(lambda: slots.zcard(key) == 0),
@@ -143,9 +144,13 @@ async def test_slots_of_a_killed_gateway_expire_at_their_deadline_while_the_clie
     async with doomed.client() as one, survivor.client() as two, contextlib.AsyncExitStack() as held:
         opened = [await held.enter_async_context(one.stream("POST", CHAT, headers=headers, json=body))
                   for _ in range(2)]
-        for resp in opened:
+        # Each stream's iterator is held until the kill: an iterator dropped after its first chunk is closed
+        # by asyncio's async-generator finalizer, which closed that stream (and released its slot) before the
+        # slots were counted, on a slow machine.
+        chunks = [resp.aiter_bytes() for resp in opened]
+        for resp, stream in zip(opened, chunks, strict=True):
             assert resp.status_code == 200
-            await anext(resp.aiter_bytes())  # generating
+            await anext(stream)  # generating
         assert slots.zcard(key) == 2
         deadlines = slots.zrange(key, 0, -1, withscores=True)
         doomed.handle.process.kill()
