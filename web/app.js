@@ -310,20 +310,24 @@ async function send(text) {
 }
 
 // --- wiring ---------------------------------------------------------------------------------------
-let queued = false; // a turn submitted while the history loads (it is sent once the history is in)
+let turnUnderWay = false; // from submit to the turn's end, including the wait for a history read
 
 els.composer.addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = els.input.value.trim();
-  if (!text || controller || queued) return;
+  if (!text || turnUnderWay) return;
   els.input.value = "";
-  queued = true;
+  turnUnderWay = true;
+  // Busy from the moment the turn is submitted, not from when its request starts: a turn waiting for a
+  // history read is already under way (the page must not look idle, nor accept a second turn).
+  setBusy(true);
   try {
     await historyLoad;
+    await send(text);
   } finally {
-    queued = false;
+    turnUnderWay = false;
+    setBusy(false);
   }
-  send(text);
 });
 
 els.input.addEventListener("keydown", (e) => {

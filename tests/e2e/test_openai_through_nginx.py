@@ -53,7 +53,7 @@ def test_non_streamed_answer(client: openai.OpenAI, endpoint: Endpoint) -> None:
     )
     assert reply.model == endpoint.model
     assert reply.choices[0].finish_reason == "length"
-    assert reply.choices[0].message.content
+    assert reply.choices[0].message.content is not None
     assert reply.usage is not None and reply.usage.completion_tokens == 16
 
 

@@ -78,10 +78,13 @@ def _chat_works(state: Path) -> None:
     reply = httpx.post(
         f"{endpoint['url']}/v1/chat/completions", timeout=60,
         headers={"Authorization": f"Bearer {endpoint['api_key']}"},
-        json={"model": endpoint["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        json={"model": endpoint["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+              "ignore_eos": True},
     )
     assert reply.status_code == 200, reply.text
-    assert reply.json()["choices"][0]["message"]["content"]
+    answer = reply.json()
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == 5
+    assert isinstance(answer["choices"][0]["message"]["content"], str)
 
 
 def _all_gone(entries: list[dict[str, int]]) -> None:
