@@ -18,13 +18,14 @@ DRY_RUN ?=
 YES ?=
 DR_ARGS = $(if $(DRY_RUN),--dry-run) $(if $(YES),--yes)
 
-.PHONY: help setup up down images test lint plan pin-digests bench loadtest clean drill failover failback verify
+.PHONY: help setup up down images test test-fast lint plan pin-digests bench loadtest clean drill failover failback verify
 
 help:
 	@echo "make up     - set up and run the local stack (Redis, vLLM on CPU, gateway, Nginx, Prometheus, web chat)"
 	@echo "make down   - stop everything 'make up' started"
 	@echo "make images - build the gateway and edge images with Docker, offline (IMAGES=1 make up runs them)"
 	@echo "make test   - set up and run every test layer (lint included)"
+	@echo "make test-fast - lint + every layer that starts no vLLM (the inner loop, under 2 minutes)"
 	@echo "make plan STACK=prod | STACK_FILE=path - render a stack offline: resource tree, manifests, validation"
 	@echo "make plan STACK=prod BASE=origin/main - offline diff against a git ref: resources added/removed/changed"
 	@echo "make pin-digests STACK=prod - replace the stack's image tags by the digests its registry serves (skopeo)"
@@ -53,8 +54,15 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy stackspec infra app localstack policies tests bench dr verify
 
+# Two pytest-xdist workers (tests/conftest.py groups the tests that share servers); TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+test-fast: setup lint
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 plan: setup
 ifneq ($(BASE),)

@@ -1,13 +1,16 @@
-"""What every layer shares: one local stack per test session, and an order that keeps heavy things apart.
+"""What every layer shares: one local stack per test session, and a schedule that runs two workers.
 
 The local stack (Redis, vLLM on CPU serving the paced test model, gateways, Nginx, Prometheus and the
 exporters) is started once, by the same code `make up` runs, for every layer that needs it (end to end,
-host checks, live monitoring). It serves the paced model (`paced-qwen2`): streams arrive at a GPU-like
-rate, so "incremental", "stop" and "cancel" are observable, not raced.
+images, host checks, live monitoring). It serves the paced model (`paced-qwen2`): streams arrive at a
+GPU-like rate, so "incremental", "stop" and "cancel" are observable, not raced.
 
-Test order: the layers that start nothing first, then `make up`'s own tests (their own stacks), then the
-gateway layer (its own small vLLM fleet, stopped when the package ends), then every layer on the shared
-local stack. So at most one group of CPU vLLMs runs at a time on a 2-core machine.
+Schedule: `make test` runs two pytest-xdist workers (`--dist loadgroup`). Most of a heavy layer's time is
+spent waiting on generation (a paced stream, a vLLM booting), so two of them side by side roughly halve the
+wall time. Each group below runs whole on one worker, so the servers its fixtures start boot once per run;
+the groups go first, longest first, so the two longest never end up queued on one worker; every other test
+is handed out one at a time to whichever worker is free. Processes and directories are per worker
+(`free_port`, per-pid or per-test directories under build/), so the workers never share a server.
 """
 
 from __future__ import annotations
@@ -23,21 +26,35 @@ from localstack.processes import free_port
 from localstack.stack import Endpoint, LocalConfig, LocalStack
 
 BUILD = Path(__file__).resolve().parents[1] / "build"
+pytest_plugins = ["tests.layer_times"]
 
-# Directories (under tests/) in the order they run; anything not listed runs first.
-HEAVY_ORDER = ["localstack", "gateway", "e2e", "images", "infra", "verify", "monitoring/test_live_prometheus.py"]
+# Heavy groups, longest first: the tests under each path (relative to tests/) run together on one worker.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "local-stack": ("e2e", "images", "infra", "verify", "monitoring/test_live_prometheus.py"),
+    "gateway": ("gateway",),
+    "make-up": ("localstack/test_make_up.py",),
+    "drill": ("dr/test_drill.py",),
+}
+_ORDER = {name: rank for rank, name in enumerate(GROUPS)}
 
 
-def _rank(item: pytest.Item) -> int:
+def group_of(item: pytest.Item) -> str | None:
     rel = Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parent).as_posix()
-    for i, prefix in enumerate(HEAVY_ORDER, start=1):
-        if rel == prefix or rel.startswith(prefix + "/"):
-            return i
-    return 0
+    for name, prefixes in GROUPS.items():
+        if any(rel == prefix or rel.startswith(prefix + "/") for prefix in prefixes):
+            return name
+    return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks (it appends `@group` to the node ids)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_rank)  # stable: the order within a group is pytest's own
+    for item in items:
+        group = group_of(item)
+        if group is not None:  # every group starts real vLLM: `make test-fast` leaves them out
+            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.slow)
+    # Stable: the order within a group is pytest's own; ungrouped tests last, in pytest's order.
+    items.sort(key=lambda item: _ORDER.get(group_of(item) or "", len(GROUPS)))
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from dr.drill import Drill, DrillConfig
-
-pytestmark = pytest.mark.slow
 
 
 def test_the_drill_loses_no_acknowledged_turn_and_fails_back(tmp_path: Path) -> None:

@@ -279,33 +279,48 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
     }
 
 
-@pytest.fixture(scope="package")
-def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway]:
-    running: list[GatewayHandle] = []
-    counter = iter(range(1, 1000))
+class GatewayStarter:
+    """Starts gateways (`python -m app.gateway`) on the package's servers; `stop_all()` stops what it started."""
 
-    def start(*, expect_ready: bool = True, **overrides: str) -> Gateway:
-        env = {**base_env, **{f"GATEWAY_{k.upper()}": v for k, v in overrides.items()}}
-        name = f"gateway-{next(counter)}"
-        handle = gateway_process(build_dir / name, env, name)
-        running.append(handle)
+    _names = iter(range(1, 100_000))  # one counter for every starter: each gateway its own directory
+
+    def __init__(self, build_dir: Path, base_env: dict[str, str]) -> None:
+        self.build_dir, self.base_env = build_dir, base_env
+        self.running: list[GatewayHandle] = []
+
+    def __call__(self, *, expect_ready: bool = True, **overrides: str) -> Gateway:
+        env = {**self.base_env, **{f"GATEWAY_{k.upper()}": v for k, v in overrides.items()}}
+        name = f"gateway-{next(self._names)}"
+        handle = gateway_process(self.build_dir / name, env, name)
+        self.running.append(handle)
         if expect_ready:
             handle.wait_ready()
         else:  # alive is enough (e.g. no backend will ever be healthy)
             handle.process.wait_ready(lambda: http_ok(f"{handle.url}/healthz"), timeout=30)
         return Gateway(handle, env)
 
-    yield start
-    for handle in running:
-        handle.stop()
+    def stop_all(self) -> None:
+        for handle in self.running:
+            handle.stop()
+
+
+@pytest.fixture
+def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway]:
+    """Gateways of one test, stopped when it ends: a gateway left running keeps probing the vLLMs (and holding
+    their connections) while later tests, the paced ones above all, wait on those same vLLMs."""
+    starter = GatewayStarter(build_dir, base_env)
+    yield starter
+    starter.stop_all()
 
 
 @pytest.fixture(scope="package")
-def gw(start_gw: StartGateway) -> Gateway:
-    """The main gateway: backends A and B, shared Redis, API keys and OIDC."""
-    gateway = start_gw()
+def gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[Gateway]:
+    """The main gateway, shared by the package: backends A and B, shared Redis, API keys and OIDC."""
+    starter = GatewayStarter(build_dir, base_env)
+    gateway = starter()
     gateway.wait_backends_healthy(2)
-    return gateway
+    yield gateway
+    starter.stop_all()
 
 
 def vllm_metric(handle: VllmHandle, name: str, **labels: str) -> float:

@@ -27,7 +27,6 @@ from stackspec.monitoring.logs import render_fluent_bit
 from tests.monitoring.fluent_bit import process
 from tests.waiting import samples
 
-pytestmark = pytest.mark.slow
 API_ROUTES = f'{m.GW_REQUESTS}{{route=~"/v1/.+"}}'
 
 

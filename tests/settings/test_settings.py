@@ -61,7 +61,12 @@ def with_change(stack: str, path: str, value: Any) -> dict[str, Any]:
     return values
 
 
-DELETE = object()
+class _Delete:
+    def __repr__(self) -> str:  # a stable test id: pytest-xdist's workers must collect the same names
+        return "<deleted>"
+
+
+DELETE = _Delete()
 
 BROKEN: list[tuple[str, str, Any, str, str]] = [
     # stack, path, value, key that must be named, a word of the fix
