@@ -8,8 +8,8 @@ GPU-like rate, so "incremental", "stop" and "cancel" are observable, not raced.
 Schedule: `make test` runs two pytest-xdist workers (`--dist loadgroup`). Most of a heavy layer's time is
 spent waiting on generation (a paced stream, a vLLM booting), so two of them side by side roughly halve the
 wall time. Each group below runs whole on one worker, so the servers its fixtures start boot once per run;
-the groups go first, longest first, so the two longest never end up queued on one worker; every other test
-is handed out one at a time to whichever worker is free. Processes and directories are per worker
+the groups go first, longest first, so the two longest never end up queued on one worker; every other module
+is a group of its own, handed to whichever worker is free. Processes and directories are per worker
 (`free_port`, per-pid or per-test directories under build/), so the workers never share a server.
 """
 
@@ -38,8 +38,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
 _ORDER = {name: rank for rank, name in enumerate(GROUPS)}
 
 
+def _relative(item: pytest.Item) -> str:
+    return Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parent).as_posix()
+
+
 def group_of(item: pytest.Item) -> str | None:
-    rel = Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parent).as_posix()
+    rel = _relative(item)
     for name, prefixes in GROUPS.items():
         if any(rel == prefix or rel.startswith(prefix + "/") for prefix in prefixes):
             return name
@@ -51,9 +55,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = group_of(item)
         if group is not None:  # every group starts real vLLM: `make test-fast` leaves them out
-            item.add_marker(pytest.mark.xdist_group(group))
             item.add_marker(pytest.mark.slow)
-    # Stable: the order within a group is pytest's own; ungrouped tests last, in pytest's order.
+        # Any other module is a group of its own: its module-scoped fixtures and caches (a checkov scan per
+        # stack, an S3 server, a Redis pair) are made once, not once per worker.
+        item.add_marker(pytest.mark.xdist_group(group or _relative(item)))
+    # Stable: the order within a group is pytest's own; the other modules after the groups, in pytest's order.
     items.sort(key=lambda item: _ORDER.get(group_of(item) or "", len(GROUPS)))
 
 
