@@ -28,7 +28,7 @@ OUT = REPO_ROOT / "build" / "bench"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
                                            "note": {"type": "string", "maxLength": 12}},
           "required": ["answer", "note"], "additionalProperties": False}
-TOOL = {"type": "function", "function": {"name": "pick", "strict": True, "parameters": {
+TOOL: dict[str, Any] = {"type": "function", "function": {"name": "pick", "strict": True, "parameters": {
     "type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]},
                                      "count": {"type": "integer", "minimum": 0, "maximum": 9}},
     "required": ["color", "count"], "additionalProperties": False}}}
