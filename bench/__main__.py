@@ -1,4 +1,4 @@
-"""`make bench` = `python -m bench [gateway|latency|pace|emitter|loadtest] ...`: every benchmark (goals: here).
+"""`make bench` = `python -m bench [gateway|latency|pace|emitter|loadtest|wait|guided] ...` (goals: here).
 
 - gateway (default): what the gateway adds, side by side with the direct path, in one run (bench/side_by_side.py)
 - latency: the gateway's added latency against real vLLM direct, interleaved (bench/gateway_latency.py)
@@ -6,16 +6,17 @@
 - emitter: run the paced OpenAI-compatible emitter on its own (bench/emitter.py)
 - loadtest: Locust against a site or the local stack, P95 TTFT against the SLO (bench/loadtest.py)
 - wait: what a session write costs with `WAIT 1 <ms>` for RPO ~ 0 (bench/replica_wait.py)
+- guided: a JSON-Schema-guided answer and a named tool call against unguided ones of the same length (bench/guided.py)
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import emitter, gateway_latency, loadtest, replica_wait, side_by_side, test_model_pace
+from bench import emitter, gateway_latency, guided, loadtest, replica_wait, side_by_side, test_model_pace
 
 COMMANDS = {"gateway": side_by_side.main, "latency": gateway_latency.main, "pace": test_model_pace.main,
-            "emitter": emitter.main, "loadtest": loadtest.main, "wait": replica_wait.main}
+            "emitter": emitter.main, "loadtest": loadtest.main, "wait": replica_wait.main, "guided": guided.main}
 
 
 def main(argv: list[str]) -> int:

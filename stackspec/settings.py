@@ -184,6 +184,38 @@ class ModelCache(_Section):
     min_free_gb: float = Field(default=20.0, ge=0)  # free space the cache must keep (`make verify`, GPU hosts)
 
 
+class ToolCalling(_Section):
+    """OpenAI `tools` / `tool_choice`: vLLM parses the model's tool calls out of its text. Qwen2.5's own chat
+    template carries the Hermes format, so `hermes` (no custom template). Off, vLLM answers any named or
+    `required` tool_choice with 400 ("requires --tool-call-parser")."""
+
+    enabled: bool = True
+    parser: Literal["hermes"] = "hermes"  # the one this model family uses; widen with a model that needs another
+    # vLLM's --tool-strict-level: `auto` constrains the call envelope for named/`required` choices and a tool's
+    # arguments only where it says `strict: true` (OpenAI's semantics); `parameter` pins every tool's arguments.
+    strict_level: Literal["auto", "function", "parameter"] = "auto"
+
+
+class StructuredOutputs(_Section):
+    """Guided decoding (`response_format` json_object / json_schema, named and `required` tool_choice)."""
+
+    backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = "xgrammar"
+    # Compact JSON only: without it a guided answer may spend its max_tokens on whitespace between tokens
+    # (measured on the CPU build: `\r\t\n` padding). Supported by the xgrammar and guidance backends only.
+    disable_any_whitespace: bool = True
+
+    @model_validator(mode="after")
+    def _whitespace_needs_a_backend_that_does_it(self) -> StructuredOutputs:
+        if self.disable_any_whitespace and self.backend not in ("xgrammar", "guidance"):
+            raise ValueError(f"disableAnyWhitespace works with the xgrammar or guidance backend only, not "
+                             f"{self.backend!r}; set backend: xgrammar or disableAnyWhitespace: false")
+        return self
+
+    def vllm_config(self) -> dict[str, object]:
+        """vLLM's `--structured-outputs-config` (its StructuredOutputsConfig field names)."""
+        return {"backend": self.backend, "disable_any_whitespace": self.disable_any_whitespace}
+
+
 class InferenceSettings(_Section):
     replicas: int = Field(default=1, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -198,6 +230,8 @@ class InferenceSettings(_Section):
     startup_budget_seconds: int = Field(default=600, ge=60)
     termination_grace_seconds: int = Field(default=120, ge=10)
     cache: ModelCache = ModelCache()
+    tool_calling: ToolCalling = ToolCalling()
+    structured_outputs: StructuredOutputs = StructuredOutputs()
     cpu_request: KubeQuantity = "4"
     memory_request: KubeQuantity = "32Gi"
 

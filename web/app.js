@@ -201,8 +201,14 @@ async function loadHistory() {
   }
   const data = await resp.json();
   for (const m of data.messages || []) {
-    if (m.role === "user" || m.role === "assistant") addMessage(m.role, contentText(m.content));
+    if (m.role === "user" || m.role === "assistant" || m.role === "tool") addMessage(m.role, storedText(m));
   }
+}
+
+// A stored turn as plain text: an API client's tool calls as `name(arguments)` lines, a tool result as its content.
+function storedText(m) {
+  const calls = (m.tool_calls || []).map((c) => `${(c.function || {}).name}(${(c.function || {}).arguments})`);
+  return [contentText(m.content), ...calls].filter(Boolean).join("\n");
 }
 
 function contentText(content) {

@@ -46,12 +46,18 @@ class UpstreamClientError:
 
 
 def _normalise_error(status: int, content: bytes) -> dict[str, Any]:
+    """vLLM's refusal in OpenAI's shape. vLLM 0.32 says `"type": "BadRequestError", "code": 400`; OpenAI's
+    clients expect the type for the status (`invalid_request_error`) and a string code or null."""
     try:
         data = json.loads(content)
     except ValueError:
         return error_body(status, content.decode(errors="replace")[:500] or "upstream error")
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return data
+        error = data["error"]
+        code, param = error.get("code"), error.get("param")
+        return error_body(status, str(error.get("message") or "upstream error")[:2000],
+                          code=code if isinstance(code, str) else None,
+                          param=param if isinstance(param, str) else None)
     if isinstance(data, dict) and "message" in data:  # older vLLM: {"object": "error", "message": ...}
         return error_body(status, str(data["message"]), param=data.get("param"))
     return error_body(status, str(data)[:500])
@@ -96,6 +102,28 @@ class StreamAccount:
     done: bool = False
     usage: dict[str, Any] | None = None
     text: list[str] = field(default_factory=list)
+    # The first choice's tool calls, stitched from their deltas by `index` (id and name arrive once,
+    # arguments in fragments), for a session to store; the client gets the deltas untouched.
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def _stitch(self, deltas: list[Any]) -> None:
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                continue
+            call = self.tool_calls.setdefault(int(delta.get("index") or 0),
+                                              {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = delta.get("id") or call["id"]
+            function = delta.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    def answer(self) -> dict[str, Any]:
+        """The assistant message the stream made (OpenAI's shape), as a session stores it."""
+        text = "".join(self.text)
+        if not self.tool_calls:
+            return {"role": "assistant", "content": text}
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return {"role": "assistant", "content": text or None, "tool_calls": calls}
 
     def observe(self, event: bytes) -> bool:
         """Returns whether to forward the event to the client."""
@@ -118,9 +146,12 @@ class StreamAccount:
         if self.collect_text:
             for choice in choices:
                 if choice.get("index", 0) == 0:
-                    piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content") or choice.get("text")
                     if piece:
                         self.text.append(piece)
+                    if delta.get("tool_calls"):
+                        self._stitch(delta["tool_calls"])
         return bool(choices) or not has_usage or self.forward_usage_chunk
 
     def scan(self, block: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 `extra="forbid"`: a field not listed here is a 400 `unknown_parameter` naming it (body.parse_model), so
 vLLM's engine-level knobs (`min_tokens`, `prompt_logprobs`, `prompt_embeds`, `allowed_token_ids`,
-`chat_template`, `priority`, structured-output grammars, ...) cannot be reached through the gateway.
+`chat_template`, `priority`, vLLM's own structured-output grammars (`structured_outputs`: regex, grammar,
+choice), ...) cannot be reached through the gateway; OpenAI's `tools` and `response_format` can, bounded.
 `strict=True`: no `"yes"` -> True; what we check is what vLLM gets. These models are also the gateway's
 OpenAPI document (the routes declare them), which the schema-driven fuzzer reads.
 """
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TOKEN_ID = 2**31 - 1  # vLLM checks ids against the vocabulary; this only keeps them machine-sized
@@ -32,10 +33,95 @@ class TextPart(_Strict):
     text: str
 
 
+# OpenAI's function names: letters, digits, `_` and `-`, at most 64.
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# A JSON Schema object (tool parameters, response_format's schema). Its size and depth are gateway settings
+# (api/structured.py); whether it compiles is the structured-output backend's call (vLLM's 400, relayed).
+JsonSchema = dict[str, Any]
+
+
+class FunctionCall(_Strict):
+    name: FunctionName
+    arguments: str  # JSON text, as the model wrote it (OpenAI's shape); counted in the input size
+
+
+class ToolCall(_Strict):
+    """An assistant's call, as vLLM returned it; sent back in the history of an agent loop."""
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | Annotated[list[TextPart], Field(min_length=1, max_length=64)]
+    """One message; the tool-calling shapes are checked together (`_shape`): a `tool` message answers a call
+    (`tool_call_id`), only an assistant message carries `tool_calls`, and its `content` may then be null."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[TextPart], Field(min_length=1, max_length=64)] | None = None
     name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id (the id of the call it answers); "
+                             "no other role takes one")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only on an assistant message with tool_calls)")
+        return self
+
+
+class FunctionDefinition(_Strict):
+    name: FunctionName
+    description: str | None = None  # bounded with the whole tool (max_tools_bytes)
+    parameters: JsonSchema | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: FunctionName
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Strict):
+    name: FunctionName
+    description: str | None = Field(default=None, max_length=4096)
+    schema_: JsonSchema | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class StreamOptions(_Strict):
@@ -75,6 +161,11 @@ class ChatCompletionRequest(_Generation):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Tool calling and structured outputs (OpenAI's shapes; bounds in api/structured.py).
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     # A gateway extension (also the X-Session-Id header): continue a stored conversation.
     session_id: str | None = Field(default=None, min_length=8, max_length=128,
                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")

@@ -85,6 +85,14 @@ class GatewayTuning(BaseModel):
     max_sequences_per_request: int = Field(default=16, ge=1, le=256)
     max_messages: int = Field(default=256, ge=1)
     max_content_chars: int = Field(default=200_000, ge=1)  # total characters of the input
+    # Tool calling and structured outputs: each schema (a tool's `parameters`, response_format's `schema`) is
+    # compiled into a grammar by vLLM per request, and every tool is written into the prompt. OpenAI allows
+    # 128 tools. Bytes are of the compact JSON; depth counts nested objects and arrays (the body itself may
+    # nest 32 levels, the schema sits 5 deep in it).
+    max_tools: int = Field(default=128, ge=0, le=1024)
+    max_schema_bytes: int = Field(default=65_536, ge=256)
+    max_tools_bytes: int = Field(default=262_144, ge=256)
+    max_schema_depth: int = Field(default=16, ge=2, le=26)
 
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)  # readiness false before we stop listening

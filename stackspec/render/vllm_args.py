@@ -91,6 +91,10 @@ def render_vllm_args(
         args += ["--revision", mdl.revision]
     if mdl.quantization:
         args += ["--quantization", mdl.quantization]
+    if inf.tool_calling.enabled:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", inf.tool_calling.parser,
+                 "--tool-strict-level", inf.tool_calling.strict_level]
+    args += ["--structured-outputs-config", json.dumps(inf.structured_outputs.vllm_config(), sort_keys=True)]
     override = rope_scaling_override(settings)
     if override is not None:
         # vLLM 0.32 has no --rope-scaling flag; YaRN goes in as an override of the HF config.

@@ -30,6 +30,12 @@ def yarn_settings() -> StackSettings:
                          model={"ropeScaling": YARN})
 
 
+def no_tools_settings() -> StackSettings:
+    off = {"toolCalling": {"enabled": False},
+           "structuredOutputs": {"backend": "guidance", "disableAnyWhitespace": False}}
+    return settings_with("dev", inference=stack_sections("dev")["inference"] | off)
+
+
 def awq_settings() -> StackSettings:
     return settings_with("dev", model={"quantization": "awq", "revision": "main"},
                          inference={"replicas": 1, "enablePrefixCaching": False, "maxNumSeqs": 8})
@@ -43,6 +49,8 @@ def cases() -> dict[str, tuple[StackSettings, list[str]]]:
     yarn, awq, dev = yarn_settings(), awq_settings(), stack_settings("dev")
     out["yarn"] = (yarn, render_vllm_args(yarn, model=yarn.model.name, host="0.0.0.0", port=8000))
     out["awq"] = (awq, render_vllm_args(awq, model="Qwen/Qwen2.5-7B-Instruct-AWQ", host="0.0.0.0", port=8000))
+    plain = no_tools_settings()
+    out["no-tools"] = (plain, render_vllm_args(plain, model=plain.model.name, host="0.0.0.0", port=8000))
     out["local"] = (dev, render_vllm_args(dev, model="/models/tiny", host="127.0.0.1", port=18000,
                                           extra=LOCAL_EXTRAS))
     return out
@@ -61,7 +69,7 @@ def parsed() -> dict[str, dict[str, Any]]:
     return dict(zip([*named, "unknown-flag"], answers, strict=True))
 
 
-@pytest.mark.parametrize("case", [*STACKS, "yarn", "awq", "local"])
+@pytest.mark.parametrize("case", [*STACKS, "yarn", "awq", "local", "no-tools"])
 def test_parser_accepts_and_understands_the_rendered_args(case: str, parsed: dict[str, dict[str, Any]]) -> None:
     settings, _ = cases()[case]
     answer = parsed[case]
@@ -75,6 +83,14 @@ def test_parser_accepts_and_understands_the_rendered_args(case: str, parsed: dic
     assert args["enable_prefix_caching"] is inf.enable_prefix_caching
     assert args["quantization"] == settings.model.quantization
     assert args["revision"] == settings.model.revision
+    tools, structured = inf.tool_calling, inf.structured_outputs
+    assert args["enable_auto_tool_choice"] is tools.enabled
+    assert args["tool_call_parser"] == (tools.parser if tools.enabled else None)
+    if tools.enabled:
+        assert args["tool_strict_level"] == tools.strict_level
+    # vLLM's own StructuredOutputsConfig, built from the rendered JSON (its repr: the parser's object)
+    assert f"backend='{structured.backend}'" in args["structured_outputs_config"]
+    assert f"disable_any_whitespace={structured.disable_any_whitespace}" in args["structured_outputs_config"]
     if case == "local":  # the extras win over the rendered values, once each
         assert (args["max_model_len"], args["dtype"], args["enforce_eager"]) == (1024, "bfloat16", True)
         assert args["kv_cache_memory_bytes"] == 67108864
@@ -90,6 +106,14 @@ def test_yarn_reaches_vllm_as_a_rope_scaling_override(parsed: dict[str, dict[str
     }
     assert parsed["yarn"]["args"]["max_model_len"] == 131072
     assert not parsed["prod"]["args"]["hf_overrides"]  # native 32k: no override
+
+
+def test_every_stack_serves_tool_calls_and_compact_guided_json(parsed: dict[str, dict[str, Any]]) -> None:
+    """Qwen2.5's tool format is Hermes; without the parser vLLM refuses named and `required` tool_choice."""
+    for stack in STACKS:
+        args = parsed[stack]["args"]
+        assert (args["enable_auto_tool_choice"], args["tool_call_parser"]) == (True, "hermes"), stack
+        assert "backend='xgrammar', disable_any_whitespace=True" in args["structured_outputs_config"], stack
 
 
 def test_the_parser_is_strict(parsed: dict[str, dict[str, Any]]) -> None:

@@ -34,7 +34,8 @@ HOSTILE: list[tuple[str, str, Any, int, str]] = [
     ("prompt_embeds", "/v1/completions", {"prompt": "x", "prompt_embeds": "AAAA"}, 400, "unknown_parameter"),
     ("chat_template_kwargs", CHAT, {"messages": USER, "chat_template_kwargs": {"x": 1}}, 400,
      "unknown_parameter"),
-    ("tools", CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "unknown_parameter"),
+    ("200 tools (the gateway's maxTools is 128)", CHAT, {"messages": USER, "tools": [
+        {"type": "function", "function": {"name": f"f{i}"}} for i in range(200)]}, 400, "too_many_tools"),
     ("image part", CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "file:///etc/passwd"}}]}]}, 400, "unknown_parameter"),
     ("huge n", CHAT, {"messages": USER, "n": 100_000}, 422, "invalid_request"),

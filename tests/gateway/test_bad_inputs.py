@@ -61,7 +61,8 @@ CASES: list[tuple[str, str, Any, dict[str, str], int, str | None]] = [
     ("prompt_logprobs", "/v1/completions", {"prompt": "x", "prompt_logprobs": 20}, {}, 400, "unknown_parameter"),
     ("prompt_embeds", "/v1/completions", {"prompt": "x", "prompt_embeds": "AAAA"}, {}, 400, "unknown_parameter"),
     ("chat_template", CHAT, {"messages": USER, "chat_template": "{{ 7*7 }}"}, {}, 400, "unknown_parameter"),
-    ("unknown field in a message", CHAT, {"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, {},
+    ("unknown field in a message (the deprecated function_call)", CHAT, {"messages": [
+        {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}}]}, {},
      400, "unknown_parameter"),
     ("best_of (not served by this vLLM)", "/v1/completions", {"prompt": "x", "best_of": 16}, {}, 400,
      "unknown_parameter"),

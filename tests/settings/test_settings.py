@@ -77,6 +77,12 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("dev", "inference.gpuMemoryUtilization", 0.68, "qwen-serving:inference.maxModelLen", "quantization"),
     ("dev", "inference.gpuMemoryUtilization", 1.5, "qwen-serving:inference.gpuMemoryUtilization", "0.98"),
     ("dev", "inference.replicass", 1, "qwen-serving:inference.replicass", "unknown key"),
+    # tool calling and structured outputs (vLLM's flags; the gateway's bounds)
+    ("dev", "inference.structuredOutputs", {"backend": "outlines"}, "qwen-serving:inference.structuredOutputs",
+     "xgrammar"),
+    ("dev", "inference.toolCalling.parser", "mistral", "qwen-serving:inference.toolCalling.parser", "hermes"),
+    ("dev", "gateway.maxSchemaDepth", 40, "qwen-serving:gateway.maxSchemaDepth", "less than"),
+    ("dev", "gateway.maxTools", -1, "qwen-serving:gateway.maxTools", "greater than"),
     ("dev", "gpuPool.hosts", [], "qwen-serving:gpuPool.hosts", "at least 1"),
     ("prod", "edge.tls", {"enabled": False}, "qwen-serving:edge.tls.enabled", "true"),
     ("prod", "gateway.authEnabled", False, "qwen-serving:gateway.authEnabled", "true"),

@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.gateway.api.body import parse_model, read_json_object
 from app.gateway.api.context import GatewayContext, context_and_caller
 from app.gateway.api.disconnect import unless_client_leaves
+from app.gateway.api.structured import check_structured
 from app.gateway.auth.identity import Identity
 from app.gateway.errors import ApiError
 from app.gateway.logging import log, request_id_var
@@ -21,7 +22,7 @@ from app.gateway.proxy import StreamAccount, UpstreamClientError, UpstreamStream
 from app.gateway.ratelimit.limiter import Slot
 from app.gateway.redis_client import RedisUnavailable
 from app.gateway.schemas import ChatCompletionRequest, CompletionRequest, request_body
-from app.gateway.sessions.history import compose, content_text
+from app.gateway.sessions.history import answer_message, compose, content_text, message_chars
 from app.gateway.sessions.store import Session, validate_session_id
 
 router = APIRouter()
@@ -124,7 +125,7 @@ async def _generate(
     if session is not None:
         response_headers["X-Session-Id"] = session.id
 
-    async def remember(answer: str) -> bool:
+    async def remember(answer: dict[str, Any]) -> bool:
         """Store the turn; False (counted, logged) if it could not be. Runs before the client is told done."""
         if session is None:
             return True
@@ -132,7 +133,7 @@ async def _generate(
             ctx.metrics.turns_not_stored.inc()
             return False
         try:
-            await ctx.sessions.append(session, [*new_messages, {"role": "assistant", "content": answer}], system)
+            await ctx.sessions.append(session, [*new_messages, answer], system)
         except RedisUnavailable:
             ctx.metrics.turns_not_stored.inc()
             log.warning("turn not stored: redis unavailable", extra={"session_id": session.id})
@@ -157,7 +158,7 @@ async def _generate(
         if status == 200:
             count_usage(data.get("usage"))
             choices = data.get("choices") or [{}]
-            if not await remember(content_text((choices[0] or {}).get("message") or {})):
+            if not await remember(answer_message((choices[0] or {}).get("message") or {})):
                 response_headers[SESSION_STORED_HEADER] = "false"
             # vLLM's own bytes: parsed above for usage and the session, never serialised again
             return Response(raw, status_code=status, headers=response_headers, media_type="application/json")
@@ -184,7 +185,7 @@ async def _generate(
 
     async def store_before_done() -> bytes | None:
         """The answer is complete: store the turn before `[DONE]`; if that fails, say so in the stream."""
-        if await remember("".join(opened.account.text)):
+        if await remember(opened.account.answer()):
             return None
         assert session is not None
         return session_not_stored_event(session.id)
@@ -227,7 +228,8 @@ async def chat_completions(request: Request) -> Any:
         raise ApiError(400, f"{len(parsed.messages)} messages; the limit is {ctx.settings.max_messages}",
                        code="too_many_messages", param="messages")
     messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
-    check_input_size(ctx, sum(len(content_text(m)) for m in messages))
+    check_input_size(ctx, sum(message_chars(m) for m in messages))
+    check_structured(ctx.settings, parsed, raw)
     check_max_tokens(ctx, max_tokens=parsed.max_tokens, max_completion_tokens=parsed.max_completion_tokens)
     always_max_tokens(ctx, raw, "max_tokens", "max_completion_tokens")
     sequences = check_sequences(ctx, parsed.n, "n")
