@@ -435,6 +435,18 @@ class StackSettings(_Section):
         return int(self.gateway.total_timeout) + 30
 
     @property
+    def keda_scales_vllm(self) -> bool:
+        """KEDA owns vLLM's replica count: autoscaling is on and so is monitoring (KEDA and the Prometheus
+        its trigger queries are that tier's). Otherwise `inference.replicas` is the count."""
+        return self.monitoring.enabled and self.monitoring.autoscaling.enabled
+
+    @property
+    def hpa_scales_gateway(self) -> bool:
+        """An HPA on CPU owns the gateway's replica count (between `gateway.replicas` and `maxReplicas`).
+        It needs only the cluster's metrics API, not the monitoring tier: monitoring off keeps it."""
+        return self.monitoring.autoscaling.enabled
+
+    @property
     def gateway_backends_dns(self) -> str:
         """The headless vLLM Service the gateway resolves in the cluster (infra/components/inference.py)."""
         return f"vllm.{self.kubernetes.namespace}.svc.cluster.local:{self.inference.port}"

@@ -1,7 +1,8 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
 Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
-secretKeyRef. The HPA on CPU is declared by the monitoring tier (it owns autoscaling).
+secretKeyRef. With autoscaling on (`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside
+the Deployment: it needs the cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
 
 Key rotation needs no manual restart: the pod template carries a hash of the API-key Secret's content and
 of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses
@@ -57,7 +58,31 @@ class Gateway(kube.Tier):
         self.service = kube.service(s, "gateway", "api", namespace=ns, ports=[("http", SERVICE_PORT)], opts=child)
         self.deployment = self._deployment(s, args, child)
         self.pdb = kube.disruption_budget(s, "gateway", "api", namespace=ns, opts=child)
-        self.register_outputs({"service": self.service_name, "port": self.port, "deployment": self.deployment_name})
+        self.hpa = self._hpa(s) if s.hpa_scales_gateway else None
+        self.register_outputs({"service": self.service_name, "port": self.port, "deployment": self.deployment_name,
+                               "autoscaled": self.hpa is not None})
+
+    def _hpa(self, s: StackSettings) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        gw = s.gateway
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            "gateway-hpa",
+            metadata=kube.metadata(s, "gateway", "autoscaling", namespace=self.namespace),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=self.deployment_name),
+                min_replicas=gw.replicas,
+                max_replicas=gw.max_replicas,
+                metrics=[k8s.autoscaling.v2.MetricSpecArgs(
+                    type="Resource",
+                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                        name="cpu",
+                        target=k8s.autoscaling.v2.MetricTargetArgs(
+                            type="Utilization", average_utilization=gw.target_cpu_percent),
+                    ),
+                )],
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployment]),
+        )
 
     def _deployment(self, s: StackSettings, args: GatewayArgs, opts: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         gw = s.gateway
@@ -94,8 +119,8 @@ class Gateway(kube.Tier):
             annotations={"qwen-serving.io/config-hash": kube.content_hash(
                 json.dumps(s.api_key_hashes, sort_keys=True), json.dumps(self.env, sort_keys=True))},
         )
-        # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
-        scaled_by_hpa = ["spec.replicas"] if s.monitoring.enabled else None
+        # With the HPA owning the scale, `pulumi up` must not reset it to the minimum.
+        scaled_by_hpa = ["spec.replicas"] if s.hpa_scales_gateway else None
         return kube.deployment(s, "gateway", "api", namespace=args.namespace, replicas=gw.replicas, template=template,
                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
                                                       ignore_changes=scaled_by_hpa))
