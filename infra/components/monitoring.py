@@ -148,7 +148,7 @@ class Monitoring(pulumi.ComponentResource):
                 data={file: text},
                 opts=in_ns,
             )
-            for file, text in sorted(render_dashboards().items())
+            for file, text in sorted(render_dashboards(s).items())
         ]
 
         self.log_shipper: k8s.helm.v3.Release | None = None

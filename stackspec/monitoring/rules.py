@@ -27,7 +27,8 @@ BURN_WINDOWS: list[tuple[str, str, float, str]] = [
 ]
 ERROR_RATIO_WINDOWS = sorted({w for long, short, _, _ in BURN_WINDOWS for w in (long, short)}, key=m.seconds)
 
-# Recorded series (level:metric:operations).
+# Recorded series (level:metric:operations). Each keeps `job` and `namespace`, so another stack's rules
+# recording the same names in the same Prometheus never collide with ours, and dashboards select ours.
 RPS = "qwen:gateway_requests:rate5m"
 ERROR_RATIO = "qwen:gateway_request_errors:ratio_rate{window}"
 VLLM_RPS = "qwen:vllm_requests:rate5m"
@@ -61,27 +62,28 @@ def recording_rules(settings: StackSettings) -> list[Rule]:
     sc = scope(settings)
     gw = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
     gw_err = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES, status=SERVER_ERROR)
-    rules = [_record(RPS, f"sum by (job) (rate({gw}[5m]))")]
+    rules = [_record(RPS, f"sum by (job, namespace) (rate({gw}[5m]))")]
     for window in ERROR_RATIO_WINDOWS:
         rules.append(_record(
             ERROR_RATIO.format(window=window),
             # `or 0 * ...`: no 5xx at all is a ratio of 0, not a missing series.
-            f"(sum by (job) (rate({gw_err}[{window}])) or 0 * sum by (job) (rate({gw}[{window}])))"
-            f" / sum by (job) (rate({gw}[{window}]))",
+            f"(sum by (job, namespace) (rate({gw_err}[{window}]))"
+            f" or 0 * sum by (job, namespace) (rate({gw}[{window}])))"
+            f" / sum by (job, namespace) (rate({gw}[{window}]))",
         ))
     rules += [
-        _record(VLLM_RPS, f"sum by (job) (rate({sc.select(m.VLLM_SUCCESS, m.JOB_VLLM)}[5m]))"),
+        _record(VLLM_RPS, f"sum by (job, namespace) (rate({sc.select(m.VLLM_SUCCESS, m.JOB_VLLM)}[5m]))"),
         _record(TOKENS_PER_SECOND,
-                f"sum by (job) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
+                f"sum by (job, namespace) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
         _record(PROMPT_TOKENS_PER_SECOND,
-                f"sum by (job) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
+                f"sum by (job, namespace) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
     ]
     for q in QUANTILES:
         rules.append(_record(TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, le", **sc.labels(m.JOB_VLLM))))
+                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, namespace, le", **sc.labels(m.JOB_VLLM))))
     for q in QUANTILES:
         rules.append(_record(GW_TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, le", **sc.labels(m.JOB_GATEWAY))))
+                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, namespace, le", **sc.labels(m.JOB_GATEWAY))))
     return rules
 
 
@@ -108,8 +110,8 @@ def capacity_alerts(settings: StackSettings) -> list[Rule]:
     factor = 1 + a.request_rate_increase_percent / 100
     sc = scope(settings)
     api = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
-    now = f"sum by (job) (rate({api}[5m]))"
-    before = f"sum by (job) (rate({api}[5m] offset 1h))"
+    now = f"sum by (job, namespace) (rate({api}[5m]))"
+    before = f"sum by (job, namespace) (rate({api}[5m] offset 1h))"
     return [
         _alert(
             "GpuUtilizationHigh",

@@ -137,7 +137,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     surged = base * (factor + 1)
     result["RequestRateSurge"] = [
         Case("rate well above the factor over a real baseline", {gw % "200": surge(base, surged)}, [
-            ("72m", []), ("82m", [ex(settings, "RequestRateSurge", surged, job="gateway")]),
+            ("72m", []), ("82m", [ex(settings, "RequestRateSurge", surged, **sc.labels(m.JOB_GATEWAY))]),
         ], interval),
         Case("rate up, but less than the factor", {gw % "200": surge(base, base * (factor - 0.5))}, [
             ("82m", []),
@@ -162,14 +162,14 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     fast_ratio = budget * 14.4 * 3
     result["AvailabilityBudgetBurnFast"] = [
         Case("a high 5xx ratio for an hour pages", traffic(fast_ratio, int(4200 / step), step), [
-            ("1m", []), ("70m", [ex(settings, "AvailabilityBudgetBurnFast", fast_ratio, job="gateway")]),
+            ("1m", []), ("70m", [ex(settings, "AvailabilityBudgetBurnFast", fast_ratio, **sc.labels(m.JOB_GATEWAY))]),
         ], interval),
         Case("5xx within the budget", traffic(budget * 0.5, int(4200 / step), step), [("70m", [])], interval),
     ]
     slow_ratio = budget * 3 * 1.5  # above the 1d/2h rate, below the 6h/30m one
     result["AvailabilityBudgetBurnSlow"] = [
         Case("a moderate 5xx ratio for 3 hours opens a ticket", traffic(slow_ratio, 200, 60), [
-            ("3h", [ex(settings, "AvailabilityBudgetBurnSlow", slow_ratio, job="gateway")]),
+            ("3h", [ex(settings, "AvailabilityBudgetBurnSlow", slow_ratio, **sc.labels(m.JOB_GATEWAY))]),
         ], "1m"),
         Case("5xx below the budget for 3 hours", traffic(budget * 0.5, 200, 60), [("3h", [])], "1m"),
     ]
@@ -189,7 +189,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     slow_p95 = bounds[2] + (bounds[3] - bounds[2]) * 0.5  # 90 % fast, 10 % in the slowest bucket
     result["TtftP95High"] = [
         Case("10 % of first tokens slow: P95 above the SLO for 10 minutes", histogram([9, 0, 0, 1, 0]), [
-            ("8m", []), ("16m", [ex(settings, "TtftP95High", slow_p95, job="vllm")]),
+            ("8m", []), ("16m", [ex(settings, "TtftP95High", slow_p95, **sc.labels(m.JOB_VLLM))]),
         ], interval),
         Case("all first tokens fast", histogram([0, 10, 0, 0, 0]), [("16m", [])], interval),
     ]
@@ -284,7 +284,7 @@ FOREIGN_TARGETS = ((None, "another-team"), ("kube-scheduler", "kube-system"))
 ABSENCE_ALERTS = {"NoHealthyVllmBackend", "RedisDown", "RedisPrimaryHasNoReplica"}
 
 
-def _relabel(series: str, job: str | None, namespace: str) -> str:
+def relabel(series: str, job: str | None, namespace: str) -> str:
     """The series of a foreign target: `namespace` (and `job`, when given) replaced."""
     if job is not None:
         series = re.sub(r'(?<![\w])job="[^"]*"', f'job="{job}"', series)
@@ -292,7 +292,7 @@ def _relabel(series: str, job: str | None, namespace: str) -> str:
 
 
 def _foreign(series: dict[str, str], job: str | None, namespace: str) -> dict[str, str]:
-    return {_relabel(name, job, namespace): values for name, values in series.items()}
+    return {relabel(name, job, namespace): values for name, values in series.items()}
 
 
 def foreign_cases(settings: StackSettings, alert: str, found: list[Case]) -> list[Case]:

@@ -124,7 +124,7 @@ def test_rules_dashboards_and_log_config_are_the_rendered_text(name: str) -> Non
     run = stack(name)
     rule = inputs(run.one("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "qwen-serving-rules"))
     assert rule["spec"] == {"groups": json.loads(json.dumps(rule_groups(run.settings)))}
-    dashboards = render_dashboards()
+    dashboards = render_dashboards(run.settings)
     found = {}
     for cm in run.of_type("kubernetes:core/v1:ConfigMap"):
         data = inputs(cm)
