@@ -12,12 +12,15 @@ that instance is what the gateway's environment is rendered from (stackspec/rend
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -276,6 +279,36 @@ class RedisReplication(_Section):
     wait_for_replica_ms: int | None = Field(default=None, ge=1, le=10_000)
 
 
+# A fixed start, so a schedule's longest gap (and so the rules rendered from it) is the same on every run.
+_CRON_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+_CRON_HORIZON_SECONDS = 366 * 86400  # a year of runs: every month length and weekday seen
+_CRON_MAX_RUNS = 10_000  # a frequent schedule repeats long before a year: its pattern is seen by then
+
+
+def _cron_schedule(value: str) -> str:
+    try:
+        CronSim(value, _CRON_EPOCH)
+    except CronSimError as err:
+        raise ValueError(f"{value!r} is not a 5-field cron schedule ({err}); write e.g. '17 */6 * * *'") from None
+    return value
+
+
+@functools.cache
+def cron_longest_gap_seconds(schedule: str) -> int:
+    """The longest time between two consecutive runs of a cron schedule (UTC), over a year of runs."""
+    runs = CronSim(schedule, _CRON_EPOCH)
+    previous, longest = next(runs), 0
+    for count, run in enumerate(runs):
+        longest = max(longest, int((run - previous).total_seconds()))
+        previous = run
+        if count >= _CRON_MAX_RUNS or (run - _CRON_EPOCH).total_seconds() > _CRON_HORIZON_SECONDS:
+            break
+    return longest
+
+
+BACKUP_CRONJOB = "redis-backup"  # the Redis tier's CronJob (infra/components/redis.py); the backup alerts watch it
+
+
 class RedisBackup(_Section):
     """Scheduled Redis snapshots and the model manifest to S3-compatible storage; the keys are secret config
     (backupAccessKeyId, backupSecretAccessKey)."""
@@ -284,8 +317,14 @@ class RedisBackup(_Section):
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
     prefix: str = Field(default="qwen-serving", pattern=r"^[A-Za-z0-9._\-/]*$")
     region: str = "us-east-1"
-    schedule: str = Field(default="17 */6 * * *", pattern=r"^(\S+\s+){4}\S+$")  # cron, 5 fields
+    schedule: Annotated[str, AfterValidator(_cron_schedule)] = Field(
+        default="17 */6 * * *", pattern=r"^(\S+\s+){4}\S+$")  # cron, 5 fields, UTC
     retention_days: int = Field(default=14, ge=1)
+
+    @property
+    def longest_gap_seconds(self) -> int:
+        """The schedule's longest interval between runs: what "2x the schedule" in the backup alert means."""
+        return cron_longest_gap_seconds(self.schedule)
 
 
 class RedisSettings(_Section):

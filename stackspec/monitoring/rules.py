@@ -13,7 +13,7 @@ import yaml
 
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.scope import Scope, scope
-from stackspec.settings import StackSettings
+from stackspec.settings import BACKUP_CRONJOB, StackSettings
 
 Rule = dict[str, Any]
 
@@ -243,6 +243,48 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
     return rules
 
 
+def backup_alerts(settings: StackSettings) -> list[Rule]:
+    """The Redis backup CronJob (sites with redis.backup), from kube-state-metrics: no successful snapshot for
+    twice the schedule's longest gap (page), and the newest backup Job failed (ticket)."""
+    backup = settings.redis.backup
+    if backup is None:
+        return []
+    sc = scope(settings)
+    gap = backup.longest_gap_seconds
+    overdue = 2 * gap
+    cronjob = {"cronjob": BACKUP_CRONJOB}
+    last_success = f"max by (namespace, cronjob) ({sc.select(m.KSM_CRONJOB_LAST_SUCCESS, m.JOB_KSM, **cronjob)})"
+    created = f"max by (namespace, cronjob) ({sc.select(m.KSM_CRONJOB_CREATED, m.JOB_KSM, **cronjob)})"
+    owned = sc.select(m.KSM_JOB_OWNER, m.JOB_KSM, owner_kind="CronJob", owner_name=BACKUP_CRONJOB)
+    starts = f"({sc.select(m.KSM_JOB_START, m.JOB_KSM)} and on (namespace, job_name) {owned})"
+    newest = f"({starts} == on (namespace) group_left () max by (namespace) ({starts}))"
+    failed = f'max by (namespace, job_name) ({sc.select(m.KSM_JOB_FAILED, m.JOB_KSM, condition="true")})'
+    kubectl = f"kubectl -n {settings.kubernetes.namespace}"
+    return [
+        _alert(
+            "RedisBackupMissing",
+            # Last success too long ago; or none ever, and the CronJob older than that.
+            f"(time() - {last_success} > {overdue})"
+            f" or (time() - {created} > {overdue} unless on (namespace, cronjob) {last_success})",
+            for_="15m", severity="critical",
+            summary=f"No successful Redis backup for over twice the schedule ({m.duration(overdue)})",
+            description=f"The last successful {BACKUP_CRONJOB} run (schedule '{backup.schedule}' UTC, at most "
+                        f"{m.duration(gap)} apart) was {{{{ $value | printf \"%.0f\" }}}} s ago (or never, that "
+                        f"long after the CronJob was created): nothing recent to restore from. "
+                        f"`{kubectl} describe cronjob {BACKUP_CRONJOB}`, then its newest Job's logs.",
+        ),
+        _alert(
+            "RedisBackupFailed",
+            f"{failed} == 1 and on (namespace, job_name) {newest}",
+            for_="0s", severity="warning",
+            summary="The latest Redis backup Job failed",
+            description=f"Job {{{{ $labels.job_name }}}}, the newest of CronJob {BACKUP_CRONJOB}, failed: "
+                        f"`{kubectl} logs job/{{{{ $labels.job_name }}}}`. The next scheduled run may succeed; "
+                        "RedisBackupMissing pages if none does for twice the schedule.",
+        ),
+    ]
+
+
 def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     interval = settings.monitoring.scrape_interval
     groups = [
@@ -253,6 +295,9 @@ def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     replication = replication_alerts(settings)
     if replication:
         groups.append({"name": "qwen-serving.redis-replication", "interval": interval, "rules": replication})
+    backup = backup_alerts(settings)
+    if backup:
+        groups.append({"name": "qwen-serving.redis-backup", "interval": interval, "rules": backup})
     return groups
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.rules import rule_groups
 from stackspec.monitoring.scope import scope
-from stackspec.settings import StackSettings
+from stackspec.settings import BACKUP_CRONJOB, StackSettings
 
 
 @dataclass
@@ -237,6 +237,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         Case("Redis up", {redis_up: f"1x{quarter}"}, [("2m", [])], interval),
     ]
     result |= replication_cases(settings, quarter, interval)
+    result |= backup_cases(settings)
     return {alert: [*found, *foreign_cases(settings, alert, found)] for alert, found in result.items()}
 
 
@@ -274,6 +275,72 @@ def replication_cases(settings: StackSettings, quarter: int, interval: str) -> d
                  [("2m", []), ("6m", [ex(settings, "RedisPrimaryHasNoReplica", 0)])], interval),
             Case("the standby is connected", {replicas: f"1x{quarter}"}, [("6m", [])], interval),
         ]
+    return found
+
+
+def backup_cases(settings: StackSettings) -> dict[str, list[Case]]:
+    """The backup CronJob's alerts (sites with redis.backup), from kube-state-metrics series, both ways.
+
+    Samples every minute (within the 5-minute lookback) over more than twice the schedule's longest gap;
+    promtool's clock starts at 0, so a CronJob created or last successful "at 0" is that old at each evaluation.
+    """
+    backup = settings.redis.backup
+    if backup is None:
+        return {}
+    ex = expected_alert
+    ksm = ",".join(f'{k}="{v}"' for k, v in scope(settings).labels(m.JOB_KSM).items())
+    step = 60
+    gap = backup.longest_gap_seconds
+    samples = int(3 * gap / step) + 6  # past 2x the gap plus the alert's 15 minutes, with room
+
+    def at(seconds: float) -> str:
+        return m.duration(seconds)
+
+    cron = f'cronjob="{BACKUP_CRONJOB}"'
+    created = f"{m.KSM_CRONJOB_CREATED}{{{ksm},{cron}}}"
+    success = f"{m.KSM_CRONJOB_LAST_SUCCESS}{{{ksm},{cron}}}"
+    # A success every `gap`: the series steps up to each run's time.
+    runs = max(samples // int(gap / step), 1)
+    on_schedule = " ".join(f"{r * gap:g}x{int(gap / step) - 1}" for r in range(runs + 1))
+    labels = {"namespace": settings.kubernetes.namespace, "cronjob": BACKUP_CRONJOB}
+    overdue, late = 2 * gap, 2 * gap + 20 * 60  # the alert waits 15 minutes after the threshold
+    found = {
+        "RedisBackupMissing": [
+            Case("the last success is older than twice the schedule: pages after 15 minutes",
+                 {created: f"0x{samples}", success: f"0x{samples}"},
+                 [(at(overdue - 3600), []), (at(overdue + 300), []),
+                  (at(late), [ex(settings, "RedisBackupMissing", late, **labels)])], f"{step}s"),
+            Case("never successful since the CronJob was created, that long ago",
+                 {created: f"0x{samples}"},
+                 [(at(overdue - 3600), []), (at(late), [ex(settings, "RedisBackupMissing", late, **labels)])],
+                 f"{step}s"),
+            Case("a success on every run", {created: f"0x{samples}", success: on_schedule},
+                 [(at(late), []), (at(late + gap / 2), [])], f"{step}s"),
+        ],
+    }
+    owner = f'owner_kind="CronJob",owner_name="{BACKUP_CRONJOB}"'
+
+    def job(name: str, start: int, failed: bool, owner_name: str = BACKUP_CRONJOB) -> dict[str, str]:
+        jn = f'job_name="{name}"'
+        return {
+            f'{m.KSM_JOB_OWNER}{{{ksm},{jn},{owner.replace(BACKUP_CRONJOB, owner_name)}}}': "1x12",
+            f"{m.KSM_JOB_START}{{{ksm},{jn}}}": f"{start}x12",
+            f'{m.KSM_JOB_FAILED}{{{ksm},{jn},condition="true"}}': f"{int(failed)}x12",
+            f'{m.KSM_JOB_FAILED}{{{ksm},{jn},condition="false"}}': f"{int(not failed)}x12",
+        }
+
+    found["RedisBackupFailed"] = [
+        Case("the newest backup Job failed", {**job("redis-backup-100", 100, False),
+                                              **job("redis-backup-200", 200, True)},
+             [("2m", [ex(settings, "RedisBackupFailed", 1, namespace=settings.kubernetes.namespace,
+                         job_name="redis-backup-200")])], "1m"),
+        Case("an older Job failed, the newest succeeded", {**job("redis-backup-100", 100, True),
+                                                           **job("redis-backup-200", 200, False)},
+             [("2m", [])], "1m"),
+        Case("a newer failed Job of another CronJob, ours succeeded", {
+            **job("redis-backup-100", 100, False), **job("other-300", 300, True, owner_name="other")},
+             [("2m", [])], "1m"),
+    ]
     return found
 
 
