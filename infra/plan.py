@@ -74,7 +74,8 @@ def describe(run: OfflineRun) -> str:
                 f"standby {run.dns.standby_site}")
     s = run.settings
     return (f"site {s.site.name}, role {s.site.role}\n"
-            f"capacity per vLLM replica: {s.capacity.describe()}")
+            f"capacity per vLLM replica: {s.capacity.describe()}\n"
+            f"{s.gateway.describe_shutdown()}")
 
 
 def render_tree(resources: list[Captured]) -> str:

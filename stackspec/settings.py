@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -205,6 +206,12 @@ class InferenceSettings(_Section):
     memory_request: KubeQuantity = "32Gi"
 
 
+# A terminating gateway pod keeps serving this long while it leaves the Service's endpoints (its preStop),
+# and gets this long after its grace to exit before the kubelet kills it (infra/components/gateway.py).
+GATEWAY_PRE_STOP_SECONDS = 10
+GATEWAY_EXIT_MARGIN_SECONDS = 10
+
+
 class GatewaySection(GatewayTuning):
     """The stack's `gateway` section: the gateway's own tunables (GatewayTuning: the same names, camelCase,
     the same bounds, one definition) plus what the Deployment and its autoscaler need."""
@@ -218,8 +225,35 @@ class GatewaySection(GatewayTuning):
     memory_request: KubeQuantity = "512Mi"
 
     def tuning(self) -> dict[str, Any]:
-        """The GatewayTuning fields, by the gateway's field names."""
-        return {name: getattr(self, name) for name in GatewayTuning.model_fields}
+        """The GatewayTuning fields, by the gateway's field names (the shutdown grace as derived)."""
+        values = {name: getattr(self, name) for name in GatewayTuning.model_fields}
+        return values | {"shutdown_grace_seconds": self.shutdown_grace}
+
+    @property
+    def shutdown_grace(self) -> float:
+        """How long in-flight requests may run after SIGTERM's drain: `shutdownGraceSeconds` when the stack
+        sets it, else `totalTimeout` (the longest a request may take, so a rollout cuts none). A request
+        still unanswered when it ends gets a 503 with Retry-After (app/gateway/drain.py)."""
+        if "shutdown_grace_seconds" in self.model_fields_set:
+            return self.shutdown_grace_seconds
+        return self.total_timeout
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """The pod's terminationGracePeriodSeconds: the preStop pause, the drain, the grace, then a margin
+        for the process to exit before the kubelet's SIGKILL."""
+        return GATEWAY_PRE_STOP_SECONDS + math.ceil(self.shutdown_drain_seconds + self.shutdown_grace) + \
+            GATEWAY_EXIT_MARGIN_SECONDS
+
+    def describe_shutdown(self) -> str:
+        """The shutdown budget, as `make plan` states it."""
+        grace = (f"{self.shutdown_grace:g} s (gateway.shutdownGraceSeconds)"
+                 if "shutdown_grace_seconds" in self.model_fields_set
+                 else f"{self.shutdown_grace:g} s (= gateway.totalTimeout)")
+        return (f"gateway shutdown: preStop {GATEWAY_PRE_STOP_SECONDS} s + drain {self.shutdown_drain_seconds:g} s "
+                f"+ grace {grace} + {GATEWAY_EXIT_MARGIN_SECONDS} s = terminationGracePeriodSeconds "
+                f"{self.termination_grace_seconds}; a request unanswered at the grace's end gets a 503 "
+                "(Retry-After)")
 
 
 class Tls(_Section):

@@ -8,13 +8,13 @@ Key rotation needs no manual restart: the pod template carries a hash of the API
 of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses
 no request: a preStop pause keeps a terminating pod serving while it leaves the Service's endpoints (and
 the edge's connections move), then SIGTERM starts the gateway's own drain (readiness off, in-flight
-requests finish within shutdownGraceSeconds).
+requests finish within the grace: shutdownGraceSeconds, or totalTimeout when unset; one still unanswered then
+gets a 503 in OpenAI's shape).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import pulumi
@@ -23,11 +23,11 @@ import pulumi_kubernetes as k8s
 from infra.components import labels as kube
 from stackspec.images import GATEWAY_UID
 from stackspec.render.gateway_env import render_gateway_env
-from stackspec.settings import StackSettings
+from stackspec.settings import GATEWAY_PRE_STOP_SECONDS, StackSettings
 
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
 API_KEYS_KEY = "api-key-hashes"
-PRE_STOP_SECONDS = 10  # endpoints and kube-proxy catch up with a terminating pod within this
+PRE_STOP_SECONDS = GATEWAY_PRE_STOP_SECONDS  # endpoints and kube-proxy catch up with a terminating pod within this
 
 
 @dataclass
@@ -112,8 +112,9 @@ class Gateway(kube.Tier):
         template = kube.pod_template(
             s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
             volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
-            # preStop, then the gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-            grace_seconds=PRE_STOP_SECONDS + math.ceil(gw.shutdown_drain_seconds + gw.shutdown_grace_seconds) + 10,
+            # preStop, then the gateway drains itself on SIGTERM (readiness off, requests finish within the
+            # grace, derived from totalTimeout unless set); `make plan` states the sum.
+            grace_seconds=gw.termination_grace_seconds,
             affinity=kube.spread_by_host(s, "gateway", required=False),
             # Rotating keys (the Secret) or any setting rolls the pods: env from a Secret is read at start only.
             annotations={"qwen-serving.io/config-hash": kube.content_hash(
