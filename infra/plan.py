@@ -75,7 +75,9 @@ def describe(run: OfflineRun) -> str:
     s = run.settings
     return (f"site {s.site.name}, role {s.site.role}\n"
             f"capacity per vLLM replica: {s.capacity.describe()}\n"
-            f"{s.gateway.describe_shutdown()}")
+            f"{s.gateway.describe_shutdown()}\n"
+            f"replicas owned by: vLLM {'KEDA' if s.keda_scales_vllm else 'inference.replicas'}, "
+            f"gateway {'the HPA' if s.hpa_scales_gateway else 'gateway.replicas'}")
 
 
 def render_tree(resources: list[Captured]) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from infra.components.inference import keda_max_replicas
 from infra.offline import OfflineRun, run_stack
+from infra.plan import describe
 from stackspec.monitoring import promql as m
 from tests.program.conftest import DEPLOYMENT, STACKS, obj, stack_run
 from tests.stacks import stack_sections
@@ -56,12 +57,14 @@ def test_vllm_scaled_object_exists_exactly_with_monitoring_and_autoscaling(monit
         # KEDA owns the count: `pulumi up` leaves it alone.
         assert "spec.replicas" in deployment.ignore_changes
         assert run.outputs["autoscaling"]["vllm"] == "keda"
+        assert "replicas owned by: vLLM KEDA" in describe(run)
     else:
         # No KEDA (monitoring off) or autoscaling off: the settings own the count, and pulumi up enforces it.
         assert scalers == []
         assert "spec.replicas" not in deployment.ignore_changes
         assert obj(run, DEPLOYMENT, "vllm")["spec"]["replicas"] == run.settings.inference.replicas
         assert run.outputs["autoscaling"]["vllm"] == "settings"
+        assert "replicas owned by: vLLM inference.replicas" in describe(run)
 
 
 @pytest.mark.parametrize(("monitoring", "autoscaling"), COMBINATIONS)
@@ -81,11 +84,13 @@ def test_gateway_hpa_follows_autoscaling_whatever_monitoring(monitoring: bool, a
         assert (spec["minReplicas"], spec["maxReplicas"]) == (gw.replicas, gw.max_replicas)
         assert "spec.replicas" in deployment.ignore_changes
         assert run.outputs["autoscaling"]["gateway"] == "hpa"
+        assert "gateway the HPA" in describe(run)
     else:
         assert hpas == []
         assert "spec.replicas" not in deployment.ignore_changes
         assert obj(run, DEPLOYMENT, "gateway")["spec"]["replicas"] == gw.replicas
         assert run.outputs["autoscaling"]["gateway"] == "settings"
+        assert "gateway gateway.replicas" in describe(run)
 
 
 @pytest.mark.parametrize(("monitoring", "autoscaling"), COMBINATIONS)
