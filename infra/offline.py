@@ -55,6 +55,8 @@ class Captured:
     parent: str
     urn: str
     custom: bool
+    ignore_changes: tuple[str, ...] = ()  # fields `pulumi up` leaves alone (e.g. replicas an autoscaler owns)
+    dependencies: tuple[str, ...] = ()  # URNs of depends_on (and of resources whose outputs its inputs use)
 
     @property
     def props(self) -> dict[str, Any]:
@@ -182,6 +184,8 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
                 parent=request.parent,
                 urn=response.urn,
                 custom=bool(request.custom),
+                ignore_changes=tuple(request.ignoreChanges),
+                dependencies=tuple(request.dependencies),
             ))
         return response
 

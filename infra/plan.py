@@ -74,7 +74,10 @@ def describe(run: OfflineRun) -> str:
                 f"standby {run.dns.standby_site}")
     s = run.settings
     return (f"site {s.site.name}, role {s.site.role}\n"
-            f"capacity per vLLM replica: {s.capacity.describe()}")
+            f"capacity per vLLM replica: {s.capacity.describe()}\n"
+            f"{s.gateway.describe_shutdown()}\n"
+            f"replicas owned by: vLLM {'KEDA' if s.keda_scales_vllm else 'inference.replicas'}, "
+            f"gateway {'the HPA' if s.hpa_scales_gateway else 'gateway.replicas'}")
 
 
 def render_tree(resources: list[Captured]) -> str:

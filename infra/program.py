@@ -68,8 +68,11 @@ def declare(settings: StackSettings) -> dict[str, object]:
                                      backup_image=images.backup_ref,
                                      backup_access_key_id=config.get_secret("backupAccessKeyId"),
                                      backup_secret_access_key=config.get_secret("backupSecretAccessKey")))
+    # monitoring tier (infra/components/monitoring.py): KEDA and Prometheus, which vLLM's ScaledObject needs
+    monitoring = Monitoring("monitoring", MonitoringArgs(settings=settings)) if settings.monitoring.enabled else None
     inference = Inference(
-        "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref),
+        "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref,
+                                   keda=monitoring.keda_backend if settings.keda_scales_vllm and monitoring else None),
         opts=pulumi.ResourceOptions(depends_on=[pool]),
     )
     gateway = Gateway(
@@ -96,9 +99,10 @@ def declare(settings: StackSettings) -> dict[str, object]:
         "redis_backup": redis.backup_location,
         "gpu_nodes": [h.name for h in settings.gpu_pool.hosts],
     }
-    # monitoring tier: see infra/components/monitoring.py
-    if settings.monitoring.enabled:
-        monitoring = Monitoring("monitoring", MonitoringArgs(settings=settings))
+    # Who owns each Deployment's replica count (README: autoscaling): KEDA, the HPA, or these settings.
+    outputs["autoscaling"] = {"vllm": "keda" if settings.keda_scales_vllm else "settings",
+                              "gateway": "hpa" if settings.hpa_scales_gateway else "settings"}
+    if monitoring is not None:
         outputs["prometheus_url"] = monitoring.prometheus_url
     return outputs
 

@@ -1,8 +1,9 @@
-"""`make images`: the gateway and edge images built with Docker on this machine, offline, from exactly the
-build definitions the Pulumi `Images` component declares (stackspec/images.py).
+"""`make images`: the gateway, edge and backup images built with Docker on this machine, offline, from exactly
+the build definitions the Pulumi `Images` component declares (stackspec/images.py).
 
-- The gateway's wheels are downloaded on the host (`pip download` of app/gateway/requirements.txt) into the
-  build context (build/wheels/gateway) and installed in the image with `--no-index --find-links`.
+- Each Python image's wheels are downloaded on the host (`pip download` of its requirements: the gateway's
+  app/gateway/requirements.txt, the backup image's dr/requirements.txt) into the build context
+  (build/wheels/<image>) and installed in the image with `--no-index --find-links`.
 - Each base is the pinned one (images.pythonBase / images.nginxBase) when Docker has it or can pull it;
   where it cannot (Docker Hub is not reachable here), a base made locally from Debian bookworm with
   `debootstrap --variant=minbase` from the mirror apt uses, imported with `docker import`:
@@ -10,7 +11,7 @@ build definitions the Pulumi `Images` component declares (stackspec/images.py).
   (Debian's nginx 1.22) for the edge — two bases, so each image carries only what it runs.
 - Caches: the base tarballs (the debootstrap tree, minus apt's caches) in the machine's cache, outside the
   checkout (`$QWEN_SERVING_CACHE/bases`, default ~/.cache/qwen-serving/bases: a fresh clone or `make clean`
-  does not pay the ≈ 80 s of debootstrap again), and build/wheels/gateway, each with a stamp of what made it;
+  does not pay the ≈ 80 s of debootstrap again), and build/wheels/<image>, each with a stamp of what made it;
   the images themselves stay in build/docker's data root.
 """
 
@@ -32,7 +33,6 @@ from localstack.processes import ProcessError
 from localstack.services import REPO_ROOT, require_program
 from stackspec.images import (
     BUILD_BY_NAME,
-    BUILDS,
     GATEWAY_REQUIREMENTS,
     GATEWAY_WHEELS,
     BuildDefinition,
@@ -176,10 +176,11 @@ def choose_base(docker: Docker, setting: str, pinned: str, say: Say) -> tuple[st
     return local, f"made here (Debian {SUITE}, debootstrap)"
 
 
-def ensure_wheels(say: Say, python: Path = Path(sys.executable)) -> Path:
-    """build/wheels/gateway: every pinned wheel of the gateway, downloaded once per requirements.txt."""
-    requirements = REPO_ROOT / GATEWAY_REQUIREMENTS
-    wheels = REPO_ROOT / GATEWAY_WHEELS
+def ensure_wheels(say: Say, python: Path = Path(sys.executable), *, requirements_file: str = GATEWAY_REQUIREMENTS,
+                  wheels_dir: str = GATEWAY_WHEELS) -> Path:
+    """build/wheels/<image>: every pinned wheel of an image, downloaded once per requirements file."""
+    requirements = REPO_ROOT / requirements_file
+    wheels = REPO_ROOT / wheels_dir
     want = hashlib.sha256(requirements.read_bytes()).hexdigest()
     stamp = wheels / ".stamp"
     if stamp.is_file() and stamp.read_text().strip() == want:
@@ -193,11 +194,11 @@ def ensure_wheels(say: Say, python: Path = Path(sys.executable)) -> Path:
         capture_output=True, text=True, check=False, timeout=600,
     )
     if proc.returncode != 0:
-        raise ProcessError(f"pip download of {GATEWAY_REQUIREMENTS} failed:\n{proc.stderr[-2000:]}")
+        raise ProcessError(f"pip download of {requirements_file} failed:\n{proc.stderr[-2000:]}")
     stamp.write_text(want + "\n")
     n = len(list(wheels.glob("*.whl")))
     size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
-    say(f"wheels: {n} downloaded in {time.monotonic() - t:.0f} s ({size / 2**20:.1f} MiB) -> {GATEWAY_WHEELS}")
+    say(f"wheels: {n} downloaded in {time.monotonic() - t:.0f} s ({size / 2**20:.1f} MiB) -> {wheels_dir}")
     return wheels
 
 
@@ -218,10 +219,11 @@ def docker_build_argv(definition: BuildDefinition, tag: str) -> list[str]:
 
 def build_images(docker: Docker, images: ImageSettings, say: Say, names: Iterable[str] | None = None
                  ) -> dict[str, Built]:
-    """Build the images (all by default) with Docker; the gateway's wheels first."""
-    wanted = [b for b in BUILDS if names is None or b.name in set(names)]
-    if any(b.fixed_args.get("WHEELS") for b in wanted):
-        ensure_wheels(say)
+    """Build the images (all of BUILD_BY_NAME by default) with Docker; each one's wheels first."""
+    wanted = [b for b in BUILD_BY_NAME.values() if names is None or b.name in set(names)]
+    for b in wanted:
+        if b.wheels and b.requirements:
+            ensure_wheels(say, requirements_file=b.requirements, wheels_dir=b.wheels)
     out = {}
     for b in wanted:
         base, source = choose_base(docker, b.base_setting, getattr(images, b.base_setting), say)

@@ -1,7 +1,7 @@
 """The images we build (gateway, edge; the backup image where `redis.backup` is set): one definition of
-each build — context, Dockerfile, build args — and of the user each runs as. The Pulumi `Images` component
-(infra/components/images.py) hands these to pulumi-docker; `make images` (localstack/images.py) hands the
-very same ones to `docker build` (the gateway and edge; the backup image is built by `pulumi up` only).
+each build — context, Dockerfile, build args, the pinned wheels it installs offline — and of the user each
+runs as. The Pulumi `Images` component (infra/components/images.py) hands these to pulumi-docker; `make images`
+(localstack/images.py) hands the very same ones to `docker build`, all three.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ GATEWAY_UID = 10001  # created by app/gateway/Dockerfile
 NGINX_UID = 101  # the `nginx` user of the official nginx image
 BACKUP_UID = 10001  # created by dr/Dockerfile
 
-# The gateway's wheels, downloaded on the host (`pip download`, localstack/images.py) into the build
+# Each Python image's wheels, downloaded on the host (`pip download`, localstack/images.py) into the build
 # context and installed offline (`pip install --no-index --find-links`): no index is reached during a build.
 GATEWAY_WHEELS = "build/wheels/gateway"
 GATEWAY_REQUIREMENTS = "app/gateway/requirements.txt"
+BACKUP_WHEELS = "build/wheels/backup"
+BACKUP_REQUIREMENTS = "dr/requirements.txt"
 PLATFORM = "linux/amd64"
 
 
@@ -37,21 +39,28 @@ class ImageBuild:
     base_setting: str  # the images.* setting it comes from
     uid: int
     fixed_args: Mapping[str, str] = field(default_factory=dict)
+    requirements: str | None = None  # the pins whose wheels go into fixed_args["WHEELS"] before a build
+
+    @property
+    def wheels(self) -> str | None:
+        return self.fixed_args.get("WHEELS")
 
 
 BUILDS: tuple[ImageBuild, ...] = (
     ImageBuild(
         "gateway", "app/gateway/Dockerfile", ("app", "pyproject.toml", "constraints.txt", "app/gateway/Dockerfile"),
-        "PYTHON_BASE", "python_base", GATEWAY_UID, {"WHEELS": GATEWAY_WHEELS},
+        "PYTHON_BASE", "python_base", GATEWAY_UID, {"WHEELS": GATEWAY_WHEELS}, GATEWAY_REQUIREMENTS,
     ),
     ImageBuild("edge", "web/Dockerfile", ("web",), "NGINX_BASE", "nginx_base", NGINX_UID),
 )
 # Built only for stacks that run the Redis backup CronJob (infra/components/redis.py).
 BACKUP_BUILD = ImageBuild(
     "backup", "dr/Dockerfile", ("dr/__init__.py", "dr/backup.py", "dr/requirements.txt", "dr/Dockerfile"),
-    "PYTHON_BASE", "python_base", BACKUP_UID,
+    "PYTHON_BASE", "python_base", BACKUP_UID, {"WHEELS": BACKUP_WHEELS}, BACKUP_REQUIREMENTS,
 )
-BUILD_BY_NAME = {b.name: b for b in BUILDS}  # what `make images` builds here
+# What `make images` builds here: every image any stack builds (the backup image too, so the CronJob's image
+# is built and checked before a `pulumi up` needs it).
+BUILD_BY_NAME = {b.name: b for b in (*BUILDS, BACKUP_BUILD)}
 
 
 def builds(settings: StackSettings) -> tuple[ImageBuild, ...]:

@@ -12,12 +12,16 @@ that instance is what the gateway's environment is rendered from (stackspec/rend
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -236,6 +240,12 @@ class InferenceSettings(_Section):
     memory_request: KubeQuantity = "32Gi"
 
 
+# A terminating gateway pod keeps serving this long while it leaves the Service's endpoints (its preStop),
+# and gets this long after its grace to exit before the kubelet kills it (infra/components/gateway.py).
+GATEWAY_PRE_STOP_SECONDS = 10
+GATEWAY_EXIT_MARGIN_SECONDS = 10
+
+
 class GatewaySection(GatewayTuning):
     """The stack's `gateway` section: the gateway's own tunables (GatewayTuning: the same names, camelCase,
     the same bounds, one definition) plus what the Deployment and its autoscaler need."""
@@ -249,8 +259,35 @@ class GatewaySection(GatewayTuning):
     memory_request: KubeQuantity = "512Mi"
 
     def tuning(self) -> dict[str, Any]:
-        """The GatewayTuning fields, by the gateway's field names."""
-        return {name: getattr(self, name) for name in GatewayTuning.model_fields}
+        """The GatewayTuning fields, by the gateway's field names (the shutdown grace as derived)."""
+        values = {name: getattr(self, name) for name in GatewayTuning.model_fields}
+        return values | {"shutdown_grace_seconds": self.shutdown_grace}
+
+    @property
+    def shutdown_grace(self) -> float:
+        """How long in-flight requests may run after SIGTERM's drain: `shutdownGraceSeconds` when the stack
+        sets it, else `totalTimeout` (the longest a request may take, so a rollout cuts none). A request
+        still unanswered when it ends gets a 503 with Retry-After (app/gateway/drain.py)."""
+        if "shutdown_grace_seconds" in self.model_fields_set:
+            return self.shutdown_grace_seconds
+        return self.total_timeout
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """The pod's terminationGracePeriodSeconds: the preStop pause, the drain, the grace, then a margin
+        for the process to exit before the kubelet's SIGKILL."""
+        return GATEWAY_PRE_STOP_SECONDS + math.ceil(self.shutdown_drain_seconds + self.shutdown_grace) + \
+            GATEWAY_EXIT_MARGIN_SECONDS
+
+    def describe_shutdown(self) -> str:
+        """The shutdown budget, as `make plan` states it."""
+        grace = (f"{self.shutdown_grace:g} s (gateway.shutdownGraceSeconds)"
+                 if "shutdown_grace_seconds" in self.model_fields_set
+                 else f"{self.shutdown_grace:g} s (= gateway.totalTimeout)")
+        return (f"gateway shutdown: preStop {GATEWAY_PRE_STOP_SECONDS} s + drain {self.shutdown_drain_seconds:g} s "
+                f"+ grace {grace} + {GATEWAY_EXIT_MARGIN_SECONDS} s = terminationGracePeriodSeconds "
+                f"{self.termination_grace_seconds}; a request unanswered at the grace's end gets a 503 "
+                "(Retry-After)")
 
 
 class Tls(_Section):
@@ -310,6 +347,36 @@ class RedisReplication(_Section):
     wait_for_replica_ms: int | None = Field(default=None, ge=1, le=10_000)
 
 
+# A fixed start, so a schedule's longest gap (and so the rules rendered from it) is the same on every run.
+_CRON_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+_CRON_HORIZON_SECONDS = 366 * 86400  # a year of runs: every month length and weekday seen
+_CRON_MAX_RUNS = 10_000  # a frequent schedule repeats long before a year: its pattern is seen by then
+
+
+def _cron_schedule(value: str) -> str:
+    try:
+        CronSim(value, _CRON_EPOCH)
+    except CronSimError as err:
+        raise ValueError(f"{value!r} is not a 5-field cron schedule ({err}); write e.g. '17 */6 * * *'") from None
+    return value
+
+
+@functools.cache
+def cron_longest_gap_seconds(schedule: str) -> int:
+    """The longest time between two consecutive runs of a cron schedule (UTC), over a year of runs."""
+    runs = CronSim(schedule, _CRON_EPOCH)
+    previous, longest = next(runs), 0
+    for count, run in enumerate(runs):
+        longest = max(longest, int((run - previous).total_seconds()))
+        previous = run
+        if count >= _CRON_MAX_RUNS or (run - _CRON_EPOCH).total_seconds() > _CRON_HORIZON_SECONDS:
+            break
+    return longest
+
+
+BACKUP_CRONJOB = "redis-backup"  # the Redis tier's CronJob (infra/components/redis.py); the backup alerts watch it
+
+
 class RedisBackup(_Section):
     """Scheduled Redis snapshots and the model manifest to S3-compatible storage; the keys are secret config
     (backupAccessKeyId, backupSecretAccessKey)."""
@@ -318,8 +385,14 @@ class RedisBackup(_Section):
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
     prefix: str = Field(default="qwen-serving", pattern=r"^[A-Za-z0-9._\-/]*$")
     region: str = "us-east-1"
-    schedule: str = Field(default="17 */6 * * *", pattern=r"^(\S+\s+){4}\S+$")  # cron, 5 fields
+    schedule: Annotated[str, AfterValidator(_cron_schedule)] = Field(
+        default="17 */6 * * *", pattern=r"^(\S+\s+){4}\S+$")  # cron, 5 fields, UTC
     retention_days: int = Field(default=14, ge=1)
+
+    @property
+    def longest_gap_seconds(self) -> int:
+        """The schedule's longest interval between runs: what "2x the schedule" in the backup alert means."""
+        return cron_longest_gap_seconds(self.schedule)
 
 
 class RedisSettings(_Section):
@@ -467,6 +540,18 @@ class StackSettings(_Section):
         if self.edge.proxy_read_timeout_seconds is not None:
             return self.edge.proxy_read_timeout_seconds
         return int(self.gateway.total_timeout) + 30
+
+    @property
+    def keda_scales_vllm(self) -> bool:
+        """KEDA owns vLLM's replica count: autoscaling is on and so is monitoring (KEDA and the Prometheus
+        its trigger queries are that tier's). Otherwise `inference.replicas` is the count."""
+        return self.monitoring.enabled and self.monitoring.autoscaling.enabled
+
+    @property
+    def hpa_scales_gateway(self) -> bool:
+        """An HPA on CPU owns the gateway's replica count (between `gateway.replicas` and `maxReplicas`).
+        It needs only the cluster's metrics API, not the monitoring tier: monitoring off keeps it."""
+        return self.monitoring.autoscaling.enabled
 
     @property
     def gateway_backends_dns(self) -> str:

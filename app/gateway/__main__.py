@@ -3,7 +3,8 @@
 On SIGTERM: readiness turns false at once (so the Service/Nginx stops sending new requests), after
 GATEWAY_SHUTDOWN_DRAIN_SECONDS the server stops accepting, and in-flight streams get up to
 GATEWAY_SHUTDOWN_GRACE_SECONDS to finish. A second SIGTERM ends the drain at once (in-flight requests
-keep their grace); SIGINT after that forces the exit.
+keep their grace); SIGINT after that forces the exit. While draining, responses close their connection;
+a request still unanswered when the grace ends gets a 503 in OpenAI's shape (app/gateway/drain.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.gateway.drain import ShutdownResponses
 from app.gateway.logging import configure_logging, log
 from app.gateway.main import create_app
 from app.gateway.settings import GatewaySettingsError, load_settings
@@ -27,6 +29,10 @@ class DrainingServer(uvicorn.Server):
         self._drain_seconds = drain_seconds
         self._draining = False
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # second signal: stop accepting now; SIGINT after that forces the exit
             # Not uvicorn's handle_exit: it would record the signal and re-raise it once the server has
@@ -36,7 +42,7 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self._draining = True
-        app = self.config.app
+        app = getattr(self.config.app, "app", self.config.app)  # the FastAPI app inside ShutdownResponses
         ctx = getattr(getattr(app, "state", None), "ctx", None)
         if ctx is not None:
             ctx.draining = True
@@ -54,8 +60,9 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to the log, for ops
+    server: DrainingServer | None = None
     config = uvicorn.Config(
-        create_app(settings),
+        ShutdownResponses(create_app(settings), draining=lambda: server is not None and server.draining),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -66,7 +73,8 @@ def main() -> int:
         loop="uvloop",  # libuv's event loop and the C HTTP parser: the pure-Python ones cost ~2x the CPU
         http="httptools",
     )
-    DrainingServer(config, settings.shutdown_drain_seconds).run()
+    server = DrainingServer(config, settings.shutdown_drain_seconds)
+    server.run()
     return 0
 
 

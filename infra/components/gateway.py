@@ -1,19 +1,20 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
 Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
-secretKeyRef. The HPA on CPU is declared by the monitoring tier (it owns autoscaling).
+secretKeyRef. With autoscaling on (`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside
+the Deployment: it needs the cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
 
 Key rotation needs no manual restart: the pod template carries a hash of the API-key Secret's content and
 of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses
 no request: a preStop pause keeps a terminating pod serving while it leaves the Service's endpoints (and
 the edge's connections move), then SIGTERM starts the gateway's own drain (readiness off, in-flight
-requests finish within shutdownGraceSeconds).
+requests finish within the grace: shutdownGraceSeconds, or totalTimeout when unset; one still unanswered then
+gets a 503 in OpenAI's shape).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import pulumi
@@ -22,11 +23,11 @@ import pulumi_kubernetes as k8s
 from infra.components import labels as kube
 from stackspec.images import GATEWAY_UID
 from stackspec.render.gateway_env import render_gateway_env
-from stackspec.settings import StackSettings
+from stackspec.settings import GATEWAY_PRE_STOP_SECONDS, StackSettings
 
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
 API_KEYS_KEY = "api-key-hashes"
-PRE_STOP_SECONDS = 10  # endpoints and kube-proxy catch up with a terminating pod within this
+PRE_STOP_SECONDS = GATEWAY_PRE_STOP_SECONDS  # endpoints and kube-proxy catch up with a terminating pod within this
 
 
 @dataclass
@@ -57,7 +58,31 @@ class Gateway(kube.Tier):
         self.service = kube.service(s, "gateway", "api", namespace=ns, ports=[("http", SERVICE_PORT)], opts=child)
         self.deployment = self._deployment(s, args, child)
         self.pdb = kube.disruption_budget(s, "gateway", "api", namespace=ns, opts=child)
-        self.register_outputs({"service": self.service_name, "port": self.port, "deployment": self.deployment_name})
+        self.hpa = self._hpa(s) if s.hpa_scales_gateway else None
+        self.register_outputs({"service": self.service_name, "port": self.port, "deployment": self.deployment_name,
+                               "autoscaled": self.hpa is not None})
+
+    def _hpa(self, s: StackSettings) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        gw = s.gateway
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            "gateway-hpa",
+            metadata=kube.metadata(s, "gateway", "autoscaling", namespace=self.namespace),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=self.deployment_name),
+                min_replicas=gw.replicas,
+                max_replicas=gw.max_replicas,
+                metrics=[k8s.autoscaling.v2.MetricSpecArgs(
+                    type="Resource",
+                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                        name="cpu",
+                        target=k8s.autoscaling.v2.MetricTargetArgs(
+                            type="Utilization", average_utilization=gw.target_cpu_percent),
+                    ),
+                )],
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployment]),
+        )
 
     def _deployment(self, s: StackSettings, args: GatewayArgs, opts: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         gw = s.gateway
@@ -87,15 +112,16 @@ class Gateway(kube.Tier):
         template = kube.pod_template(
             s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
             volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
-            # preStop, then the gateway drains itself on SIGTERM (readiness off, streams finish) within this.
-            grace_seconds=PRE_STOP_SECONDS + math.ceil(gw.shutdown_drain_seconds + gw.shutdown_grace_seconds) + 10,
+            # preStop, then the gateway drains itself on SIGTERM (readiness off, requests finish within the
+            # grace, derived from totalTimeout unless set); `make plan` states the sum.
+            grace_seconds=gw.termination_grace_seconds,
             affinity=kube.spread_by_host(s, "gateway", required=False),
             # Rotating keys (the Secret) or any setting rolls the pods: env from a Secret is read at start only.
             annotations={"qwen-serving.io/config-hash": kube.content_hash(
                 json.dumps(s.api_key_hashes, sort_keys=True), json.dumps(self.env, sort_keys=True))},
         )
-        # With the HPA (monitoring tier) owning the scale, `pulumi up` must not reset it to the minimum.
-        scaled_by_hpa = ["spec.replicas"] if s.monitoring.enabled else None
+        # With the HPA owning the scale, `pulumi up` must not reset it to the minimum.
+        scaled_by_hpa = ["spec.replicas"] if s.hpa_scales_gateway else None
         return kube.deployment(s, "gateway", "api", namespace=args.namespace, replicas=gw.replicas, template=template,
                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.secret],
                                                       ignore_changes=scaled_by_hpa))

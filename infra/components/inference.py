@@ -2,7 +2,9 @@
 headless Service (the gateway addresses every pod), with a PodDisruptionBudget.
 
 A pod is scheduled on one node, so its TP GPUs are always on one host; anti-affinity spreads replicas over
-hosts (required on prod-like sites). KEDA (monitoring tier) scales this Deployment by name.
+hosts (required on prod-like sites). When KEDA owns the scale (`StackSettings.keda_scales_vllm`), its
+ScaledObject is declared here, beside the Deployment it scales; KEDA itself and the Prometheus its trigger
+queries come from the monitoring tier (`KedaBackend`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.gpu_pool import GpuNodePool
+from stackspec.monitoring import promql as m
+from stackspec.monitoring.scope import scope
 from stackspec.render.vllm_args import (  # the pod environment is the contract's (make verify checks it too)
     CACHE_MOUNT,
     ENTRYPOINT_MODULE,
@@ -24,11 +28,32 @@ from stackspec.render.vllm_args import (  # the pod environment is the contract'
 from stackspec.settings import StackSettings
 
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
+KEDA_API = "keda.sh/v1alpha1"
+
+
+def keda_max_replicas(settings: StackSettings) -> int:
+    """The most vLLM replicas the pool can hold: TP never spans hosts, so per host gpus // TP, summed.
+
+    Never more than total GPUs / TP (the bound the issue states), never below the configured replicas.
+    """
+    tp = settings.inference.tensor_parallel_size
+    slots = sum(h.gpus // tp for h in settings.gpu_pool.hosts)
+    return max(min(slots, settings.gpu_pool.total_gpus // tp), settings.inference.replicas)
+
+
+@dataclass(frozen=True)
+class KedaBackend:
+    """What the monitoring tier gives a ScaledObject: the Prometheus its trigger queries, and the releases
+    that must exist first (KEDA's CRD and operator, Prometheus)."""
+
+    prometheus_url: str
+    ready: list[pulumi.Resource]
 
 
 @dataclass
 class InferenceArgs(kube.ImageTierArgs):
     pool: GpuNodePool
+    keda: KedaBackend | None = None  # required exactly when settings.keda_scales_vllm
 
 
 class Inference(kube.Tier):
@@ -44,7 +69,9 @@ class Inference(kube.Tier):
         self.args = render_vllm_args(s, model=s.model.name, host="0.0.0.0", port=inf.port)
 
         cache_volume = self._cache_volume(s, ns, child)
-        keda = s.monitoring.enabled and s.monitoring.autoscaling.enabled
+        keda = s.keda_scales_vllm
+        if keda and args.keda is None:
+            raise ValueError("keda_scales_vllm: the inference tier needs the monitoring tier's KedaBackend")
         self.service = kube.service(s, "vllm", "inference", namespace=ns, ports=[("http", inf.port)], opts=child,
                                headless=True)
         self.deployment = k8s.apps.v1.Deployment(
@@ -64,14 +91,52 @@ class Inference(kube.Tier):
                     spec=self._pod_spec(s, args, cache_volume),
                 ),
             ),
-            # KEDA (monitoring tier) owns the scale when it is on: `pulumi up` must not reset it.
+            # KEDA owns the scale when it is on: `pulumi up` must not reset it.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec.replicas"] if keda else None),
         )
         self.pdb = kube.disruption_budget(s, "vllm", "inference", namespace=ns, opts=child)
+        self.scaled_object: k8s.apiextensions.CustomResource | None = None
+        self.max_replicas = s.inference.replicas
+        if keda and args.keda is not None:
+            self.max_replicas = keda_max_replicas(s)
+            self.scaled_object = self._scaled_object(s, args.keda)
         self.register_outputs({
             "service": self.service_name, "port": self.port, "deployment": self.deployment_name,
-            "backends_dns": self.backends_dns,
+            "backends_dns": self.backends_dns, "maxReplicas": self.max_replicas,
+            "autoscaled": self.scaled_object is not None,
         })
+
+    def _scaled_object(self, s: StackSettings, keda: KedaBackend) -> k8s.apiextensions.CustomResource:
+        auto = s.monitoring.autoscaling
+        waiting = scope(s).select(m.VLLM_WAITING, m.JOB_VLLM)  # the rules' scope: this stack's vLLM only
+        return k8s.apiextensions.CustomResource(
+            "vllm-scaler",
+            api_version=KEDA_API,
+            kind="ScaledObject",
+            metadata=kube.metadata(s, "vllm", "autoscaling", namespace=self.namespace),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.deployment_name},
+                "minReplicaCount": s.inference.replicas,
+                "maxReplicaCount": self.max_replicas,
+                "pollingInterval": auto.polling_interval_seconds,
+                "cooldownPeriod": auto.cooldown_seconds,
+                # A new replica takes minutes to load; scale down slowly so load spikes do not thrash.
+                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": auto.cooldown_seconds,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+                }}}},
+                "triggers": [{
+                    "type": "prometheus",
+                    "metadata": {
+                        "serverAddress": keda.prometheus_url,
+                        "query": f"sum({waiting})",
+                        "threshold": str(auto.waiting_per_replica),
+                        "ignoreNullValues": "true",
+                    },
+                }],
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployment, *keda.ready]),
+        )
 
     def _cache_volume(
         self, s: StackSettings, ns: pulumi.Input[str], opts: pulumi.ResourceOptions

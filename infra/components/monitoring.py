@@ -1,4 +1,7 @@
-"""The monitoring tier: kube-prometheus-stack, scrape targets, rules, dashboards, autoscaling and logs.
+"""The monitoring tier: kube-prometheus-stack, KEDA, scrape targets, rules, dashboards and logs.
+
+The autoscalers themselves live beside what they scale: vLLM's ScaledObject in the inference tier (it is given
+`keda_backend`), the gateway's HPA in the gateway tier.
 
 Everything it ships is rendered by stackspec/monitoring/* from the stack's settings (the local stack renders the
 same text). Secrets (Grafana's admin password, Alertmanager's webhook URL and SMTP password, the log
@@ -16,17 +19,16 @@ import pulumi_kubernetes as k8s
 from pulumi import Output, ResourceOptions
 
 from infra.components.helm import helm_release
+from infra.components.inference import KedaBackend
 from infra.components.labels import labels
 from stackspec.monitoring import logs as log_pipeline
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.alertmanager import render_alertmanager
 from stackspec.monitoring.dashboards import render_dashboards
 from stackspec.monitoring.rules import rule_groups
-from stackspec.monitoring.scope import scope
 from stackspec.settings import PROJECT, StackSettings
 
 PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
-KEDA_API = "keda.sh/v1alpha1"
 KPS_NAME = "kps"  # fullnameOverride: the chart's objects are kps-prometheus, kps-alertmanager, ...
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
 # Called by the API server: KEDA's metrics API (6443), KEDA's and the Prometheus operator's admission
@@ -61,16 +63,6 @@ def scrape_targets(settings: StackSettings) -> list[ScrapeTarget]:
     ]
 
 
-def keda_max_replicas(settings: StackSettings) -> int:
-    """The most vLLM replicas the pool can hold: TP never spans hosts, so per host gpus // TP, summed.
-
-    Never more than total GPUs / TP (the bound the issue states), never below the configured replicas.
-    """
-    tp = settings.inference.tensor_parallel_size
-    slots = sum(h.gpus // tp for h in settings.gpu_pool.hosts)
-    return max(min(slots, settings.gpu_pool.total_gpus // tp), settings.inference.replicas)
-
-
 def _secret_config(key: str) -> Output[str] | None:
     # Which secrets the stack needs is checked with the settings, before any resource (required_secrets).
     return pulumi.Config(PROJECT).get_secret(key)
@@ -79,8 +71,6 @@ def _secret_config(key: str) -> Output[str] | None:
 @dataclass
 class MonitoringArgs:
     settings: StackSettings
-    vllm_deployment: str = "vllm"  # the Deployment KEDA scales
-    gateway_deployment: str = "gateway"  # the Deployment the HPA scales
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -158,12 +148,8 @@ class Monitoring(pulumi.ComponentResource):
                 data={file: text},
                 opts=in_ns,
             )
-            for file, text in sorted(render_dashboards().items())
+            for file, text in sorted(render_dashboards(s).items())
         ]
-
-        self.scaled_object = self._vllm_scaled_object(args.vllm_deployment, ResourceOptions(
-            parent=self, depends_on=[self.keda, self.prometheus_stack]))
-        self.gateway_hpa = self._gateway_hpa(args.gateway_deployment, child)
 
         self.log_shipper: k8s.helm.v3.Release | None = None
         if mon.logs.enabled:
@@ -172,12 +158,12 @@ class Monitoring(pulumi.ComponentResource):
         self.prometheus_url = f"http://{KPS_NAME}-prometheus.{mon.namespace}.svc:9090"
         self.alertmanager_url = f"http://{KPS_NAME}-alertmanager.{mon.namespace}.svc:9093"
         self.grafana_service = f"kube-prometheus-stack-grafana.{mon.namespace}.svc"
-        self.keda_max_replicas = keda_max_replicas(s)
+        # What a ScaledObject elsewhere needs: the Prometheus its trigger queries, KEDA's CRD and operator.
+        self.keda_backend = KedaBackend(prometheus_url=self.prometheus_url, ready=[self.keda, self.prometheus_stack])
         self.register_outputs({
             "prometheusUrl": self.prometheus_url,
             "alertmanagerUrl": self.alertmanager_url,
             "grafanaService": self.grafana_service,
-            "kedaMaxReplicas": self.keda_max_replicas,
         })
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -280,61 +266,6 @@ class Monitoring(pulumi.ComponentResource):
                 "endpoints": [{"port": "metrics", "path": "/metrics",
                                "interval": self._settings.monitoring.scrape_interval}],
             },
-            opts=opts,
-        )
-
-    def _vllm_scaled_object(self, deployment: str, opts: ResourceOptions) -> k8s.apiextensions.CustomResource:
-        s = self._settings
-        auto = s.monitoring.autoscaling
-        waiting = scope(s).select(m.VLLM_WAITING, m.JOB_VLLM)  # the rules' scope: this stack's vLLM only
-        return k8s.apiextensions.CustomResource(
-            "vllm-scaler",
-            api_version=KEDA_API,
-            kind="ScaledObject",
-            metadata=self._meta("vllm", "autoscaling", namespace=self.app_namespace),
-            spec={
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
-                "minReplicaCount": s.inference.replicas,
-                "maxReplicaCount": keda_max_replicas(s),
-                "pollingInterval": auto.polling_interval_seconds,
-                "cooldownPeriod": auto.cooldown_seconds,
-                # A new replica takes minutes to load; scale down slowly so load spikes do not thrash.
-                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
-                    "stabilizationWindowSeconds": auto.cooldown_seconds,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
-                }}}},
-                "triggers": [{
-                    "type": "prometheus",
-                    "metadata": {
-                        "serverAddress": f"http://{KPS_NAME}-prometheus.{s.monitoring.namespace}.svc:9090",
-                        "query": f"sum({waiting})",
-                        "threshold": str(auto.waiting_per_replica),
-                        "ignoreNullValues": "true",
-                    },
-                }],
-            },
-            opts=opts,
-        )
-
-    def _gateway_hpa(self, deployment: str, opts: ResourceOptions) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
-        gw = self._settings.gateway
-        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            "gateway-hpa",
-            metadata=self._meta("gateway", "autoscaling", namespace=self.app_namespace),
-            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
-                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
-                    api_version="apps/v1", kind="Deployment", name=deployment),
-                min_replicas=gw.replicas,
-                max_replicas=gw.max_replicas,
-                metrics=[k8s.autoscaling.v2.MetricSpecArgs(
-                    type="Resource",
-                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
-                        name="cpu",
-                        target=k8s.autoscaling.v2.MetricTargetArgs(
-                            type="Utilization", average_utilization=gw.target_cpu_percent),
-                    ),
-                )],
-            ),
             opts=opts,
         )
 

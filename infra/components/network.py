@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.labels import labels, metadata, selector_labels
-from stackspec.settings import StackSettings
+from stackspec.settings import BACKUP_CRONJOB, StackSettings
 
 # Ports the tiers listen on in their pods (the Services may map them).
 EDGE_HTTP_PORT = 8080
@@ -19,7 +19,7 @@ EDGE_HTTPS_PORT = 8443
 EDGE_METRICS_PORT = 9113  # nginx-prometheus-exporter sidecar
 REDIS_PORT = 6379
 REDIS_METRICS_PORT = 9121  # redis_exporter sidecar
-BACKUP = "redis-backup"  # the Redis tier's backup CronJob's pods (infra/components/redis.py)
+BACKUP = BACKUP_CRONJOB  # the Redis tier's backup CronJob's pods (infra/components/redis.py)
 
 
 def backup_endpoint_port(endpoint: str) -> int:

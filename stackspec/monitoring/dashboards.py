@@ -2,6 +2,9 @@
 
 Three dashboards: the service overview, the GPUs and the gateway. Panels read the recorded series of
 stackspec/monitoring/rules.py where one exists, so a dashboard and an alert never disagree on a definition.
+Every selector is the stack's, as the rules' are (stackspec/monitoring/scope.py): raw series pin the scrape
+job and its namespace, recorded series the job and namespace they keep. A cluster-wide Prometheus holds
+other teams' `vllm`, other stacks' recorded series and other GPUs' DCGM series; none of them shows here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from grafanalib.core import Dashboard, GridPos, Target, Template, Templating, Ti
 
 from stackspec.monitoring import promql as m
 from stackspec.monitoring import rules as r
+from stackspec.monitoring.scope import Scope, scope
+from stackspec.settings import StackSettings
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"  # Grafana's own range for rate(); promtool checks see it replaced
@@ -66,79 +71,91 @@ def _dashboard(uid: str, title: str, specs: list[PanelSpec]) -> Dashboard:
     ).auto_panel_ids()
 
 
-def service_overview() -> list[PanelSpec]:
-    q = r.TTFT_QUANTILE
+def _recorded(sc: Scope, series: str, job: str) -> str:
+    """A recorded series of this stack (the recording rules keep `job` and `namespace`)."""
+    return sc.select(series, job)
+
+
+def service_overview(sc: Scope) -> list[PanelSpec]:
+    gw, vllm = m.JOB_GATEWAY, m.JOB_VLLM
     return [
         PanelSpec("Requests per second", "reqps", (
-            Query(r.RPS, "all"),
-            Query(f"sum by (status) (rate({m.GW_REQUESTS}[{RATE}]))", "{{status}}"),
+            Query(_recorded(sc, r.RPS, gw), "all"),
+            Query(f"sum by (status) (rate({sc.select(m.GW_REQUESTS, gw)}[{RATE}]))", "{{status}}"),
         )),
         PanelSpec("Error ratio (5xx)", "percentunit", (
-            Query(r.ERROR_RATIO.format(window="5m"), "5m"),
-            Query(r.ERROR_RATIO.format(window="1h"), "1h"),
+            Query(_recorded(sc, r.ERROR_RATIO.format(window="5m"), gw), "5m"),
+            Query(_recorded(sc, r.ERROR_RATIO.format(window="1h"), gw), "1h"),
         ), "The availability SLO's error ratio; the burn-rate alerts use the same series."),
         PanelSpec("Time to first token (vLLM)", "s", tuple(
-            Query(q.format(q=p), f"p{p}") for p in r.QUANTILES
+            Query(_recorded(sc, r.TTFT_QUANTILE.format(q=p), vllm), f"p{p}") for p in r.QUANTILES
         )),
         PanelSpec("Tokens per second", "short", (
-            Query(r.TOKENS_PER_SECOND, "generated"),
-            Query(r.PROMPT_TOKENS_PER_SECOND, "prompt"),
+            Query(_recorded(sc, r.TOKENS_PER_SECOND, vllm), "generated"),
+            Query(_recorded(sc, r.PROMPT_TOKENS_PER_SECOND, vllm), "prompt"),
         )),
         PanelSpec("Requests running / waiting", "short", (
-            Query(f"sum by (instance) ({m.VLLM_RUNNING})", "running {{instance}}"),
-            Query(f"sum by (instance) ({m.VLLM_WAITING})", "waiting {{instance}}"),
+            Query(f"sum by (instance) ({sc.select(m.VLLM_RUNNING, vllm)})", "running {{instance}}"),
+            Query(f"sum by (instance) ({sc.select(m.VLLM_WAITING, vllm)})", "waiting {{instance}}"),
         )),
         PanelSpec("KV cache usage", "percentunit", (
-            Query(f"max by (instance) ({m.VLLM_KV_USAGE})", "{{instance}}"),
+            Query(f"max by (instance) ({sc.select(m.VLLM_KV_USAGE, vllm)})", "{{instance}}"),
         )),
     ]
 
 
-def gpus() -> list[PanelSpec]:
+def gpus(sc: Scope) -> list[PanelSpec]:
     per_gpu = "{{Hostname}} GPU {{gpu}}"
+
+    def dcgm(metric: str) -> str:
+        return sc.select(metric, m.JOB_DCGM)  # the GPU system namespace's exporter: this pool's GPUs
+
     return [
         PanelSpec("GPU utilisation", "percent", (
-            Query(f"avg by (Hostname, gpu) ({m.DCGM_UTIL})", per_gpu),
-            Query(f"avg by (Hostname) ({m.DCGM_UTIL})", "{{Hostname}} (host)"),
+            Query(f"avg by (Hostname, gpu) ({dcgm(m.DCGM_UTIL)})", per_gpu),
+            Query(f"avg by (Hostname) ({dcgm(m.DCGM_UTIL)})", "{{Hostname}} (host)"),
         )),
         PanelSpec("GPU memory used", "decmbytes", (
-            Query(f"max by (Hostname, gpu) ({m.DCGM_FB_USED})", per_gpu),
-            Query(f"sum by (Hostname) ({m.DCGM_FB_USED})", "{{Hostname}} (host)"),
+            Query(f"max by (Hostname, gpu) ({dcgm(m.DCGM_FB_USED)})", per_gpu),
+            Query(f"sum by (Hostname) ({dcgm(m.DCGM_FB_USED)})", "{{Hostname}} (host)"),
         )),
         PanelSpec("GPU temperature", "celsius", (
-            Query(f"max by (Hostname, gpu) ({m.DCGM_TEMP})", per_gpu),
-            Query(f"max by (Hostname) ({m.DCGM_TEMP})", "{{Hostname}} (hottest)"),
+            Query(f"max by (Hostname, gpu) ({dcgm(m.DCGM_TEMP)})", per_gpu),
+            Query(f"max by (Hostname) ({dcgm(m.DCGM_TEMP)})", "{{Hostname}} (hottest)"),
         )),
         PanelSpec("GPU power", "watt", (
-            Query(f"max by (Hostname, gpu) ({m.DCGM_POWER})", per_gpu),
-            Query(f"sum by (Hostname) ({m.DCGM_POWER})", "{{Hostname}} (host)"),
+            Query(f"max by (Hostname, gpu) ({dcgm(m.DCGM_POWER)})", per_gpu),
+            Query(f"sum by (Hostname) ({dcgm(m.DCGM_POWER)})", "{{Hostname}} (host)"),
         )),
     ]
 
 
-def gateway() -> list[PanelSpec]:
+def gateway(sc: Scope) -> list[PanelSpec]:
+    def gw(metric: str) -> str:
+        return sc.select(metric, m.JOB_GATEWAY)
+
     return [
         PanelSpec("Backend health", "short", (
-            Query(f"max by (backend) ({m.GW_BACKEND_HEALTHY})", "{{backend}}"),
+            Query(f"max by (backend) ({gw(m.GW_BACKEND_HEALTHY)})", "{{backend}}"),
         ), "1 = the gateway routes to this vLLM backend."),
         PanelSpec("Outstanding requests per backend", "short", (
-            Query(f"sum by (backend) ({m.GW_BACKEND_OUTSTANDING})", "{{backend}}"),
+            Query(f"sum by (backend) ({gw(m.GW_BACKEND_OUTSTANDING)})", "{{backend}}"),
         )),
         PanelSpec("Retries and upstream errors", "reqps", (
-            Query(f"sum by (reason) (rate({m.GW_RETRIES}[{RATE}]))", "retry: {{reason}}"),
-            Query(f"sum by (kind) (rate({m.GW_UPSTREAM_ERRORS}[{RATE}]))", "error: {{kind}}"),
+            Query(f"sum by (reason) (rate({gw(m.GW_RETRIES)}[{RATE}]))", "retry: {{reason}}"),
+            Query(f"sum by (kind) (rate({gw(m.GW_UPSTREAM_ERRORS)}[{RATE}]))", "error: {{kind}}"),
         )),
         PanelSpec("Rate limiting", "reqps", (
-            Query(f"sum by (limit) (rate({m.GW_RATE_LIMITED}[{RATE}]))", "limited: {{limit}}"),
-            Query(f"sum(rate({m.GW_RATE_LIMIT_FAIL_OPEN}[{RATE}]))", "let through (Redis down)"),
+            Query(f"sum by (limit) (rate({gw(m.GW_RATE_LIMITED)}[{RATE}]))", "limited: {{limit}}"),
+            Query(f"sum(rate({gw(m.GW_RATE_LIMIT_FAIL_OPEN)}[{RATE}]))", "let through (Redis down)"),
         )),
         PanelSpec("Sessions and streams", "short", (
-            Query(f"sum({m.GW_ACTIVE_STREAMS})", "active streams"),
-            Query(f"min({m.GW_REDIS_UP})", "session store (Redis) up"),
-            Query(f"sum(rate({m.GW_REDIS_ERRORS}[{RATE}]))", "session store errors/s"),
+            Query(f"sum({gw(m.GW_ACTIVE_STREAMS)})", "active streams"),
+            Query(f"min({gw(m.GW_REDIS_UP)})", "session store (Redis) up"),
+            Query(f"sum(rate({gw(m.GW_REDIS_ERRORS)}[{RATE}]))", "session store errors/s"),
         )),
         PanelSpec("Gateway time to first token", "s", tuple(
-            Query(r.GW_TTFT_QUANTILE.format(q=p), f"p{p}") for p in r.QUANTILES
+            Query(_recorded(sc, r.GW_TTFT_QUANTILE.format(q=p), m.JOB_GATEWAY), f"p{p}") for p in r.QUANTILES
         )),
     ]
 
@@ -150,17 +167,18 @@ DASHBOARDS = {
 }
 
 
-def dashboards() -> dict[str, Dashboard]:
-    return {uid: _dashboard(uid, title, build()) for uid, (title, build) in DASHBOARDS.items()}
+def dashboards(settings: StackSettings) -> dict[str, Dashboard]:
+    sc = scope(settings)
+    return {uid: _dashboard(uid, title, build(sc)) for uid, (title, build) in DASHBOARDS.items()}
 
 
 def render_dashboard(dashboard: Dashboard) -> str:
     return json.dumps(dashboard.to_json_data(), cls=DashboardEncoder, indent=2, sort_keys=True)
 
 
-def render_dashboards() -> dict[str, str]:
+def render_dashboards(settings: StackSettings) -> dict[str, str]:
     """`<uid>.json` -> dashboard JSON, the data of the Grafana sidecar's ConfigMaps."""
-    return {f"{uid}.json": render_dashboard(d) for uid, d in dashboards().items()}
+    return {f"{uid}.json": render_dashboard(d) for uid, d in dashboards(settings).items()}
 
 
 def expressions(dashboard_json: str) -> Iterator[str]:

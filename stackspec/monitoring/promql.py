@@ -15,6 +15,7 @@ JOB_GATEWAY = "gateway"
 JOB_EDGE = "edge"
 JOB_REDIS = "redis"
 JOB_DCGM = "dcgm-exporter"
+JOB_KSM = "kube-state-metrics"  # kube-prometheus-stack's; it reports objects, labelled with their namespace
 
 # vLLM (v1 engine) metrics.
 VLLM_RUNNING = "vllm:num_requests_running"
@@ -56,6 +57,12 @@ REDIS_MASTER_LAST_IO = "redis_master_last_io_seconds_ago"
 REDIS_CONNECTED_REPLICAS = "redis_connected_slaves"
 REDIS_REPLICA_LAG = "redis_connected_slave_lag_seconds"
 NGINX_UP = "nginx_up"
+# kube-state-metrics: CronJobs (label cronjob) and Jobs (label job_name), times in Unix seconds.
+KSM_CRONJOB_CREATED = "kube_cronjob_created"
+KSM_CRONJOB_LAST_SUCCESS = "kube_cronjob_status_last_successful_time"
+KSM_JOB_OWNER = "kube_job_owner"  # labels owner_kind, owner_name
+KSM_JOB_START = "kube_job_status_start_time"
+KSM_JOB_FAILED = "kube_job_failed"  # label condition: "true" when the Job has failed for good
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h|d|w|y)$")

@@ -13,7 +13,7 @@ import yaml
 
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.scope import Scope, scope
-from stackspec.settings import StackSettings
+from stackspec.settings import BACKUP_CRONJOB, StackSettings
 
 Rule = dict[str, Any]
 
@@ -27,7 +27,8 @@ BURN_WINDOWS: list[tuple[str, str, float, str]] = [
 ]
 ERROR_RATIO_WINDOWS = sorted({w for long, short, _, _ in BURN_WINDOWS for w in (long, short)}, key=m.seconds)
 
-# Recorded series (level:metric:operations).
+# Recorded series (level:metric:operations). Each keeps `job` and `namespace`, so another stack's rules
+# recording the same names in the same Prometheus never collide with ours, and dashboards select ours.
 RPS = "qwen:gateway_requests:rate5m"
 ERROR_RATIO = "qwen:gateway_request_errors:ratio_rate{window}"
 VLLM_RPS = "qwen:vllm_requests:rate5m"
@@ -61,27 +62,28 @@ def recording_rules(settings: StackSettings) -> list[Rule]:
     sc = scope(settings)
     gw = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
     gw_err = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES, status=SERVER_ERROR)
-    rules = [_record(RPS, f"sum by (job) (rate({gw}[5m]))")]
+    rules = [_record(RPS, f"sum by (job, namespace) (rate({gw}[5m]))")]
     for window in ERROR_RATIO_WINDOWS:
         rules.append(_record(
             ERROR_RATIO.format(window=window),
             # `or 0 * ...`: no 5xx at all is a ratio of 0, not a missing series.
-            f"(sum by (job) (rate({gw_err}[{window}])) or 0 * sum by (job) (rate({gw}[{window}])))"
-            f" / sum by (job) (rate({gw}[{window}]))",
+            f"(sum by (job, namespace) (rate({gw_err}[{window}]))"
+            f" or 0 * sum by (job, namespace) (rate({gw}[{window}])))"
+            f" / sum by (job, namespace) (rate({gw}[{window}]))",
         ))
     rules += [
-        _record(VLLM_RPS, f"sum by (job) (rate({sc.select(m.VLLM_SUCCESS, m.JOB_VLLM)}[5m]))"),
+        _record(VLLM_RPS, f"sum by (job, namespace) (rate({sc.select(m.VLLM_SUCCESS, m.JOB_VLLM)}[5m]))"),
         _record(TOKENS_PER_SECOND,
-                f"sum by (job) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
+                f"sum by (job, namespace) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
         _record(PROMPT_TOKENS_PER_SECOND,
-                f"sum by (job) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
+                f"sum by (job, namespace) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
     ]
     for q in QUANTILES:
         rules.append(_record(TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, le", **sc.labels(m.JOB_VLLM))))
+                             m.quantile(q / 100, m.VLLM_TTFT, "5m", by="job, namespace, le", **sc.labels(m.JOB_VLLM))))
     for q in QUANTILES:
         rules.append(_record(GW_TTFT_QUANTILE.format(q=q),
-                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, le", **sc.labels(m.JOB_GATEWAY))))
+                             m.quantile(q / 100, m.GW_TTFT, "5m", by="job, namespace, le", **sc.labels(m.JOB_GATEWAY))))
     return rules
 
 
@@ -108,8 +110,8 @@ def capacity_alerts(settings: StackSettings) -> list[Rule]:
     factor = 1 + a.request_rate_increase_percent / 100
     sc = scope(settings)
     api = sc.select(m.GW_REQUESTS, m.JOB_GATEWAY, route=API_ROUTES)
-    now = f"sum by (job) (rate({api}[5m]))"
-    before = f"sum by (job) (rate({api}[5m] offset 1h))"
+    now = f"sum by (job, namespace) (rate({api}[5m]))"
+    before = f"sum by (job, namespace) (rate({api}[5m] offset 1h))"
     return [
         _alert(
             "GpuUtilizationHigh",
@@ -241,6 +243,48 @@ def replication_alerts(settings: StackSettings) -> list[Rule]:
     return rules
 
 
+def backup_alerts(settings: StackSettings) -> list[Rule]:
+    """The Redis backup CronJob (sites with redis.backup), from kube-state-metrics: no successful snapshot for
+    twice the schedule's longest gap (page), and the newest backup Job failed (ticket)."""
+    backup = settings.redis.backup
+    if backup is None:
+        return []
+    sc = scope(settings)
+    gap = backup.longest_gap_seconds
+    overdue = 2 * gap
+    cronjob = {"cronjob": BACKUP_CRONJOB}
+    last_success = f"max by (namespace, cronjob) ({sc.select(m.KSM_CRONJOB_LAST_SUCCESS, m.JOB_KSM, **cronjob)})"
+    created = f"max by (namespace, cronjob) ({sc.select(m.KSM_CRONJOB_CREATED, m.JOB_KSM, **cronjob)})"
+    owned = sc.select(m.KSM_JOB_OWNER, m.JOB_KSM, owner_kind="CronJob", owner_name=BACKUP_CRONJOB)
+    starts = f"({sc.select(m.KSM_JOB_START, m.JOB_KSM)} and on (namespace, job_name) {owned})"
+    newest = f"({starts} == on (namespace) group_left () max by (namespace) ({starts}))"
+    failed = f'max by (namespace, job_name) ({sc.select(m.KSM_JOB_FAILED, m.JOB_KSM, condition="true")})'
+    kubectl = f"kubectl -n {settings.kubernetes.namespace}"
+    return [
+        _alert(
+            "RedisBackupMissing",
+            # Last success too long ago; or none ever, and the CronJob older than that.
+            f"(time() - {last_success} > {overdue})"
+            f" or (time() - {created} > {overdue} unless on (namespace, cronjob) {last_success})",
+            for_="15m", severity="critical",
+            summary=f"No successful Redis backup for over twice the schedule ({m.duration(overdue)})",
+            description=f"The last successful {BACKUP_CRONJOB} run (schedule '{backup.schedule}' UTC, at most "
+                        f"{m.duration(gap)} apart) was {{{{ $value | printf \"%.0f\" }}}} s ago (or never, that "
+                        f"long after the CronJob was created): nothing recent to restore from. "
+                        f"`{kubectl} describe cronjob {BACKUP_CRONJOB}`, then its newest Job's logs.",
+        ),
+        _alert(
+            "RedisBackupFailed",
+            f"{failed} == 1 and on (namespace, job_name) {newest}",
+            for_="0s", severity="warning",
+            summary="The latest Redis backup Job failed",
+            description=f"Job {{{{ $labels.job_name }}}}, the newest of CronJob {BACKUP_CRONJOB}, failed: "
+                        f"`{kubectl} logs job/{{{{ $labels.job_name }}}}`. The next scheduled run may succeed; "
+                        "RedisBackupMissing pages if none does for twice the schedule.",
+        ),
+    ]
+
+
 def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     interval = settings.monitoring.scrape_interval
     groups = [
@@ -251,6 +295,9 @@ def rule_groups(settings: StackSettings) -> list[dict[str, Any]]:
     replication = replication_alerts(settings)
     if replication:
         groups.append({"name": "qwen-serving.redis-replication", "interval": interval, "rules": replication})
+    backup = backup_alerts(settings)
+    if backup:
+        groups.append({"name": "qwen-serving.redis-backup", "interval": interval, "rules": backup})
     return groups
 
 

@@ -37,8 +37,11 @@ def test_rendered_env_parses_into_the_gateway_settings(stack: str, monkeypatch: 
     assert gw.model == s.model.served_name
     assert gw.max_body_bytes == s.edge.client_max_body_bytes  # one limit for the edge and the gateway
     # Every tunable the stack sets arrives as it was checked at plan time.
-    for name in GatewayTuning.model_fields:
-        assert getattr(gw, name) == getattr(s.gateway, name), name
+    # (The shutdown grace as derived: totalTimeout unless the stack sets shutdownGraceSeconds.)
+    for name, value in s.gateway.tuning().items():
+        assert getattr(gw, name) == value, name
+    assert set(s.gateway.tuning()) == set(GatewayTuning.model_fields)
+    assert gw.shutdown_grace_seconds == s.gateway.shutdown_grace
     assert gw.key_hashes == json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
 
 

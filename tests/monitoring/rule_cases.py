@@ -14,7 +14,7 @@ from typing import Any
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.rules import rule_groups
 from stackspec.monitoring.scope import scope
-from stackspec.settings import StackSettings
+from stackspec.settings import BACKUP_CRONJOB, StackSettings
 
 
 @dataclass
@@ -137,7 +137,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     surged = base * (factor + 1)
     result["RequestRateSurge"] = [
         Case("rate well above the factor over a real baseline", {gw % "200": surge(base, surged)}, [
-            ("72m", []), ("82m", [ex(settings, "RequestRateSurge", surged, job="gateway")]),
+            ("72m", []), ("82m", [ex(settings, "RequestRateSurge", surged, **sc.labels(m.JOB_GATEWAY))]),
         ], interval),
         Case("rate up, but less than the factor", {gw % "200": surge(base, base * (factor - 0.5))}, [
             ("82m", []),
@@ -162,14 +162,14 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     fast_ratio = budget * 14.4 * 3
     result["AvailabilityBudgetBurnFast"] = [
         Case("a high 5xx ratio for an hour pages", traffic(fast_ratio, int(4200 / step), step), [
-            ("1m", []), ("70m", [ex(settings, "AvailabilityBudgetBurnFast", fast_ratio, job="gateway")]),
+            ("1m", []), ("70m", [ex(settings, "AvailabilityBudgetBurnFast", fast_ratio, **sc.labels(m.JOB_GATEWAY))]),
         ], interval),
         Case("5xx within the budget", traffic(budget * 0.5, int(4200 / step), step), [("70m", [])], interval),
     ]
     slow_ratio = budget * 3 * 1.5  # above the 1d/2h rate, below the 6h/30m one
     result["AvailabilityBudgetBurnSlow"] = [
         Case("a moderate 5xx ratio for 3 hours opens a ticket", traffic(slow_ratio, 200, 60), [
-            ("3h", [ex(settings, "AvailabilityBudgetBurnSlow", slow_ratio, job="gateway")]),
+            ("3h", [ex(settings, "AvailabilityBudgetBurnSlow", slow_ratio, **sc.labels(m.JOB_GATEWAY))]),
         ], "1m"),
         Case("5xx below the budget for 3 hours", traffic(budget * 0.5, 200, 60), [("3h", [])], "1m"),
     ]
@@ -189,7 +189,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
     slow_p95 = bounds[2] + (bounds[3] - bounds[2]) * 0.5  # 90 % fast, 10 % in the slowest bucket
     result["TtftP95High"] = [
         Case("10 % of first tokens slow: P95 above the SLO for 10 minutes", histogram([9, 0, 0, 1, 0]), [
-            ("8m", []), ("16m", [ex(settings, "TtftP95High", slow_p95, job="vllm")]),
+            ("8m", []), ("16m", [ex(settings, "TtftP95High", slow_p95, **sc.labels(m.JOB_VLLM))]),
         ], interval),
         Case("all first tokens fast", histogram([0, 10, 0, 0, 0]), [("16m", [])], interval),
     ]
@@ -237,6 +237,7 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         Case("Redis up", {redis_up: f"1x{quarter}"}, [("2m", [])], interval),
     ]
     result |= replication_cases(settings, quarter, interval)
+    result |= backup_cases(settings)
     return {alert: [*found, *foreign_cases(settings, alert, found)] for alert, found in result.items()}
 
 
@@ -277,6 +278,72 @@ def replication_cases(settings: StackSettings, quarter: int, interval: str) -> d
     return found
 
 
+def backup_cases(settings: StackSettings) -> dict[str, list[Case]]:
+    """The backup CronJob's alerts (sites with redis.backup), from kube-state-metrics series, both ways.
+
+    Samples every minute (within the 5-minute lookback) over more than twice the schedule's longest gap;
+    promtool's clock starts at 0, so a CronJob created or last successful "at 0" is that old at each evaluation.
+    """
+    backup = settings.redis.backup
+    if backup is None:
+        return {}
+    ex = expected_alert
+    ksm = ",".join(f'{k}="{v}"' for k, v in scope(settings).labels(m.JOB_KSM).items())
+    step = 60
+    gap = backup.longest_gap_seconds
+    samples = int(3 * gap / step) + 6  # past 2x the gap plus the alert's 15 minutes, with room
+
+    def at(seconds: float) -> str:
+        return m.duration(seconds)
+
+    cron = f'cronjob="{BACKUP_CRONJOB}"'
+    created = f"{m.KSM_CRONJOB_CREATED}{{{ksm},{cron}}}"
+    success = f"{m.KSM_CRONJOB_LAST_SUCCESS}{{{ksm},{cron}}}"
+    # A success every `gap`: the series steps up to each run's time.
+    runs = max(samples // int(gap / step), 1)
+    on_schedule = " ".join(f"{r * gap:g}x{int(gap / step) - 1}" for r in range(runs + 1))
+    labels = {"namespace": settings.kubernetes.namespace, "cronjob": BACKUP_CRONJOB}
+    overdue, late = 2 * gap, 2 * gap + 20 * 60  # the alert waits 15 minutes after the threshold
+    found = {
+        "RedisBackupMissing": [
+            Case("the last success is older than twice the schedule: pages after 15 minutes",
+                 {created: f"0x{samples}", success: f"0x{samples}"},
+                 [(at(overdue - 3600), []), (at(overdue + 300), []),
+                  (at(late), [ex(settings, "RedisBackupMissing", late, **labels)])], f"{step}s"),
+            Case("never successful since the CronJob was created, that long ago",
+                 {created: f"0x{samples}"},
+                 [(at(overdue - 3600), []), (at(late), [ex(settings, "RedisBackupMissing", late, **labels)])],
+                 f"{step}s"),
+            Case("a success on every run", {created: f"0x{samples}", success: on_schedule},
+                 [(at(late), []), (at(late + gap / 2), [])], f"{step}s"),
+        ],
+    }
+    owner = f'owner_kind="CronJob",owner_name="{BACKUP_CRONJOB}"'
+
+    def job(name: str, start: int, failed: bool, owner_name: str = BACKUP_CRONJOB) -> dict[str, str]:
+        jn = f'job_name="{name}"'
+        return {
+            f'{m.KSM_JOB_OWNER}{{{ksm},{jn},{owner.replace(BACKUP_CRONJOB, owner_name)}}}': "1x12",
+            f"{m.KSM_JOB_START}{{{ksm},{jn}}}": f"{start}x12",
+            f'{m.KSM_JOB_FAILED}{{{ksm},{jn},condition="true"}}': f"{int(failed)}x12",
+            f'{m.KSM_JOB_FAILED}{{{ksm},{jn},condition="false"}}': f"{int(not failed)}x12",
+        }
+
+    found["RedisBackupFailed"] = [
+        Case("the newest backup Job failed", {**job("redis-backup-100", 100, False),
+                                              **job("redis-backup-200", 200, True)},
+             [("2m", [ex(settings, "RedisBackupFailed", 1, namespace=settings.kubernetes.namespace,
+                         job_name="redis-backup-200")])], "1m"),
+        Case("an older Job failed, the newest succeeded", {**job("redis-backup-100", 100, True),
+                                                           **job("redis-backup-200", 200, False)},
+             [("2m", [])], "1m"),
+        Case("a newer failed Job of another CronJob, ours succeeded", {
+            **job("redis-backup-100", 100, False), **job("other-300", 300, True, owner_name="other")},
+             [("2m", [])], "1m"),
+    ]
+    return found
+
+
 # Targets that are not this stack's: its job names in another team's namespace, and a cluster component.
 FOREIGN_TARGETS = ((None, "another-team"), ("kube-scheduler", "kube-system"))
 # Alerts that fire when this stack's series are missing ("no healthy backend", "Redis down"): a foreign
@@ -284,7 +351,7 @@ FOREIGN_TARGETS = ((None, "another-team"), ("kube-scheduler", "kube-system"))
 ABSENCE_ALERTS = {"NoHealthyVllmBackend", "RedisDown", "RedisPrimaryHasNoReplica"}
 
 
-def _relabel(series: str, job: str | None, namespace: str) -> str:
+def relabel(series: str, job: str | None, namespace: str) -> str:
     """The series of a foreign target: `namespace` (and `job`, when given) replaced."""
     if job is not None:
         series = re.sub(r'(?<![\w])job="[^"]*"', f'job="{job}"', series)
@@ -292,7 +359,7 @@ def _relabel(series: str, job: str | None, namespace: str) -> str:
 
 
 def _foreign(series: dict[str, str], job: str | None, namespace: str) -> dict[str, str]:
-    return {_relabel(name, job, namespace): values for name, values in series.items()}
+    return {relabel(name, job, namespace): values for name, values in series.items()}
 
 
 def foreign_cases(settings: StackSettings, alert: str, found: list[Case]) -> list[Case]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from infra.components.monitoring import CHART_REPOS, keda_max_replicas
+from infra.components.monitoring import CHART_REPOS
 from infra.offline import SECRET_PLACEHOLDERS, Captured, OfflineRun, is_secret, run_stack, unwrap_secrets
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.dashboards import render_dashboards
@@ -39,36 +39,6 @@ def inputs(resource: Captured) -> dict[str, Any]:
 
 def namespace_of(resource: Captured) -> str:
     return str(inputs(resource)["metadata"].get("namespace", ""))
-
-
-@pytest.mark.parametrize("name", SITE_STACKS)
-def test_keda_maximum_never_exceeds_gpus_over_tp(name: str) -> None:
-    run = stack(name)
-    s = run.settings
-    scaled = inputs(run.one("kubernetes:keda.sh/v1alpha1:ScaledObject", "vllm-scaler"))["spec"]
-    bound = s.gpu_pool.total_gpus // s.inference.tensor_parallel_size
-    assert scaled["maxReplicaCount"] <= bound
-    assert scaled["minReplicaCount"] == s.inference.replicas <= scaled["maxReplicaCount"]
-    # It scales the vLLM Deployment that exists, on the queue metric vLLM exports.
-    target = scaled["scaleTargetRef"]
-    deployment = run.one("kubernetes:apps/v1:Deployment", target["name"])
-    assert namespace_of(deployment) == s.kubernetes.namespace
-    trigger = scaled["triggers"][0]
-    assert trigger["type"] == "prometheus" and m.VLLM_WAITING in trigger["metadata"]["query"]
-    assert trigger["metadata"]["threshold"] == str(s.monitoring.autoscaling.waiting_per_replica)
-
-
-@pytest.mark.parametrize(("hosts", "tp", "expected"), [
-    ([2, 2], 2, 2), ([3, 1], 2, 1), ([8], 2, 4), ([1, 1, 1], 1, 3), ([4, 4, 3], 4, 2),
-])
-def test_keda_maximum_counts_replicas_that_fit_a_host(hosts: list[int], tp: int, expected: int) -> None:
-    run = run_stack("dev", overrides={
-        "qwen-serving:gpuPool": {"hosts": [{"name": f"gpu-{i}", "gpus": g} for i, g in enumerate(hosts)]},
-        "qwen-serving:inference": {"replicas": 1, "tensorParallelSize": tp, "maxModelLen": 8192},
-    })
-    assert keda_max_replicas(run.settings) == expected <= sum(hosts) // tp
-    scaled = inputs(run.one("kubernetes:keda.sh/v1alpha1:ScaledObject", "vllm-scaler"))["spec"]
-    assert scaled["maxReplicaCount"] == expected
 
 
 @pytest.mark.parametrize("name", SITE_STACKS)
@@ -154,7 +124,7 @@ def test_rules_dashboards_and_log_config_are_the_rendered_text(name: str) -> Non
     run = stack(name)
     rule = inputs(run.one("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "qwen-serving-rules"))
     assert rule["spec"] == {"groups": json.loads(json.dumps(rule_groups(run.settings)))}
-    dashboards = render_dashboards()
+    dashboards = render_dashboards(run.settings)
     found = {}
     for cm in run.of_type("kubernetes:core/v1:ConfigMap"):
         data = inputs(cm)
@@ -167,18 +137,6 @@ def test_rules_dashboards_and_log_config_are_the_rendered_text(name: str) -> Non
     # The gateway parser matches the gateway's container by name: it must be called "gateway".
     gateway = inputs(run.one("kubernetes:apps/v1:Deployment", "gateway"))
     assert "gateway" in [c["name"] for c in gateway["spec"]["template"]["spec"]["containers"]]
-
-
-@pytest.mark.parametrize("name", SITE_STACKS)
-def test_gateway_hpa_on_cpu(name: str) -> None:
-    run = stack(name)
-    gw = run.settings.gateway
-    spec = inputs(run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "gateway-hpa"))["spec"]
-    assert spec["scaleTargetRef"]["name"] == "gateway"
-    run.one("kubernetes:apps/v1:Deployment", spec["scaleTargetRef"]["name"])
-    assert (spec["minReplicas"], spec["maxReplicas"]) == (gw.replicas, gw.max_replicas)
-    assert spec["metrics"][0]["resource"] == {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": gw.target_cpu_percent}}
 
 
 def test_monitoring_can_be_turned_off() -> None:

@@ -34,6 +34,8 @@ def test_the_design_and_slo_alerts_all_exist() -> None:
         "RequestsWaitingHigh", "NoHealthyVllmBackend", "RedisDown",
         # the cross-site Redis link (a DR pair's primary)
         "RedisReplicationLinkDown", "RedisReplicaLagHigh", "RedisPrimaryHasNoReplica",
+        # the backup CronJob (sites with redis.backup): page when overdue, ticket when the newest Job failed
+        "RedisBackupMissing", "RedisBackupFailed",
     }
     for group in rule_groups(PROD):
         for rule in group["rules"]:
@@ -68,8 +70,8 @@ def test_every_selector_in_the_rules_is_scoped_to_the_stack() -> None:
         for rule in group["rules"]:
             expr = re.sub(r"\[[^\]]*\]", "", rule["expr"])  # drop range windows
             for name, labels in re.findall(r"([a-zA-Z_:][\w:]*)(\{[^}]*\})?", expr):
-                if name in recorded or not (labels or name in ("up",) or name.startswith(("vllm:", "gateway_",
-                                                                                             "redis_", "DCGM_"))):
+                ours_or_up = name == "up" or name.startswith(("vllm:", "gateway_", "redis_", "DCGM_", "kube_"))
+                if name in recorded or not (labels or ours_or_up):
                     continue
                 assert labels and "job" in labels and any(n in labels for n in ours), \
                     f"{rule.get('alert') or rule.get('record')}: {name}{labels} is not scoped"
@@ -77,7 +79,14 @@ def test_every_selector_in_the_rules_is_scoped_to_the_stack() -> None:
 
 def _promtool_test(settings: StackSettings, rules_from: StackSettings, alert: str, where: Path
                    ) -> tuple[int, str]:
-    (where / "rules.yaml").write_text(render_rules(rules_from))
+    # The alert's own group and the recorded series it may read: promtool evaluates every loaded group at each
+    # step, and the backup alerts' cases span more than twice the schedule (12 h and up).
+    groups = [g for g in rule_groups(rules_from) if any(r.get("alert") == alert for r in g["rules"])]
+    reads = " ".join(r["expr"] for g in groups for r in g["rules"])
+    recording = [g for g in rule_groups(rules_from) if any(r.get("record", "") in reads for r in g["rules"]
+                                                           if "record" in r)]
+    groups = recording + groups
+    (where / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False, width=200))
     test_file = where / f"test-{alert}.yaml"
     test_file.write_text(yaml.safe_dump(promtool_test_file(settings, "rules.yaml", alert, cases(settings)[alert]),
                                         sort_keys=False, width=200))
@@ -157,3 +166,18 @@ def test_the_local_scrape_config_attaches_the_labels_the_rules_select(scratch: P
     (scratch / "prometheus.yml").write_text(render_prometheus_config(local, targets))
     result = run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=scratch)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_backup_alerts_follow_the_schedule_and_exist_only_with_backups() -> None:
+    """2x the schedule's longest gap (not a fixed time): a daily schedule waits 48 h, a weekly one two weeks;
+    a site without redis.backup has no backup alerts."""
+    from stackspec.monitoring.rules import backup_alerts
+
+    assert PROD.redis.backup is not None
+    for schedule, overdue in (("17 */6 * * *", 43200), ("30 2 * * *", 172800), ("0 4 * * 0", 1209600)):
+        settings = PROD.model_copy(update={"redis": PROD.redis.model_copy(update={
+            "backup": PROD.redis.backup.model_copy(update={"schedule": schedule})})})
+        missing = next(r for r in backup_alerts(settings) if r["alert"] == "RedisBackupMissing")
+        assert f"> {overdue})" in missing["expr"] and missing["labels"]["severity"] == "critical"
+    without = PROD.model_copy(update={"redis": PROD.redis.model_copy(update={"backup": None})})
+    assert backup_alerts(without) == [] and "RedisBackupMissing" not in alert_names(without)

@@ -192,12 +192,31 @@ def test_gateway_deployment_service_probes_and_pdb(stack: str) -> None:
     # preStop keeps serving while the pod leaves the endpoints; then the drain; the grace covers both.
     assert gw["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     pre_stop = int(gw["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert spec["terminationGracePeriodSeconds"] > (
-        pre_stop + s.gateway.shutdown_drain_seconds + s.gateway.shutdown_grace_seconds)
+    # The grace is derived from the stack's timeouts: totalTimeout unless shutdownGraceSeconds is set, and the
+    # gateway gets the same value as its environment.
+    grace = s.gateway.shutdown_grace
+    assert grace == (s.gateway.shutdown_grace_seconds if "shutdown_grace_seconds" in s.gateway.model_fields_set
+                     else s.gateway.total_timeout)
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + s.gateway.shutdown_drain_seconds + grace
+    env = {e["name"]: e.get("value") for e in gw["env"]}
+    assert float(env["GATEWAY_SHUTDOWN_GRACE_SECONDS"]) == grace
     service = obj(run, SERVICE, "gateway-service")
     assert service["metadata"]["name"] == "gateway"
     assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
     assert obj(run, PDB, "gateway-pdb")["spec"]["maxUnavailable"] == 1
+
+
+def test_the_shutdown_grace_follows_the_total_timeout_unless_set() -> None:
+    from tests.stacks import settings_with
+
+    derived = settings_with("dev", gateway={"replicas": 1, "maxReplicas": 2, "totalTimeout": 300}).gateway
+    assert derived.shutdown_grace == 300 and derived.tuning()["shutdown_grace_seconds"] == 300
+    assert derived.termination_grace_seconds == 10 + math.ceil(derived.shutdown_drain_seconds + 300) + 10
+    assert "grace 300 s (= gateway.totalTimeout)" in derived.describe_shutdown()
+    assert f"terminationGracePeriodSeconds {derived.termination_grace_seconds}" in derived.describe_shutdown()
+    explicit = settings_with("dev", gateway={"replicas": 1, "maxReplicas": 2, "totalTimeout": 300,
+                                             "shutdownGraceSeconds": 45}).gateway
+    assert explicit.shutdown_grace == 45 and "grace 45 s (gateway.shutdownGraceSeconds)" in explicit.describe_shutdown()
 
 
 def test_rotating_api_keys_rolls_the_gateway_pods() -> None:

@@ -110,6 +110,7 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     ("prod", "redis.replication.waitForReplicaMs", 0, "qwen-serving:redis.replication.waitForReplicaMs", "1"),
     ("prod", "redis.backup.bucket", "Not_A_Bucket", "qwen-serving:redis.backup.bucket", "pattern"),
     ("prod", "redis.backup.schedule", "hourly", "qwen-serving:redis.backup.schedule", "pattern"),
+    ("prod", "redis.backup.schedule", "61 * * * *", "qwen-serving:redis.backup.schedule", "not a 5-field cron"),
 ]
 
 
