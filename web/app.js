@@ -1,6 +1,7 @@
 // The chat page: OpenAI-style streaming through the gateway, sessions kept server side (X-Session-Id).
-// Text only ever goes into the page through textContent, never innerHTML: nothing the user or the
-// model writes can become markup or script.
+// What the user types goes into the page through textContent only. The model's answers are Markdown, rendered
+// by web/markdown.js (marked + DOMPurify, DOM nodes, never an innerHTML of the text): raw HTML in them stays
+// text and no script can run; the edge's Content-Security-Policy forbids inline script besides.
 "use strict";
 
 const KEY_STORE = "qs.apiKey";        // sessionStorage: this tab only
@@ -88,6 +89,9 @@ function setBusy(busy) {
   els.send.disabled = busy;
 }
 
+// A message on the page. A user's is plain text; an assistant's is Markdown, shown through a view that
+// renders it as it grows (answer.set) and at once (answer.done). The body keeps the Markdown it shows in
+// data-source.
 function addMessage(role, text) {
   const row = document.createElement("div");
   row.className = "msg " + role;
@@ -97,11 +101,24 @@ function addMessage(role, text) {
   who.textContent = role === "user" ? "You" : role === "assistant" ? "Assistant" : role;
   const body = document.createElement("div");
   body.className = "body";
-  body.textContent = text;
   row.append(who, body);
   els.messages.append(row);
+  const answer = { row, body, view: null };
+  if (role === "assistant") {
+    body.classList.add("markdown");
+    answer.view = QsMarkdown.createView(body);
+    answer.set = (value) => answer.view.set(value);
+    answer.done = () => {
+      answer.view.flush();
+      body.dataset.source = answer.view.text;
+    };
+    answer.set(text);
+    answer.done();
+  } else {
+    body.textContent = text;
+  }
   scrollDown();
-  return body;
+  return answer;
 }
 
 function scrollDown() {
@@ -250,7 +267,8 @@ async function send(text) {
   }
   addMessage("user", text);
   const out = addMessage("assistant", "");
-  out.parentElement.classList.add("pending");
+  out.row.classList.add("pending");
+  let answer = "";
   const maxTokens = Math.max(1, parseInt(els.maxTokens.value, 10) || 256);
   controller = new AbortController();
   setBusy(true);
@@ -272,7 +290,7 @@ async function send(text) {
       resp = await post();
     }
     if (!resp.ok) {
-      out.parentElement.remove();
+      out.row.remove();
       showError(await describeFailure(resp));
       return;
     }
@@ -290,19 +308,21 @@ async function send(text) {
       }
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
       if (delta && delta.content) {
-        out.textContent += delta.content;
+        answer += delta.content;
+        out.set(answer);
         scrollDown();
       }
     }
   } catch (err) {
     if (err && err.name === "AbortError") {
-      out.parentElement.classList.add("stopped");
+      out.row.classList.add("stopped");
     } else {
       showError("Lost the connection to the server (" + (err && err.message ? err.message : err) +
         "); is the backend running?");
     }
   } finally {
-    out.parentElement.classList.remove("pending");
+    out.done();
+    out.row.classList.remove("pending");
     controller = null;
     setBusy(false);
     els.input.focus();
@@ -356,6 +376,9 @@ els.toggleSettings.addEventListener("click", () => {
 
 els.apiKey.addEventListener("change", async () => {
   const key = els.apiKey.value.trim();
+  // The same key again (a field can report one edit twice): nothing to reload, and a second history read
+  // would rebuild the page under the user's hands.
+  if (key === (sessionStorage.getItem(KEY_STORE) || "")) return;
   if (key) sessionStorage.setItem(KEY_STORE, key);
   else sessionStorage.removeItem(KEY_STORE);
   showError("");

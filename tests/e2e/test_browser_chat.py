@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +62,11 @@ def assistant_texts(page: Page) -> list[str]:
     return page.locator(".msg.assistant .body").all_text_contents()
 
 
+def assistant_sources(page: Page) -> list[str]:
+    """The Markdown each answer on the page was rendered from (what the gateway streamed or stored)."""
+    return [body.get_attribute("data-source") or "" for body in page.locator(".msg.assistant .body").all()]
+
+
 def record_growth(page: Page) -> None:
     """Record the length of the newest answer each time the page changes it."""
     page.evaluate("""() => {
@@ -96,7 +103,7 @@ def assert_last_turn_answered_and_stored(page: Page, store: redis.Redis) -> None
     session = page.evaluate("localStorage.getItem('qs.sessionId')")
     stored = [json.loads(m) for m in store.lrange(f"qs:session:{session}:messages", 0, -1)]
     assert [m["role"] for m in stored[-2:]] == ["user", "assistant"], stored
-    assert assistant_texts(page)[-1] == stored[-1]["content"]
+    assert assistant_sources(page)[-1] == stored[-1]["content"]
 
 
 def test_answer_streams_in_and_history_survives_a_reload(page: Page, endpoint: Endpoint) -> None:
@@ -129,9 +136,8 @@ def test_answer_streams_in_and_history_survives_a_reload(page: Page, endpoint: E
 
 def test_a_turn_sent_while_the_history_loads_stays_on_the_page(page: Page, endpoint: Endpoint,
                                                                 store: redis.Redis) -> None:
-    """Send a message while the page is still reading the session's history (the first read held here until
-    the message is sent; filling the key field reads it twice): when the reads answer (404, a new session),
-    the turn is not wiped; it is sent and answered."""
+    """Send a message while the page is still reading the session's history (held here until the message is
+    sent): when the read answers (404, a new session), the turn is not wiped; it is sent and answered."""
     held: list[Route] = []
 
     def hold_the_first(route: Route) -> None:
@@ -305,3 +311,169 @@ def test_backend_down_is_reported_then_recovers(page: Page, endpoint: Endpoint, 
     send(page, "and now?")
     wait_idle(page)
     assert_last_turn_answered_and_stored(page, store)
+
+
+# --- Markdown, from a stored session whose text the test fixes (never from what the random model says) -------
+OWNER = "key:local-dev"  # the identity of the local stack's development key
+
+
+def store_session(store: redis.Redis, turns: list[tuple[str, str]], *, owner: str = OWNER) -> str:
+    """Write a session into Redis as the gateway stores one (tests/gateway cover the gateway writing it):
+    its owner, its messages and its entry in the owner's index. Returns its id."""
+    session_id = f"web-test-{uuid.uuid4()}"
+    ttl_ms = 600_000
+    messages = [json.dumps({"role": role, "content": text}) for user, answer in turns
+                for role, text in (("user", user), ("assistant", answer))]
+    size = sum(len(m) for m in messages)
+    meta, listed = f"qs:session:{session_id}", f"qs:session:{session_id}:messages"
+    with store.pipeline() as pipe:
+        pipe.hset(meta, mapping={"owner": owner, "bytes": size})
+        pipe.rpush(listed, *messages)
+        pipe.zadd(f"qs:owner:{owner}:sessions", {session_id: int(time.time() * 1000) + ttl_ms})
+        pipe.hset(f"qs:owner:{owner}:bytes", session_id, size)
+        for key in (meta, listed):
+            pipe.pexpire(key, ttl_ms)
+        pipe.execute()
+    return session_id
+
+
+def open_session(page: Page, api_key: str, session_id: str) -> None:
+    page.add_init_script(f"localStorage.setItem('qs.sessionId', {json.dumps(session_id)})")
+    open_chat(page, api_key)
+
+
+MARKDOWN_ANSWER = """Here is the plan:
+
+- first item
+- second item
+
+| name | size |
+|------|-----:|
+| a    |    1 |
+| b    |   22 |
+
+```python
+print("hello")
+```
+"""
+
+
+def test_a_stored_answer_is_rendered_as_markdown_with_a_copy_button(browser: Browser, endpoint: Endpoint,
+                                                                     store: redis.Redis) -> None:
+    context = browser.new_context(viewport={"width": 1100, "height": 760}, base_url=endpoint.url)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    try:
+        page = context.new_page()
+        session_id = store_session(store, [("Make me a plan", MARKDOWN_ANSWER)])
+        open_session(page, endpoint.api_key, session_id)
+        answer = page.locator(".msg.assistant .body")
+        expect(answer).to_have_count(1)
+        expect(answer.locator("ul > li")).to_have_text(["first item", "second item"])
+        expect(answer.locator("table th")).to_have_text(["name", "size"])
+        expect(answer.locator("table td")).to_have_text(["a", "1", "b", "22"])
+        expect(answer.locator("table td").nth(1)).to_have_attribute("align", "right")
+        code = answer.locator("pre > code")
+        expect(code).to_have_text('print("hello")\n')
+        expect(code).to_have_class("language-python")
+        expect(page.locator(".msg.user .body")).to_have_text(["Make me a plan"])  # the user's text stays text
+        assert assistant_sources(page) == [MARKDOWN_ANSWER]
+        copy = answer.get_by_role("button", name="Copy code")
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == 'print("hello")\n'
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "chat-markdown.png"), full_page=True)
+    finally:
+        context.close()
+
+
+HOSTILE_MARKDOWN = """[click me](javascript:window.__xss=1) and [data](data:text/html;base64,PHNjcmlwdD4=)
+
+<img src=x onerror="window.__xss=3"> <b>bold</b> <a href="https://example.com" onclick="window.__xss=4">a</a>
+
+<script>window.__xss=5</script>
+
+<iframe src="/"></iframe><form action="https://example.com"><button>go</button></form>
+
+![pixel](https://tracker.example.com/p.png "t") <div class="error" style="color:red">styled</div>
+
+[ok](https://example.com/docs)
+"""
+
+
+def test_hostile_markdown_in_an_answer_is_inert(page: Page, endpoint: Endpoint, store: redis.Redis) -> None:
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    session_id = store_session(store, [("hi", HOSTILE_MARKDOWN)])
+    open_session(page, endpoint.api_key, session_id)
+    answer = page.locator(".msg.assistant .body")
+    expect(answer.locator("a")).to_have_count(3)  # the two hostile links and the good one; raw <a> is text
+    # No element a Markdown answer has no use for, no handler, no style, no class of the page's own.
+    for selector in ("img", "script", "iframe", "form", "button:not(.copy)", "b", "div.error", "[style]",
+                     "[onerror]", "[onclick]"):
+        assert answer.locator(selector).count() == 0, selector
+    hrefs = [a.get_attribute("href") for a in answer.locator("a").all()]
+    assert hrefs.count(None) == 2, hrefs  # javascript: and data: links lost their target
+    assert set(hrefs) - {None} == {"https://example.com/docs"}
+    for a in answer.locator("a[href]").all():
+        assert a.get_attribute("rel") == "noopener noreferrer nofollow" and a.get_attribute("target") == "_blank"
+    # Raw HTML is shown as the text it is; the image as its alt text (no request to the tracker).
+    expect(answer).to_contain_text('<img src=x onerror="window.__xss=3">')
+    expect(answer).to_contain_text("<script>window.__xss=5</script>")
+    expect(answer).to_contain_text("pixel")
+    expect(answer).to_contain_text('<a href="https://example.com" onclick="window.__xss=4">a</a>')
+    answer.locator("a", has_text="click me").click()
+    answer.locator("a", has_text="data").click()
+    page.wait_for_timeout(300)  # give anything that slipped through the chance to run
+    assert page.evaluate("window.__xss") is None
+    assert violations == []  # nothing even tried to run against the policy
+
+
+def test_the_edge_sends_a_content_security_policy_that_blocks_inline_script(page: Page, endpoint: Endpoint) -> None:
+    response = page.goto("/")
+    assert response is not None and response.ok
+    policy = response.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    for path in ("/app.js", "/markdown.js", "/vendor/marked.umd.js", "/vendor/purify.min.js", "/style.css"):
+        asset = page.request.get(path)
+        assert asset.ok and asset.headers["content-security-policy"] == policy, path
+    # An inline script that got into the page anyway does not run, and the browser says why.
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    with page.expect_event("console", lambda msg: "Content Security Policy" in msg.text):
+        page.evaluate("""() => {
+            const s = document.createElement('script');
+            s.textContent = 'window.__inline = 1';
+            document.body.append(s);
+        }""")
+    assert page.evaluate("window.__inline") is None
+
+
+def test_a_streaming_answer_re_renders_only_its_last_block(page: Page, endpoint: Endpoint) -> None:
+    """The page's Markdown view fed a growing answer, as the stream feeds it: blocks already complete stay the
+    same DOM nodes (not re-rendered), only the growing last block changes."""
+    page.goto("/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    result = page.evaluate("""async () => {
+        const box = document.createElement('div');
+        document.body.append(box);
+        const view = QsMarkdown.createView(box);
+        const text = "# Title\\n\\nA first paragraph.\\n\\n- one\\n- two\\n\\n```js\\nlet x = 1;\\nlet y = 2;\\n```\\n";
+        let first = null, firstKept = true, frames = 0;
+        for (let n = 1; n <= text.length; n++) {
+            view.set(text.slice(0, n));
+            if (n % 7 === 0 || n === text.length) {
+                await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+                frames += 1;
+                const now = box.firstElementChild;
+                if (first === null && now && now.textContent.trim() === 'Title' && box.children.length > 1) first = now;
+                if (first !== null && box.firstElementChild !== first) firstKept = false;
+            }
+        }
+        view.flush();
+        return {firstKept, hadFirst: first !== null, frames, blocks: box.children.length,
+                tags: Array.from(box.children, (b) => b.firstElementChild.tagName)};
+    }""")
+    assert result["hadFirst"] and result["firstKept"], result
+    assert result["tags"] == ["H1", "P", "UL", "DIV"], result  # DIV: the code block with its copy button
