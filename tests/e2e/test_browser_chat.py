@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, Playwright, Route, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, Route, ViewportSize, expect, sync_playwright
 
 from localstack.stack import Endpoint, LocalStack
 from tests.waiting import metric, wait_until
@@ -275,20 +276,58 @@ def test_rate_limit_message_shows_retry_after(page: Page, endpoint: Endpoint) ->
     wait_idle(page)
 
 
-def test_phone_width_fits_without_sideways_scrolling(browser: Browser, endpoint: Endpoint) -> None:
+WIDE_ANSWER = """| column one | column two | column three | column four | column five | column six |
+|---|---|---|---|---|---|
+| a rather long cell | another long cell | and one more | still going | nearly there | the end |
+
+```
+a_single_line_of_code_that_is_much_wider_than_any_phone_screen = compute(everything, all_at_once, verbose=True)
+```
+"""
+
+
+def test_phone_width_fits_without_sideways_scrolling(browser: Browser, endpoint: Endpoint,
+                                                      store: redis.Redis) -> None:
     context = browser.new_context(viewport=PHONE, base_url=endpoint.url, is_mobile=True, has_touch=True)
-    try:
-        page = context.new_page()
-        open_chat(page, endpoint.api_key, max_tokens=60)
-        send(page, "A message typed on a phone, long enough to wrap over more than one line of the screen.")
-        wait_idle(page)
+
+    def fits(page: Page) -> None:
         width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert width[0] <= width[1], f"page is {width[0]} px wide on a {width[1]} px screen"
-        for test_id in ("send", "input", "new-chat", "model"):
+
+    try:
+        page = context.new_page()
+        # A wide table and a long line of code: they scroll inside the answer, never the page.
+        session_id = store_session(store, [("A wide answer, please", WIDE_ANSWER)])
+        open_session(page, endpoint.api_key, session_id)
+        expect(page.locator(".msg.assistant .body table")).to_have_count(1)
+        page.get_by_test_id("max-tokens").fill("60")
+        page.get_by_test_id("max-tokens").dispatch_event("change")
+        send(page, "A message typed on a phone, long enough to wrap over more than one line of the screen.")
+        wait_idle(page)
+        fits(page)
+        for test_id in ("send", "input", "new-chat", "model", "toggle-sessions"):
             box = page.get_by_test_id(test_id).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], test_id
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "chat-phone.png"), full_page=True)
+        # The conversations are a panel opened from the header, over the chat, within the screen.
+        sessions = page.get_by_test_id("sessions")
+        expect(sessions).to_be_hidden()
+        page.get_by_test_id("toggle-sessions").click()
+        expect(sessions).to_be_visible()
+        expect(page.get_by_test_id("toggle-sessions")).to_have_attribute("aria-expanded", "true")
+        box = sessions.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        fits(page)
+        page.screenshot(path=str(SCREENSHOTS / "chat-phone-conversations.png"))
+        page.get_by_test_id("close-sessions").click()  # the panel covers the header: it closes itself
+        expect(sessions).to_be_hidden()
+        page.get_by_test_id("toggle-sessions").click()
+        list_item(page, session_id).locator(".open").click()  # the open conversation, read again
+        expect(sessions).to_be_hidden()  # opening one closes the panel
+        expect(page.locator(".msg.user .body")).to_have_text([
+            "A wide answer, please",
+            "A message typed on a phone, long enough to wrap over more than one line of the screen."])
     finally:
         context.close()
 
@@ -321,7 +360,9 @@ def store_session(store: redis.Redis, turns: list[tuple[str, str]], *, owner: st
     """Write a session into Redis as the gateway stores one (tests/gateway cover the gateway writing it):
     its owner, its messages and its entry in the owner's index. Returns its id."""
     session_id = f"web-test-{uuid.uuid4()}"
-    ttl_ms = 600_000
+    # Two hours: longer than the gateway's session TTL (1 h here), so these sort above the sessions other tests
+    # make through the gateway (the list is latest expiry first) and stay on the list's first page.
+    ttl_ms = 7_200_000
     messages = [json.dumps({"role": role, "content": text}) for user, answer in turns
                 for role, text in (("user", user), ("assistant", answer))]
     size = sum(len(m) for m in messages)
@@ -477,3 +518,126 @@ def test_a_streaming_answer_re_renders_only_its_last_block(page: Page, endpoint:
     }""")
     assert result["hadFirst"] and result["firstKept"], result
     assert result["tags"] == ["H1", "P", "UL", "DIV"], result  # DIV: the code block with its copy button
+
+
+# --- conversations, regenerate, timing, keyboard ---------------------------------------------------------------
+def list_item(page: Page, session_id: str) -> Locator:
+    return page.get_by_test_id("session-list").locator(f"li[data-id='{session_id}']")
+
+
+def test_the_list_shows_this_callers_conversations_and_reopens_one(page: Page, endpoint: Endpoint,
+                                                                   store: redis.Redis) -> None:
+    older = store_session(store, [("What is Redis?", "A data structure server."), ("And AOF?", "A log.")])
+    newer = store_session(store, [("How do I page?", "With `after`.")])
+    foreign = store_session(store, [("Someone else's secret question", "…")], owner="key:someone-else")
+    open_chat(page, endpoint.api_key, max_tokens=8)
+    expect(list_item(page, newer)).to_have_text("How do I page?×")
+    expect(list_item(page, older)).to_have_text("What is Redis?×")
+    assert list_item(page, foreign).count() == 0
+    expect(page.get_by_test_id("session-list")).not_to_contain_text("Someone else's secret question")
+    ids = [li.get_attribute("data-id") for li in page.get_by_test_id("session-list").locator("li").all()]
+    assert ids.index(newer) < ids.index(older)  # latest activity first
+
+    list_item(page, older).get_by_role("button", name="What is Redis?", exact=True).click()
+    expect(page.locator(".msg.user .body")).to_have_text(["What is Redis?", "And AOF?"])
+    assert assistant_sources(page) == ["A data structure server.", "A log."]
+    expect(list_item(page, older).locator(".open")).to_have_attribute("aria-current", "true")
+    assert page.evaluate("localStorage.getItem('qs.sessionId')") == older
+
+    page.get_by_test_id("new-chat").click()
+    expect(page.locator(".msg")).to_have_count(0)
+    expect(page.get_by_test_id("session-list").locator("[aria-current]")).to_have_count(0)
+    send(page, "A brand new conversation")
+    wait_idle(page)
+    assert_last_turn_answered_and_stored(page, store)
+    now = page.evaluate("localStorage.getItem('qs.sessionId')")
+    expect(list_item(page, now)).to_have_text("A brand new conversation×")  # listed once the turn is stored
+    expect(list_item(page, now).locator(".open")).to_have_attribute("aria-current", "true")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chat-conversations.png"))
+
+
+def test_a_conversation_is_deleted_from_the_list_in_two_steps(page: Page, endpoint: Endpoint,
+                                                              store: redis.Redis) -> None:
+    doomed = store_session(store, [("Delete me", "ok")])
+    open_session(page, endpoint.api_key, doomed)
+    expect(page.locator(".msg.user .body")).to_have_text(["Delete me"])
+    delete = list_item(page, doomed).locator(".delete")
+    delete.click()
+    expect(delete).to_have_attribute("aria-label", "Confirm: delete conversation Delete me")
+    assert store.exists(f"qs:session:{doomed}") == 1  # one click deletes nothing
+    delete.click()
+    expect(list_item(page, doomed)).to_have_count(0)
+    assert store.exists(f"qs:session:{doomed}", f"qs:session:{doomed}:messages") == 0
+    # It was the open conversation: the page starts a new one.
+    expect(page.locator(".msg")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('qs.sessionId')") != doomed
+
+
+def test_regenerate_answers_the_last_message_again_and_shows_its_speed(page: Page, endpoint: Endpoint,
+                                                                       store: redis.Redis) -> None:
+    open_chat(page, endpoint.api_key, max_tokens=16)
+    # Exactly 16 tokens whatever the random weights say (vLLM's ignore_eos), paced like a GPU: a rate to show.
+    page.get_by_test_id("extra-body").fill('{"ignore_eos": true}')
+    page.get_by_test_id("extra-body").dispatch_event("change")
+    send(page, "Tell me something")
+    wait_idle(page)
+    assert_last_turn_answered_and_stored(page, store)
+    timing = page.locator(".msg.assistant").last.get_by_test_id("timing")
+    expect(timing).to_have_text(re.compile(r"^first token \d+\.\d\d s · \d+\.\d tokens/s · 16 tokens$"))
+    session = page.evaluate("localStorage.getItem('qs.sessionId')")
+    first = [json.loads(m) for m in store.lrange(f"qs:session:{session}:messages", 0, -1)]
+
+    page.get_by_test_id("regenerate").click()
+    wait_idle(page)
+    assert_last_turn_answered_and_stored(page, store)
+    # The turn was replaced, not repeated: one question, one (new) answer, on the page and in the session.
+    stored = [json.loads(m) for m in store.lrange(f"qs:session:{session}:messages", 0, -1)]
+    assert [m["role"] for m in stored] == ["user", "assistant"] and stored[0] == first[0]
+    expect(page.locator(".msg.user .body")).to_have_text(["Tell me something"])
+    expect(page.locator(".msg.assistant")).to_have_count(1)
+    expect(page.locator(".msg.assistant").last.get_by_test_id("timing")).to_contain_text("16 tokens")
+    expect(page.get_by_test_id("regenerate")).to_have_count(1)  # under the last stored answer only
+
+
+def test_no_regenerate_under_a_stopped_answer(page: Page, endpoint: Endpoint) -> None:
+    """A stopped answer was never stored: taking 'the last turn' back would take an earlier one."""
+    open_chat(page, endpoint.api_key, max_tokens=3000)
+    page.get_by_test_id("extra-body").fill('{"ignore_eos": true}')
+    page.get_by_test_id("extra-body").dispatch_event("change")
+    send(page, "Write a very long answer.")
+    expect(page.locator(".msg.assistant .body").last).not_to_have_text("", timeout=10_000)
+    page.get_by_test_id("input").press("Escape")  # the keyboard's Stop
+    wait_idle(page)
+    expect(page.locator(".msg.assistant").last).to_have_class("msg assistant stopped")
+    expect(page.get_by_test_id("regenerate")).to_have_count(0)
+    expect(page.get_by_test_id("timing")).to_have_count(0)
+
+
+def test_everything_has_a_name_and_works_from_the_keyboard(page: Page, endpoint: Endpoint,
+                                                          store: redis.Redis) -> None:
+    session_id = store_session(store, [("Keyboard question", "Keyboard answer\n\n```\ncode\n```")])
+    open_chat(page, endpoint.api_key)
+    expect(list_item(page, session_id)).to_have_count(1)
+    # Screen readers: every control has an accessible name (an unnamed one shows as a bare role).
+    snapshot = page.locator("body").aria_snapshot()
+    unnamed = [line for line in snapshot.splitlines()
+               if re.fullmatch(r"\s*- (button|textbox|combobox|spinbutton|link)( \[.*\])?:?", line)]
+    assert unnamed == [], unnamed
+    # Keyboard only: focus moves to the conversation with Tab, Enter opens it.
+    page.get_by_test_id("input").focus()
+    for _ in range(200):
+        page.keyboard.press("Shift+Tab")
+        if page.evaluate("document.activeElement.closest('li') && document.activeElement.closest('li').dataset.id")\
+                == session_id and page.evaluate("document.activeElement.className") == "open":
+            break
+    else:
+        raise AssertionError("Shift+Tab never reached the conversation in the list")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.user .body")).to_have_text(["Keyboard question"])
+    expect(page.get_by_test_id("input")).to_be_focused()  # back to typing
+    page.keyboard.type("Next question")
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    assert_last_turn_answered_and_stored(page, store)
+    expect(page.locator(".msg.user .body")).to_have_text(["Keyboard question", "Next question"])
