@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import redis
@@ -641,3 +642,32 @@ def test_everything_has_a_name_and_works_from_the_keyboard(page: Page, endpoint:
     wait_idle(page)
     assert_last_turn_answered_and_stored(page, store)
     expect(page.locator(".msg.user .body")).to_have_text(["Keyboard question", "Next question"])
+
+
+def test_show_older_continues_the_list_where_it_ended(page: Page, endpoint: Endpoint) -> None:
+    """The page's reading of a paged list (the gateway's paging is tested in tests/gateway): 'Show older' asks
+    for the page after the last id shown and appends it; a session with no stored message is not shown."""
+    asked: list[dict[str, list[str]]] = []
+
+    def item(n: int, title: str, count: int = 2) -> dict[str, object]:
+        return {"id": f"web-paged-{n:04d}", "object": "session", "title": title, "message_count": count,
+                "expires_at": 2_000_000_000}
+
+    def pages(route: Route) -> None:
+        query = parse_qs(urlparse(route.request.url).query)
+        asked.append(query)
+        if "after" not in query:
+            data, more = [item(1, "newest"), item(2, "", count=0), item(3, "middle")], True
+        else:
+            data, more = [item(4, "oldest")], False
+        route.fulfill(json={"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"],
+                            "has_more": more})
+
+    page.route(re.compile(r".*/v1/sessions\?.*"), pages)
+    open_chat(page, endpoint.api_key)
+    titles = page.get_by_test_id("session-list").locator(".open")
+    expect(titles).to_have_text(["newest", "middle"])
+    page.get_by_test_id("more-sessions").click()
+    expect(titles).to_have_text(["newest", "middle", "oldest"])
+    expect(page.get_by_test_id("more-sessions")).to_be_hidden()
+    assert asked[-1]["after"] == ["web-paged-0003"] and asked[-1]["limit"] == ["20"]
