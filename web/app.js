@@ -1,6 +1,7 @@
 // The chat page: OpenAI-style streaming through the gateway, sessions kept server side (X-Session-Id).
-// Text only ever goes into the page through textContent, never innerHTML: nothing the user or the
-// model writes can become markup or script.
+// What the user types goes into the page through textContent only. The model's answers are Markdown, rendered
+// by web/markdown.js (marked + DOMPurify, DOM nodes, never an innerHTML of the text): raw HTML in them stays
+// text and no script can run; the edge's Content-Security-Policy forbids inline script besides.
 "use strict";
 
 const KEY_STORE = "qs.apiKey";        // sessionStorage: this tab only
@@ -14,7 +15,10 @@ const els = {
   model: $("model"), newChat: $("new-chat"), toggleSettings: $("toggle-settings"), settings: $("settings"),
   apiKey: $("api-key"), maxTokens: $("max-tokens"), extraBody: $("extra-body"), error: $("error"), messages: $("messages"),
   composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
+  toggleSessions: $("toggle-sessions"), sessions: $("sessions"), sessionList: $("session-list"),
+  sessionsEmpty: $("sessions-empty"), moreSessions: $("more-sessions"), closeSessions: $("close-sessions"),
 };
+const SESSIONS_PAGE = 20;
 
 let controller = null; // AbortController of the request in flight
 
@@ -69,6 +73,7 @@ function askForKey() {
 function startNewChat() {
   localStorage.setItem(SESSION_STORE, newSessionId());
   els.messages.replaceChildren();
+  markCurrentSession();
 }
 
 // The gateway's error code in an OpenAI-shaped error body, without consuming the response.
@@ -83,11 +88,17 @@ async function errorCode(resp) {
 
 function setBusy(busy) {
   document.body.dataset.state = busy ? "streaming" : "idle";
+  els.messages.setAttribute("aria-busy", String(busy));
   els.send.hidden = busy;
   els.stop.hidden = !busy;
   els.send.disabled = busy;
+  if (busy && document.activeElement === els.send) els.stop.focus(); // Send became Stop: keep the focus on it
+  updateRegenerate();
 }
 
+// A message on the page. A user's is plain text; an assistant's is Markdown, shown through a view that
+// renders it as it grows (answer.set) and at once (answer.done). The body keeps the Markdown it shows in
+// data-source.
 function addMessage(role, text) {
   const row = document.createElement("div");
   row.className = "msg " + role;
@@ -97,11 +108,64 @@ function addMessage(role, text) {
   who.textContent = role === "user" ? "You" : role === "assistant" ? "Assistant" : role;
   const body = document.createElement("div");
   body.className = "body";
-  body.textContent = text;
   row.append(who, body);
   els.messages.append(row);
+  const answer = { row, body, view: null };
+  if (role === "assistant") {
+    body.classList.add("markdown");
+    answer.view = QsMarkdown.createView(body);
+    answer.set = (value) => answer.view.set(value);
+    answer.done = () => {
+      answer.view.flush();
+      body.dataset.source = answer.view.text;
+    };
+    answer.set(text);
+    answer.done();
+  } else {
+    body.textContent = text;
+  }
   scrollDown();
-  return body;
+  return answer;
+}
+
+// Under an answer: how fast it came (time to first token, tokens/s, tokens) and, under the last stored answer
+// while nothing streams, Regenerate.
+function answerMeta(row) {
+  let meta = row.querySelector(".meta");
+  if (!meta) {
+    meta = document.createElement("div");
+    meta.className = "meta";
+    row.append(meta);
+  }
+  return meta;
+}
+
+// The rate is over the stream after its first token (the first token's wait is the other figure).
+function showTiming(row, firstTokenMs, endMs, tokens) {
+  const timing = document.createElement("span");
+  timing.className = "timing";
+  timing.dataset.testid = "timing";
+  const parts = ["first token " + (firstTokenMs / 1000).toFixed(2) + " s"];
+  const streaming = (endMs - firstTokenMs) / 1000;
+  if (tokens > 1 && streaming > 0) parts.push(((tokens - 1) / streaming).toFixed(1) + " tokens/s");
+  if (tokens) parts.push(tokens + " tokens");
+  timing.textContent = parts.join(" · ");
+  answerMeta(row).prepend(timing);
+}
+
+function updateRegenerate() {
+  for (const old of els.messages.querySelectorAll(".regenerate")) old.remove();
+  const last = els.messages.lastElementChild;
+  if (!last || document.body.dataset.state !== "idle" || last.dataset.role !== "assistant" ||
+      last.dataset.stored !== "true") return;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "regenerate";
+  button.dataset.testid = "regenerate";
+  button.textContent = "Regenerate";
+  button.setAttribute("aria-label", "Regenerate the last answer");
+  button.addEventListener("click", () => regenerate());
+  answerMeta(last).append(button);
 }
 
 function scrollDown() {
@@ -130,6 +194,22 @@ async function describeFailure(resp) {
   return "Request failed (" + resp.status + ")" + (detail ? ": " + detail : ".");
 }
 
+// A call to the gateway: the response, or null with the reason shown. `allow`: failure statuses that are fine.
+async function callApi(path, options = {}, allow = []) {
+  let resp;
+  try {
+    resp = await fetch(path, { ...options, headers: headers(options.headers) });
+  } catch (_) {
+    showError("Cannot reach the server; is `make up` running?");
+    return null;
+  }
+  if (!resp.ok && !allow.includes(resp.status)) {
+    showError(await describeFailure(resp));
+    return null;
+  }
+  return resp;
+}
+
 // Optional extra OpenAI/vLLM request fields from Settings (e.g. temperature); null if not valid JSON.
 function extraFields() {
   const text = els.extraBody.value.trim();
@@ -147,17 +227,8 @@ async function loadModels() {
     askForKey();
     return;
   }
-  let resp;
-  try {
-    resp = await fetch("/v1/models", { headers: headers() });
-  } catch (_) {
-    showError("Cannot reach the server; is `make up` running?");
-    return;
-  }
-  if (!resp.ok) {
-    showError(await describeFailure(resp));
-    return;
-  }
+  const resp = await callApi("/v1/models");
+  if (!resp) return;
   const data = await resp.json();
   const wanted = localStorage.getItem(MODEL_STORE);
   els.model.replaceChildren();
@@ -201,8 +272,12 @@ async function loadHistory() {
   }
   const data = await resp.json();
   for (const m of data.messages || []) {
-    if (m.role === "user" || m.role === "assistant" || m.role === "tool") addMessage(m.role, storedText(m));
+    if (m.role === "user" || m.role === "assistant" || m.role === "tool") {
+      const shown = addMessage(m.role, storedText(m));
+      shown.row.dataset.stored = "true";
+    }
   }
+  updateRegenerate();
 }
 
 // A stored turn as plain text: an API client's tool calls as `name(arguments)` lines, a tool result as its content.
@@ -256,7 +331,14 @@ async function send(text) {
   }
   addMessage("user", text);
   const out = addMessage("assistant", "");
-  out.parentElement.classList.add("pending");
+  out.row.classList.add("pending");
+  let answer = "";
+  let usage = null;
+  let stored = true; // unless the gateway says it could not save the turn
+  let finished = false;
+  let started = 0;
+  let firstToken = 0;
+  let lastToken = 0;
   const maxTokens = Math.max(1, parseInt(els.maxTokens.value, 10) || 256);
   controller = new AbortController();
   setBusy(true);
@@ -265,10 +347,13 @@ async function send(text) {
     headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
     body: JSON.stringify({
       ...extra, model, stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: text }],
+      // The usage chunk at the end: the token count behind the tokens/s under the answer.
+      stream_options: { ...(extra.stream_options || {}), include_usage: true },
     }),
     signal: controller.signal,
   });
   try {
+    started = performance.now();
     let resp = await post();
     if (resp.status === 404 && (await errorCode(resp)) === "session_not_found") {
       // The stored session id belongs to another key: this key starts a new chat (keeping this turn).
@@ -278,12 +363,15 @@ async function send(text) {
       resp = await post();
     }
     if (!resp.ok) {
-      out.parentElement.remove();
+      out.row.remove();
       showError(await describeFailure(resp));
       return;
     }
     for await (const data of sseEvents(resp.body)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") {
+        finished = true;
+        break;
+      }
       let chunk;
       try {
         chunk = JSON.parse(data);
@@ -294,24 +382,178 @@ async function send(text) {
         showError("The answer was cut off: " + (chunk.error.message || "backend error"));
         break;
       }
+      if (chunk.usage) usage = chunk.usage;
+      if (chunk.session && chunk.session.stored === false) stored = false;
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
       if (delta && delta.content) {
-        out.textContent += delta.content;
+        lastToken = performance.now();
+        if (!firstToken) firstToken = lastToken;
+        answer += delta.content;
+        out.set(answer);
         scrollDown();
       }
     }
   } catch (err) {
     if (err && err.name === "AbortError") {
-      out.parentElement.classList.add("stopped");
+      out.row.classList.add("stopped");
     } else {
       showError("Lost the connection to the server (" + (err && err.message ? err.message : err) +
         "); is the backend running?");
     }
   } finally {
-    out.parentElement.classList.remove("pending");
+    out.done();
+    out.row.classList.remove("pending");
+    if (finished && firstToken) {
+      showTiming(out.row, firstToken - started, lastToken - started, usage ? usage.completion_tokens : 0);
+    }
+    if (finished && stored) out.row.dataset.stored = "true";
     controller = null;
     setBusy(false);
     els.input.focus();
+    if (finished) loadSessions(); // a new conversation appears, an old one moves to the top
+  }
+}
+
+// Regenerate: take the last turn back from the session (the gateway returns what it removed), then ask the
+// same message again. Offered only under an answer the gateway stored, so the turn taken back is that one.
+async function regenerate() {
+  if (turnUnderWay) return;
+  turnUnderWay = true;
+  setBusy(true);
+  try {
+    await historyLoad;
+    const resp = await callApi("/v1/sessions/" + encodeURIComponent(sessionId()) + "/turns/last",
+      { method: "DELETE" });
+    if (!resp) return;
+    const removed = (await resp.json()).messages || [];
+    const asked = removed.filter((m) => m.role === "user").map((m) => contentText(m.content)).join("\n\n");
+    if (!asked) { // nothing of the user's to ask again (a turn another client stored): show what is left
+      await reloadHistory();
+      return;
+    }
+    // Off the page too: the answer and the message(s) it answered (everything after the previous answer).
+    const rows = Array.from(els.messages.children);
+    let cut = rows.length - 1;
+    while (cut > 0 && rows[cut - 1].dataset.role !== "assistant") cut--;
+    for (const row of rows.slice(cut)) row.remove();
+    await send(asked);
+  } finally {
+    turnUnderWay = false;
+    setBusy(false);
+  }
+}
+
+// --- conversations (the caller's own sessions, GET /v1/sessions) -------------------------------------
+let sessionsAfter = null; // the last id shown: where "Show older" continues
+let sessionsLoad = Promise.resolve();
+
+function loadSessions(more = false) {
+  sessionsLoad = sessionsLoad.then(() => fetchSessions(more)).catch(() => {});
+  return sessionsLoad;
+}
+
+async function fetchSessions(more) {
+  if (!hasKey()) return;
+  const params = new URLSearchParams({ limit: String(SESSIONS_PAGE) });
+  if (more && sessionsAfter) params.set("after", sessionsAfter);
+  let resp;
+  try {
+    resp = await fetch("/v1/sessions?" + params, { headers: headers() });
+  } catch (_) {
+    return;
+  }
+  if (!resp.ok) {
+    if (more) { // the cursor expired meanwhile: start over
+      sessionsAfter = null;
+      await fetchSessions(false);
+    }
+    return;
+  }
+  const page = await resp.json();
+  if (!more) els.sessionList.replaceChildren();
+  // A session whose first turn never got an answer stored holds nothing to come back to: not shown.
+  for (const item of page.data || []) if (item.message_count > 0) els.sessionList.append(sessionItem(item));
+  sessionsAfter = page.last_id || sessionsAfter;
+  els.moreSessions.hidden = !page.has_more;
+  els.sessionsEmpty.hidden = els.sessionList.children.length > 0;
+  markCurrentSession();
+  document.body.dataset.sessions = String(els.sessionList.children.length);
+}
+
+function sessionItem(item) {
+  const li = document.createElement("li");
+  li.className = "session";
+  li.dataset.id = item.id;
+  const title = item.title || "(no message yet)";
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "open";
+  open.textContent = title;
+  open.title = title;
+  open.addEventListener("click", () => openSession(item.id));
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "delete";
+  remove.textContent = "×";
+  remove.setAttribute("aria-label", "Delete conversation: " + title);
+  // Two steps, so one stray click or key press deletes nothing: the first arms it, the second deletes.
+  remove.addEventListener("click", () => {
+    if (remove.dataset.armed === "true") {
+      deleteSession(item.id, li);
+      return;
+    }
+    remove.dataset.armed = "true";
+    remove.textContent = "Delete?";
+    remove.setAttribute("aria-label", "Confirm: delete conversation " + title);
+  });
+  remove.addEventListener("blur", () => {
+    remove.dataset.armed = "false";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", "Delete conversation: " + title);
+  });
+  li.append(open, remove);
+  return li;
+}
+
+function markCurrentSession() {
+  const current = localStorage.getItem(SESSION_STORE);
+  for (const li of els.sessionList.children) {
+    const open = li.querySelector(".open");
+    if (li.dataset.id === current) open.setAttribute("aria-current", "true");
+    else open.removeAttribute("aria-current");
+  }
+}
+
+function openSession(id) {
+  if (controller) controller.abort();
+  localStorage.setItem(SESSION_STORE, id);
+  markCurrentSession();
+  showError("");
+  setSessionsOpen(false);
+  reloadHistory().then(() => els.input.focus());
+}
+
+async function deleteSession(id, li) {
+  // 404: gone already (expired): off the list all the same.
+  if (!(await callApi("/v1/sessions/" + encodeURIComponent(id), { method: "DELETE" }, [404]))) return;
+  const next = li.nextElementSibling || li.previousElementSibling;
+  li.remove();
+  els.sessionsEmpty.hidden = els.sessionList.children.length > 0;
+  document.body.dataset.sessions = String(els.sessionList.children.length);
+  if (id === localStorage.getItem(SESSION_STORE)) {
+    if (controller) controller.abort();
+    startNewChat();
+  }
+  (next ? next.querySelector(".open") : els.input).focus();
+}
+
+// On a narrow screen the list is a panel over the chat, opened from the header.
+function setSessionsOpen(open) {
+  document.body.classList.toggle("sessions-open", open);
+  els.toggleSessions.setAttribute("aria-expanded", String(open));
+  if (open) {
+    const first = els.sessionList.querySelector(".open[aria-current]") || els.sessionList.querySelector(".open");
+    (first || els.toggleSessions).focus();
   }
 }
 
@@ -351,7 +593,27 @@ els.newChat.addEventListener("click", () => {
   if (controller) controller.abort();
   startNewChat();
   showError("");
+  setSessionsOpen(false);
   els.input.focus();
+});
+
+els.toggleSessions.addEventListener("click", () => {
+  setSessionsOpen(!document.body.classList.contains("sessions-open"));
+});
+els.moreSessions.addEventListener("click", () => loadSessions(true));
+els.closeSessions.addEventListener("click", () => {
+  setSessionsOpen(false);
+  els.toggleSessions.focus();
+});
+
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape") return;
+  if (document.body.classList.contains("sessions-open")) {
+    setSessionsOpen(false);
+    els.toggleSessions.focus();
+  } else if (controller) {
+    controller.abort(); // Escape stops an answer, like the Stop button
+  }
 });
 
 els.toggleSettings.addEventListener("click", () => {
@@ -362,11 +624,15 @@ els.toggleSettings.addEventListener("click", () => {
 
 els.apiKey.addEventListener("change", async () => {
   const key = els.apiKey.value.trim();
+  // The same key again (a field can report one edit twice): nothing to reload, and a second history read
+  // would rebuild the page under the user's hands.
+  if (key === (sessionStorage.getItem(KEY_STORE) || "")) return;
   if (key) sessionStorage.setItem(KEY_STORE, key);
   else sessionStorage.removeItem(KEY_STORE);
   showError("");
   await loadModels();
   await reloadHistory();
+  await loadSessions();
 });
 
 els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORE, els.model.value));
@@ -379,6 +645,7 @@ async function init() {
   els.extraBody.value = localStorage.getItem(EXTRA_STORE) || "";
   await loadModels(); // without a key: asks for one (no request, no red 401)
   await reloadHistory();
+  await loadSessions();
   document.body.dataset.ready = "true";
 }
 

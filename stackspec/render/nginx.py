@@ -32,6 +32,22 @@ SSE_LOCATION = "/v1/"
 # /nginx_status answers loopback only: its reader is the nginx-prometheus-exporter sidecar in the same pod
 # (127.0.0.1), and Prometheus scrapes that exporter's own metrics port, never Nginx itself.
 
+# The chat page's Content-Security-Policy, sent by the edge with every static file: the second wall behind the
+# page's sanitiser (web/markdown.js). Scripts and styles only from this origin, so no inline script and no
+# injected style attribute; fetch/XHR only to this origin (the gateway's /v1/); images from here or data:;
+# no plugins, no <base>, no form posting, never framed. The page itself has no inline script or style.
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+))
+
 _HOSTNAME_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
 _HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -99,6 +115,7 @@ def render_nginx_conf(
         "tls_key": _check(tls_key or f"{K8S_TLS_DIR}/tls.key", _PATH_RE, "tls_key"),
         "status_allow": [_check(c, re.compile(r"^[0-9a-fA-F.:/]+$"), "status_allow") for c in status_allow],
         "mime_types": "/etc/nginx/mime.types",
+        "content_security_policy": CONTENT_SECURITY_POLICY,
     }
     if local_prefix is not None:
         prefix = _check(str(Path(local_prefix).resolve()), _PATH_RE, "local_prefix")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from stackspec.render.nginx import K8S_STATE_DIR, render_nginx_conf
+from stackspec.render.nginx import CONTENT_SECURITY_POLICY, K8S_STATE_DIR, render_nginx_conf
 from tests.artifacts.conftest import STACKS, settings_with, stack_settings
 
 
@@ -145,6 +145,20 @@ def test_without_tls_one_plain_server_serves_everything() -> None:
     assert "ssl" not in text
     assert "return 301" not in text
     assert "location /v1/" in text and "root /usr/share/nginx/html;" in text
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_page_is_served_with_a_content_security_policy_without_inline_script(stack: str) -> None:
+    text = render_nginx_conf(stack_settings(stack))
+    page = _block(text[text.rindex("server {"):], "location / ")
+    headers = re.findall(r'add_header Content-Security-Policy "([^"]+)" always;', page)
+    assert headers == [CONTENT_SECURITY_POLICY]
+    directives = {d.split(" ", 1)[0]: d.split(" ", 1)[1] for d in CONTENT_SECURITY_POLICY.split("; ")}
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert "unsafe" not in CONTENT_SECURITY_POLICY
+    assert _block(text, "location /v1/").count("Content-Security-Policy") == 0  # the API's JSON needs none
 
 
 @pytest.mark.parametrize("hostname", ["evil.test; include /etc/passwd", "a b"])

@@ -9,6 +9,9 @@ Per identity (the quotas): `qs:owner:<identity>:sessions` (sorted set: session i
 Everything carries the session TTL, refreshed on every completed turn. A session belongs to its owner;
 for anyone else it does not exist (404), so ids cannot be probed.
 
+Listing (`list_for`) reads the owner's index newest first (the score is the expiry, and every turn moves it
+TTL ahead: latest activity first); `drop_last_turn` takes the last turn off the end (to answer it again).
+
 Ownership is claimed atomically when a session is first used (`open_turn`: one script checks the owner,
 claims a new id and checks the identity's quotas), and every append checks the owner in the same script
 that appends, so two identities racing on one new id cannot both write to it.
@@ -18,15 +21,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.gateway.errors import ApiError
 from app.gateway.logging import log
 from app.gateway.redis_client import RedisGuard, RedisReadOnly, RedisUnavailable
+from app.gateway.sessions.history import content_text
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")
 MAX_STORED_MESSAGES = 1000  # a hard cap on the list; the token budget trims what is sent long before this
+TITLE_CHARS = 80  # a listed session's title: its first user message, cut here
+TITLE_SCAN = 4  # messages read from a listed session's start to find its first user message
 
 
 def validate_session_id(session_id: str) -> str:
@@ -144,6 +151,55 @@ return 1
 """
 
 
+# KEYS: meta, messages, owner's sizes. ARGV: owner, id. {0}: not this owner's (or no such session); {-1}: the
+# session does not end with an answer; {1, removed...}: the trailing assistant message and everything after the
+# answer before it (the turn's own messages), removed, oldest first.
+_DROP_LAST_TURN = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {0} end
+local last = redis.call('LINDEX', KEYS[2], -1)
+if not last or cjson.decode(last)['role'] ~= 'assistant' then return {-1} end
+local removed = {}
+local size = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+repeat
+  local m = redis.call('RPOP', KEYS[2])
+  table.insert(removed, 1, m)
+  size = size - string.len(m)
+  local before = redis.call('LINDEX', KEYS[2], -1)
+until not before or cjson.decode(before)['role'] == 'assistant'
+redis.call('HSET', KEYS[1], 'bytes', size)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], ARGV[2], size) end
+local out = {1}
+for _, m in ipairs(removed) do out[#out + 1] = m end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    id: str
+    title: str  # the first user message, whitespace folded, at most TITLE_CHARS characters ("" if none yet)
+    message_count: int
+    expires_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    sessions: list[SessionSummary]
+    has_more: bool
+
+
+def title_of(messages: list[dict[str, Any]]) -> str:
+    first = next((m for m in messages if m.get("role") == "user"), None)
+    text = " ".join(content_text(first).split()) if first else ""
+    return text if len(text) <= TITLE_CHARS else text[:TITLE_CHARS - 1].rstrip() + "…"
+
+
+def not_listed(after: str) -> ApiError:
+    return ApiError(400, f"'after' must be the id of one of your live sessions; '{after}' is not "
+                    "(it may have expired or been deleted): list again from the start",
+                    code="invalid_cursor", param="after")
+
+
 def quota_exceeded(message: str) -> ApiError:
     return ApiError(429, message, code="session_quota_exceeded", param="session_id",
                     headers={"Retry-After": "60"})
@@ -241,6 +297,64 @@ class SessionStore:
         if acked == 0:
             self.unreplicated_writes += 1
             log.warning("turn stored but not yet on a replica", extra={"session_id": session.id, "wait_ms": wait_ms})
+
+    async def list_for(self, owner: str, *, limit: int, after: str | None = None) -> SessionPage:
+        """The owner's live sessions, latest activity first: `limit` of them, from the one after `after` (an id
+        from the previous page; 400 if it is not one of the owner's live sessions). Reads only (a standby's
+        read-only replica serves it). A session touched between two pages moves to the top: paging by
+        position may then show one twice or skip one, as any list that changes while it is read."""
+        index, _ = _owner_keys(owner)
+        now_ms = int(time.time() * 1000)
+
+        async def read_index(r: Any) -> tuple[list[tuple[str, float]], bool] | None:
+            start = 0
+            if after is not None:
+                rank = await r.zrevrank(index, after)
+                score = await r.zscore(index, after) if rank is not None else None
+                if rank is None or score is None or score <= now_ms:
+                    return None
+                start = rank + 1
+            entries = await r.zrevrange(index, start, start + limit, withscores=True)
+            live = [(sid, score) for sid, score in entries if score > now_ms]  # expired: pruned on a write
+            return live[:limit], len(live) > limit
+
+        found = await self._redis.run("session_list", read_index)
+        if found is None:
+            raise not_listed(str(after))
+        entries, has_more = found
+
+        async def read_sessions(r: Any) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for sid, _ in entries:
+                    meta_key, msgs_key = _keys(sid)
+                    pipe.hget(meta_key, "owner")
+                    pipe.llen(msgs_key)
+                    pipe.lrange(msgs_key, 0, TITLE_SCAN - 1)
+                return list(await pipe.execute())
+
+        replies = await self._redis.run("session_list", read_sessions) if entries else []
+        sessions = []
+        for i, (sid, score) in enumerate(entries):
+            stored_owner, count, head = replies[3 * i: 3 * i + 3]
+            if stored_owner != owner:  # deleted or expired since the index was read
+                continue
+            sessions.append(SessionSummary(sid, title_of([json.loads(m) for m in head]), int(count),
+                                           int(score // 1000)))
+        return SessionPage(sessions, has_more)
+
+    async def drop_last_turn(self, session_id: str, owner: str) -> list[dict[str, Any]]:
+        """Take the session's last turn off its end (its trailing answer and the messages it answered), so that
+        it can be asked again; returns what was removed. 404 if not the owner's, 409 if there is no answer."""
+        meta_key, msgs_key = _keys(session_id)
+        _, sizes = _owner_keys(owner)
+        reply = await self._redis.run(
+            "session_drop_turn", lambda r: r.eval(_DROP_LAST_TURN, 3, meta_key, msgs_key, sizes, owner, session_id))
+        if int(reply[0]) == 0:
+            raise not_found(session_id)
+        if int(reply[0]) == -1:
+            raise ApiError(409, "The session does not end with an answer: there is no last turn to take back",
+                           code="no_answer_to_drop", param="session_id")
+        return [json.loads(m) for m in reply[1:]]
 
     async def ttl_left(self, session_id: str) -> int:
         meta_key, _ = _keys(session_id)
