@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.emitter import paced_model
 from bench.loadgen import PointResult, request_bytes, run_point
 from localstack.processes import ManagedProcess, free_port, group_members, http_ok
 from localstack.services import (
@@ -47,6 +48,7 @@ from localstack.stack import gateway_env, nginx_conf
 OUT = REPO_ROOT / "build" / "bench"
 API_KEY = "sk-bench-0123456789abcdef"
 PROXY_CORE, LOAD_CORE = 0, 1
+PACED_MS = 20.0  # the paced sweep's per-token delay (a GPU-like 50 tokens/s)
 LEVELS = (1, 16, 64, 256, 1000)
 NONSTREAM_LEVELS = (1, 16, 64, 256)
 GOALS = {
@@ -54,6 +56,9 @@ GOALS = {
     "stream_cpu_us_per_chunk": 20.0, "paced1000_pct_of_direct": 90.0, "paced1000_added_ttft_p50_ms": 50.0,
 }
 TICK = os.sysconf("SC_CLK_TCK")
+# The load comes from one address: the edge's per-client limits (limit_req, limit_conn) would refuse it.
+BENCH_OVERRIDES = {"edge": {"rateLimitPerSecond": 10_000_000, "rateLimitBurst": 10_000_000,
+                            "connectionsPerClient": 60_000}}  # nginx: < 65536
 
 
 # ---- processes: pinning and CPU time -------------------------------------------------------------
@@ -89,9 +94,11 @@ def loadavg() -> list[float]:
 
 
 def start_emitter(workdir: Path, model: str) -> VllmHandle:
+    """The emitter, serving `model` unpaced and `paced_model(model, PACED_MS)` at PACED_MS per token."""
     port = free_port()
     proc = ManagedProcess(
-        "emitter", [str(PROJECT_PYTHON), "-m", "bench.emitter", "--port", str(port), "--model", model],
+        "emitter", [str(PROJECT_PYTHON), "-m", "bench.emitter", "--port", str(port), "--model", model,
+                    "--paced", f"{PACED_MS:g}"],
         workdir / "emitter.log", cwd=REPO_ROOT,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT)},
     ).start()
@@ -128,6 +135,8 @@ def summarise(point: PointResult, cpu: float, stream: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "concurrency": point.concurrency, "seconds": round(point.elapsed, 3), "requests": len(ok),
         "errors": len(point.errors), "error_samples": sorted(set(point.errors))[:3],
+        # A point with any error is failed: its figures describe refusals, not the path (the run exits 1).
+        "failed": bool(point.errors) or not ok,
         "req_per_s": round(len(ok) / point.elapsed, 1) if point.elapsed else 0,
         "latency_ms": {f"p{q}": ms(pct(lat, q)) for q in (50, 90, 95, 99)},
         "proxy_cpu_s": round(cpu, 3),
@@ -148,8 +157,10 @@ async def measure(
     path: Path_, *, model: str, stream: bool, tokens: int, delay_ms: float, concurrency: int, duration: float,
     chat_path: str = "/v1/chat/completions", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Benchmark me, please."}],
-                            "max_tokens": tokens, "stream": stream, "emitter_delay_ms": delay_ms, **(extra or {})}
+    # The pacing is in the model's name (the emitter serves one per delay): nothing the gateway would refuse.
+    body: dict[str, Any] = {"model": paced_model(model, delay_ms),
+                            "messages": [{"role": "user", "content": "Benchmark me, please."}],
+                            "max_tokens": tokens, "stream": stream, **(extra or {})}
     raw = request_bytes("127.0.0.1", path.port, chat_path, json.dumps(body).encode(), path.headers)
     before = cpu_seconds(path.proxy_pids)
     point = await run_point("127.0.0.1", path.port, raw, concurrency=concurrency, duration=duration, stream=stream)
@@ -175,7 +186,7 @@ async def sweep(paths: list[Path_], model: str, duration: float, levels: dict[st
     plan = [
         ("nonstream_16tok_0ms", False, 16, 0.0, levels["nonstream"], duration),
         ("stream_64tok_0ms", True, 64, 0.0, levels["stream"], duration),
-        ("stream_64tok_20ms", True, 64, 20.0, levels["paced"], duration + 1.5),
+        ("stream_64tok_20ms", True, 64, PACED_MS, levels["paced"], duration + 1.5),
     ]
     for name, stream, tokens, delay, cs, secs in plan:
         out[name] = []
@@ -304,6 +315,19 @@ def goals_report(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def failed_points(results: dict[str, Any]) -> list[str]:
+    """Every (series, concurrency, path) whose run had an error or no answer, with its error samples."""
+    out = []
+    entries = [(name, e) for name, series in results.get("sweep", {}).items() for e in series]
+    entries += [("vllm_stream_16tok", e) for e in results.get("vllm", [])]
+    for name, e in entries:
+        for path, row in e["paths"].items():
+            if row.get("failed") or row.get("errors"):
+                out.append(f"{name} c={e['concurrency']} {path}: {row.get('errors')} errors, "
+                           f"{row.get('requests')} answered; e.g. {row.get('error_samples')}")
+    return out
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -395,7 +419,7 @@ PROFILES = {  # name: (stream, tokens, per-token delay ms, concurrency)
 }
 
 
-def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, duration: float) -> None:
+def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, duration: float) -> int:
     """py-spy (sampling, native frames off) on the gateway during one load; the collapsed stacks go to
     build/bench/profile-<name>.txt (and a flame graph .svg), the top self and inclusive frames to stdout."""
     import uvloop
@@ -436,6 +460,8 @@ def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, dura
     for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]:
         print(f"  {100 * n / total:5.1f} %  {f}")
     print(f"written: {raw_out}, {svg_out}")
+    errors: int = row["errors"]
+    return errors
 
 
 def save(results: dict[str, Any], out: Path) -> None:
@@ -466,9 +492,9 @@ def main(argv: list[str]) -> int:
 
     import uvloop
 
-    settings = local_settings(API_KEY)
+    settings = local_settings(API_KEY, overrides=BENCH_OVERRIDES)
     model = settings.model.served_name
-    work = OUT / "run"
+    work = Path(args.out).parent / "run"  # next to the results: runs with their own --out never share it
     started: list[ServiceHandle] = []
     results: dict[str, Any] = {
         "label": args.label, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -481,8 +507,11 @@ def main(argv: list[str]) -> int:
         os.sched_setaffinity(0, {LOAD_CORE})
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
-    def gateway_for(backend: VllmHandle, redis: Any, name: str) -> GatewayHandle:
+    def gateway_for(backend: VllmHandle, redis: Any, name: str, *, models_from_backend: bool = False
+                    ) -> GatewayHandle:
         env = gateway_env(settings, [backend], redis, api_key_hashes={key_hash(API_KEY): "bench"})
+        if models_from_backend:  # the emitter serves one model name per pacing: accept what it lists
+            env["GATEWAY_MODEL"] = ""
         env.update({"GATEWAY_RATE_LIMIT_RPM": "1000000000", "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "1",
                     "GATEWAY_RATE_LIMIT_CONCURRENT": "1000000"})
         gw = start_gateway(work / name, env=env, name=name)
@@ -506,15 +535,18 @@ def main(argv: list[str]) -> int:
         emitter = start_emitter(work / "emitter", model)
         started.append(emitter)
         pin(emitter.pid, LOAD_CORE)
-        gw = gateway_for(emitter, redis, "gateway")
+        gw = gateway_for(emitter, redis, "gateway", models_from_backend=True)
         paths = [Path_("direct", emitter.port, [], headers), Path_("gateway", gw.port, [gw.pid], headers)]
         if not args.no_nginx:
             ng = nginx_for(gw, "nginx")
             paths.append(Path_("nginx+gateway", ng.port, [gw.pid, ng.pid], headers))
 
         if args.profile:
-            profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
-            return 0
+            errors = profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
+            if errors:
+                print(f"FAILED: the profiled load had {errors} errors; the profile is not of the path",
+                      file=sys.stderr)
+            return 1 if errors else 0
 
         async def run_sweep() -> dict[str, Any]:
             for p in paths:  # warm-up: connections, caches, the Lua script in Redis
@@ -562,4 +594,10 @@ def main(argv: list[str]) -> int:
         print(f"written: {png}")
     except ImportError as err:
         print(f"no chart: {err}", file=sys.stderr)
+    failed = failed_points(results)
+    if failed:
+        print(f"FAILED: {len(failed)} point(s) had errors (their figures are not of the path):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
