@@ -53,7 +53,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "other")
+            path = getattr(route, "path", None) or scope.get("shed_route") or "other"  # shed: refused before routing
             duration = time.monotonic() - start
             model = (scope.get("state") or {}).get("model", "")
             status_label = str(status or 499)  # 499: the client went away before we answered
