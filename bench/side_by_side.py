@@ -291,11 +291,12 @@ def print_row(name: str, entry: dict[str, Any], stream: bool) -> None:
             print(f"{name:<20} c={c:<5} {p:<14} {fmt(r['chunks_per_s'], '9.0f')} chunks/s  TTFT p50 "
                   f"{fmt(r['ttft_ms']['p50'], '8.1f')} p95 {fmt(r['ttft_ms']['p95'], '8.1f')} ms  e2e p50 "
                   f"{fmt(r['latency_ms']['p50'], '8.1f')} ms  CPU {fmt(r['proxy_cpu_us_per_chunk'], '6.1f')} µs/chunk"
-                  f"  err {r['errors']}", flush=True)
+                  f"  err {r['errors']}  shed {r['shed']}", flush=True)
         else:
             print(f"{name:<20} c={c:<5} {p:<14} {fmt(r['req_per_s'], '9.0f')} req/s     p50 "
                   f"{fmt(r['latency_ms']['p50'], '8.2f')} p99 {fmt(r['latency_ms']['p99'], '8.2f')} ms  CPU "
-                  f"{fmt(r['proxy_cpu_ms_per_request'], '6.3f')} ms/req  err {r['errors']}", flush=True)
+                  f"{fmt(r['proxy_cpu_ms_per_request'], '6.3f')} ms/req  err {r['errors']}  shed {r['shed']}",
+                  flush=True)
 
 
 # ---- the rest of the report ------------------------------------------------------------------------

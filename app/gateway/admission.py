@@ -8,6 +8,10 @@ shape, `Retry-After`) when either is past its bound; streams already admitted co
 - in flight: generation requests this process is serving (a stream counts until its last byte), against
   `GatewaySettings.in_flight_limit` (set, or derived from the pod's CPU request);
 - loop lag: how late the event loop runs a timer (`LoopLagMonitor`), against `overload_loop_lag_seconds`.
+  Lag lowers the bound rather than refusing everything: each tick the loop runs late, the bound drops to 90 %
+  of what is in flight (never below a floor, a tenth of the bound); each tick on time it grows back by 1 % of
+  the bound. Refusing everything while late was measured to livelock (`make bench`, 2x overload on a busy
+  core): the refusals' own cost kept the loop late, so nothing was admitted at all.
 
 The lag is also what keeps overload from turning into a verdict about a backend (backends/pool.py): a timeout
 seen while our own loop lags says nothing about the backend.
@@ -19,6 +23,7 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,6 +49,8 @@ class LoopLagMonitor:
         self._metrics, self._interval, self._window = metrics, interval, window
         self._due: float | None = None  # when the monitor's timer is due; None until it runs
         self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (when, lag)
+        self.last_late = 0.0  # how late the latest tick ran
+        self.on_tick: list[Callable[[float], None]] = []  # called with each tick's lateness
 
     def lag(self) -> float:
         now = time.monotonic()
@@ -62,7 +69,10 @@ class LoopLagMonitor:
             recent.append((now, late))
             while recent and recent[0][0] < now - self._window:
                 recent.popleft()
+            self.last_late = late
             self._metrics.loop_lag.set(self.lag())
+            for callback in self.on_tick:
+                callback(late)
 
 
 class Admission:
@@ -74,15 +84,25 @@ class Admission:
         self.max_in_flight, self.max_lag = max_in_flight, max_lag_seconds
         self.retry_after = str(retry_after_seconds)
         self.in_flight = 0
+        self.limit = max_in_flight  # the bound now: lowered while the loop lags, back up once it does not
+        self.floor = max(1, max_in_flight // 10)
         self._shedding_since: float | None = None
         metrics.in_flight_limit.set(max_in_flight)
+        monitor.on_tick.append(self._adapt)
+
+    def _adapt(self, late: float) -> None:
+        if late > self.max_lag:
+            self.limit = max(self.floor, min(self.limit, int(self.in_flight * 0.9)))
+        elif self.limit < self.max_in_flight:
+            self.limit = min(self.max_in_flight, self.limit + max(1, self.max_in_flight // 100))
+        self.metrics.in_flight_limit.set(self.limit)
 
     def overload(self) -> str | None:
         """Why a new generation request would be refused now ("in_flight", "loop_lag"), or None."""
-        if self.in_flight >= self.max_in_flight:
-            return "in_flight"
-        if self.monitor.lag() > self.max_lag:
-            return "loop_lag"
+        if self.in_flight >= self.limit:
+            return "in_flight" if self.limit >= self.max_in_flight else "loop_lag"
+        if self.in_flight >= self.floor and self.monitor.lag() > self.max_lag:
+            return "loop_lag"  # late right now (a stall the monitor has not measured yet): no more than the floor
         return None
 
     def lagging(self) -> bool:
@@ -91,7 +111,8 @@ class Admission:
 
     def state(self) -> dict[str, object]:
         return {"overloaded": self.overload() is not None, "reason": self.overload(), "in_flight": self.in_flight,
-                "max_in_flight": self.max_in_flight, "loop_lag_ms": round(self.monitor.lag() * 1000, 1),
+                "limit": self.limit, "max_in_flight": self.max_in_flight,
+                "loop_lag_ms": round(self.monitor.lag() * 1000, 1),
                 "max_loop_lag_ms": round(self.max_lag * 1000, 1)}
 
     def shed(self, reason: str) -> None:

@@ -67,7 +67,8 @@ class Metrics:
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Generation requests being served", registry=r)
         self.in_flight_limit = Gauge(
-            "gateway_in_flight_limit", "Generation requests this process serves at most at once", registry=r
+            "gateway_in_flight_limit",
+            "Generation requests this process admits at once now (lowered while its event loop lags)", registry=r
         )
         self.overload_rejected = Counter(
             "gateway_overload_rejected_total", "Generation requests refused with 503 overloaded, by reason",

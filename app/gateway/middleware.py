@@ -59,7 +59,9 @@ class RequestContextMiddleware:
             status_label = str(status or 499)  # 499: the client went away before we answered
             self.metrics.requests.labels(path, status_label, model).inc()
             self.metrics.latency.labels(path).observe(duration)
-            if path not in QUIET_ROUTES or status >= 400:
+            # A shed request (admission.py) is counted, not logged: under overload a line each costs the loop
+            # most behind; the onset and the end of shedding are logged instead.
+            if (path not in QUIET_ROUTES or status >= 400) and not scope.get("shed_route"):
                 log.info(
                     "request",
                     extra={"method": scope["method"], "path": scope["path"], "route": path,

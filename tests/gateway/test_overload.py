@@ -49,7 +49,8 @@ async def test_a_burst_past_the_in_flight_bound_is_shed_and_admitted_streams_com
     overload = readyz(gw.url).json()["overload"]
     assert overload["loop_lag_ms"] >= 0
     assert {k: v for k, v in overload.items() if k != "loop_lag_ms"} == {
-        "overloaded": False, "reason": None, "in_flight": 0, "max_in_flight": ADMITTED, "max_loop_lag_ms": 60000.0}
+        "overloaded": False, "reason": None, "in_flight": 0, "limit": ADMITTED, "max_in_flight": ADMITTED,
+        "max_loop_lag_ms": 60000.0}
     body = chat_body("tell me a long story", stream=True, max_tokens=200, ignore_eos=True)
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(gw.client())
