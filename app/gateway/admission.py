@@ -109,6 +109,11 @@ class Admission:
         """Our own loop is late enough that a timeout we saw may be ours, not the peer's."""
         return self.monitor.lag() > self.max_lag
 
+    def lagging_with_work(self) -> bool:
+        """Late, with at least the floor in flight: our own work is what makes us late. (Late with almost
+        nothing in flight is starvation by the neighbours; refusing then would only turn answers into 503s.)"""
+        return self.in_flight >= self.floor and self.lagging()
+
     def state(self) -> dict[str, object]:
         return {"overloaded": self.overload() is not None, "reason": self.overload(), "in_flight": self.in_flight,
                 "limit": self.limit, "max_in_flight": self.max_in_flight,

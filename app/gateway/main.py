@@ -78,7 +78,9 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
             min_failures=settings.redis_breaker_min_failures,
             failure_ratio=settings.redis_breaker_failure_ratio,
             pool_size=settings.redis_pool_size, pool_wait_seconds=settings.redis_pool_wait_seconds,
-            lagging=admission.lagging,  # a deadline missed while we lagged is not Redis's fault
+            # A deadline missed while our own work made us late is not Redis's fault (and not a reason to
+            # decide limits locally: the limiter refuses as overload).
+            lagging=admission.lagging_with_work,
         )
 
     redis = guard(settings.redis_url, "sessions")

@@ -56,3 +56,4 @@ def test_lag_is_reported_but_refuses_nothing_below_the_floor() -> None:
     a.in_flight = a.floor - 1
     a._adapt(MAX_LAG * 10)
     assert a.overload() is None and a.lagging() is False  # the monitor never ran: no lag measured
+    assert a.lagging_with_work() is False
