@@ -47,7 +47,7 @@ def test_side_by_side_every_path_answers(workdir: Path) -> None:
     """One short point per series (non-streamed, streamed, paced) on each path: direct, gateway, Nginx + gateway."""
     out = workdir / "results.json"
     run = bench("--duration", "0.3", "--levels", "2", "--nonstream-levels", "2", "--no-vllm", "--no-plan",
-                "--out", str(out))
+                "--overload-capacity", "2", "--out", str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert failed_points(results) == []
@@ -61,6 +61,12 @@ def test_side_by_side_every_path_answers(workdir: Path) -> None:
             assert rate > 0, (series, path)
             if path != "direct":  # the proxy's CPU was measured: the gateway process did the work
                 assert row["proxy_cpu_s"] > 0, (series, path)
+    over = results["overload"]  # twice the streams a gateway admits: shed (503) is not an error there
+    assert over["concurrency"] == 4 and over["capacity"] == 2
+    for path in ("direct", "gateway"):
+        assert over["paths"][path]["errors"] == 0 and over["paths"][path]["requests"] > 0, over["paths"][path]
+    assert over["backend_verdicts_against"] == 0 and over["backends_unhealthy_after"] == 0
+    assert over["limits_decided_locally"] == 0
 
 
 def test_a_point_with_errors_fails_the_run() -> None:
