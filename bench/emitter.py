@@ -1,14 +1,17 @@
 """A minimal OpenAI-compatible backend for benchmarks only: it answers at once, with a fixed number of tokens.
 
-`python -m bench.emitter --port P [--model NAME] [--delay-ms D]`. Never used by tests that claim to test vLLM.
+`python -m bench.emitter --port P [--model NAME] [--delay-ms D] [--paced MS ...]`. Never used by tests that claim
+to test vLLM.
 
 - `POST /v1/chat/completions` and `/v1/completions`: `max_tokens` tokens (default 16) of the word "tok";
   streamed as one SSE event per token (vLLM's chunk shape, role in the first, a usage chunk when
   `stream_options.include_usage`, then `data: [DONE]`) or as one JSON body.
-- Per-token delay: `--delay-ms`, or the request's own `emitter_delay_ms` field (the gateway passes unknown
-  fields through, so one emitter serves every sweep point). With 0 the stream still yields to the event loop
-  between tokens, so events go out as separate writes, as a fast GPU backend's would.
-- `GET /v1/models` (the gateway's readiness probe), `GET /health`.
+- Per-token delay: from the model asked for, never from a request field (the gateway's allowlist refuses
+  fields it does not know, rightly). `--model NAME` is paced by `--delay-ms`; each `--paced MS` serves one more
+  model, `paced_model(NAME, MS)` (`NAME-paced-20ms`), at MS per token, so one emitter (and one gateway in
+  front of it) serves every sweep point. An unknown model is a 404 in vLLM's shape. With 0 the stream still
+  yields to the event loop between tokens, so events go out as separate writes, as a fast GPU backend's would.
+- `GET /v1/models` (the gateway's readiness probe: every model served), `GET /health`.
 
 It is a raw asyncio protocol on uvloop (no framework): one core answers tens of thousands of small requests
 per second, so in a side-by-side run the emitter is never what limits the proxy under test.
@@ -26,6 +29,11 @@ CREATED = 1_700_000_000
 WORD = "tok "
 
 
+def paced_model(model: str, delay_ms: float) -> str:
+    """The name under which the emitter serves `model` at `delay_ms` per token (the base name at 0)."""
+    return model if not delay_ms else f"{model}-paced-{delay_ms:g}ms"
+
+
 def _event(obj: dict[str, Any]) -> bytes:
     data = b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -34,11 +42,11 @@ def _event(obj: dict[str, Any]) -> bytes:
 class Templates:
     """Every byte string an answer is made of, built once per (kind, token count)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, listed: list[str]):
         self.model = model
         self.models_body = json.dumps(
-            {"object": "list", "data": [{"id": model, "object": "model", "created": CREATED, "owned_by": "bench",
-                                         "max_model_len": 4096}]}
+            {"object": "list", "data": [{"id": name, "object": "model", "created": CREATED, "owned_by": "bench",
+                                         "max_model_len": 4096} for name in listed]}
         ).encode()
         self._cache: dict[tuple[bool, bool, int], Any] = {}
 
@@ -91,6 +99,13 @@ class Templates:
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+def model_not_found(name: str) -> bytes:
+    body = json.dumps({"error": {"message": f"The model `{name}` does not exist.", "type": "NotFoundError",
+                                 "param": "model", "code": 404}}).encode()
+    return (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(body)) + body
+
+
 class Stream:
     """One streamed answer, driven by loop callbacks (no task per stream)."""
 
@@ -127,8 +142,9 @@ class Stream:
 
 
 class EmitterProtocol(asyncio.Protocol):
-    def __init__(self, templates: Templates, default_delay: float):
-        self.templates, self.default_delay = templates, default_delay
+    def __init__(self, templates: dict[str, Templates], delays: dict[str, float], default_model: str):
+        """`templates` and `delays` (seconds per token) by served model name."""
+        self.templates, self.delays, self.default_model = templates, delays, default_model
         self.buffer = b""
         self.streaming: Stream | None = None
         self.loop = asyncio.get_running_loop()
@@ -163,7 +179,7 @@ class EmitterProtocol(asyncio.Protocol):
     def handle(self, request_line: bytes, body: bytes) -> None:
         method, _, rest = request_line.partition(b" ")
         path = rest.partition(b" ")[0]
-        t = self.templates
+        t = self.templates[self.default_model]
         if method == b"GET":
             if path == b"/v1/models":
                 self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
@@ -182,7 +198,11 @@ class EmitterProtocol(asyncio.Protocol):
             req = {}
         chat = path == b"/v1/chat/completions"
         n = max(1, int(req.get("max_tokens") or req.get("max_completion_tokens") or 16))
-        delay = float(req.get("emitter_delay_ms", self.default_delay * 1000)) / 1000
+        model = str(req.get("model") or self.default_model)
+        if model not in self.delays:
+            self.transport.write(model_not_found(model))
+            return
+        t, delay = self.templates[model], self.delays[model]
         if not req.get("stream"):
             if delay > 0:
                 self.loop.call_later(delay * n, self.transport.write, t.full(chat, n))
@@ -197,11 +217,14 @@ class EmitterProtocol(asyncio.Protocol):
             self.streaming.step()
 
 
-async def serve(port: int, model: str, delay_ms: float, host: str = "127.0.0.1") -> None:
+async def serve(port: int, model: str, delay_ms: float, host: str = "127.0.0.1",
+                paced: tuple[float, ...] = ()) -> None:
     loop = asyncio.get_running_loop()
-    templates = Templates(model)
+    delays = {model: delay_ms / 1000, **{paced_model(model, ms): ms / 1000 for ms in paced if ms}}
+    listed = list(delays)
+    templates = {name: Templates(name, listed) for name in delays}
     server = await loop.create_server(
-        lambda: EmitterProtocol(templates, delay_ms / 1000), host, port, backlog=4096, reuse_address=True
+        lambda: EmitterProtocol(templates, delays, model), host, port, backlog=4096, reuse_address=True
     )
     async with server:
         await server.serve_forever()
@@ -212,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model", default="bench-model")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="per token, for --model")
+    parser.add_argument("--paced", type=float, action="append", default=[],
+                        help="also serve MODEL-paced-<MS>ms at MS per token (repeatable)")
     args = parser.parse_args(argv)
     import uvloop
 
-    uvloop.run(serve(args.port, args.model, args.delay_ms, args.host))
+    uvloop.run(serve(args.port, args.model, args.delay_ms, args.host, tuple(args.paced)))
     return 0
 
 

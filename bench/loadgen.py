@@ -25,6 +25,7 @@ class Result:
     latency: float
     ttft: float | None
     events: int
+    retry_after: float | None = None  # a refusal's Retry-After header, in seconds
 
 
 @dataclass
@@ -36,8 +37,8 @@ class PointResult:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("chunked", "done", "end", "events", "head", "length", "lost", "received", "start", "status", "stream",
-                 "tail", "transport", "ttft")
+    __slots__ = ("chunked", "done", "end", "events", "head", "length", "lost", "received", "retry_after", "start",
+                 "status", "stream", "tail", "transport", "ttft")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -66,6 +67,7 @@ class _Conn(asyncio.Protocol):
         self.ttft: float | None = None
         self.tail = b""
         self.end = b""
+        self.retry_after: float | None = None
         self.start = time.perf_counter()
         self.transport.write(raw)
         return self.done
@@ -85,6 +87,10 @@ class _Conn(asyncio.Protocol):
             if at >= 0:
                 line_end = head.find(b"\r\n", at)
                 self.length = int(head[at + 15: line_end if line_end >= 0 else None])
+            at = head.find(b"retry-after:")
+            if at >= 0:
+                line_end = head.find(b"\r\n", at)
+                self.retry_after = float(head[at + 12: line_end if line_end >= 0 else None])
         if self.stream:
             joined = self.tail + data
             self.events += joined.count(b"data:")
@@ -103,7 +109,7 @@ class _Conn(asyncio.Protocol):
     def _finish(self) -> None:
         assert self.done is not None
         now = time.perf_counter()
-        self.done.set_result(Result(self.status, now - self.start, self.ttft, self.events))
+        self.done.set_result(Result(self.status, now - self.start, self.ttft, self.events, self.retry_after))
 
 
 def request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -114,9 +120,11 @@ def request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[st
 
 async def run_point(
     host: str, port: int, raw: bytes, *, concurrency: int, duration: float, stream: bool,
-    drain_timeout: float = 60.0,
+    drain_timeout: float = 60.0, honour_retry_after: bool = False,
 ) -> PointResult:
-    """`concurrency` connections in a closed loop for `duration` seconds; in-flight requests then finish."""
+    """`concurrency` connections in a closed loop for `duration` seconds; in-flight requests then finish.
+    With `honour_retry_after`, a connection refused with Retry-After waits that long (at most 1 s) before its
+    next request, as OpenAI's clients do; otherwise refusals would come back as fast as they are answered."""
     loop = asyncio.get_running_loop()
     conns: list[_Conn] = []
     opened = await asyncio.gather(
@@ -141,6 +149,8 @@ async def run_point(
             point.results.append(res)
             if res.status != 200:
                 point.errors.append(f"HTTP {res.status}")
+                if honour_retry_after and res.retry_after:
+                    await asyncio.sleep(min(res.retry_after, 1.0, max(0.0, stop_at - time.perf_counter())))
 
     await asyncio.gather(*(worker(c) for c in conns))
     point.elapsed = time.perf_counter() - start

@@ -28,6 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bench.emitter import paced_model
 from bench.loadgen import PointResult, request_bytes, run_point
 from localstack.processes import ManagedProcess, free_port, group_members, http_ok
 from localstack.services import (
@@ -47,6 +50,7 @@ from localstack.stack import gateway_env, nginx_conf
 OUT = REPO_ROOT / "build" / "bench"
 API_KEY = "sk-bench-0123456789abcdef"
 PROXY_CORE, LOAD_CORE = 0, 1
+PACED_MS = 20.0  # the paced sweep's per-token delay (a GPU-like 50 tokens/s)
 LEVELS = (1, 16, 64, 256, 1000)
 NONSTREAM_LEVELS = (1, 16, 64, 256)
 GOALS = {
@@ -54,6 +58,9 @@ GOALS = {
     "stream_cpu_us_per_chunk": 20.0, "paced1000_pct_of_direct": 90.0, "paced1000_added_ttft_p50_ms": 50.0,
 }
 TICK = os.sysconf("SC_CLK_TCK")
+# The load comes from one address: the edge's per-client limits (limit_req, limit_conn) would refuse it.
+BENCH_OVERRIDES = {"edge": {"rateLimitPerSecond": 10_000_000, "rateLimitBurst": 10_000_000,
+                            "connectionsPerClient": 60_000}}  # nginx: < 65536
 
 
 # ---- processes: pinning and CPU time -------------------------------------------------------------
@@ -89,9 +96,11 @@ def loadavg() -> list[float]:
 
 
 def start_emitter(workdir: Path, model: str) -> VllmHandle:
+    """The emitter, serving `model` unpaced and `paced_model(model, PACED_MS)` at PACED_MS per token."""
     port = free_port()
     proc = ManagedProcess(
-        "emitter", [str(PROJECT_PYTHON), "-m", "bench.emitter", "--port", str(port), "--model", model],
+        "emitter", [str(PROJECT_PYTHON), "-m", "bench.emitter", "--port", str(port), "--model", model,
+                    "--paced", f"{PACED_MS:g}"],
         workdir / "emitter.log", cwd=REPO_ROOT,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT)},
     ).start()
@@ -125,9 +134,16 @@ def ms(v: float | None) -> float | None:
 def summarise(point: PointResult, cpu: float, stream: bool) -> dict[str, Any]:
     ok = [r for r in point.results if r.status == 200]
     lat = [r.latency for r in ok]
+    # Shed: a 503 with Retry-After (the gateway's admission control refusing what it cannot carry) is the
+    # designed answer to overload, reported on its own; every other failure is an error.
+    shed = [r for r in point.results if r.status == 503 and r.retry_after is not None]
+    errors = len(point.errors) - len(shed)
     row: dict[str, Any] = {
         "concurrency": point.concurrency, "seconds": round(point.elapsed, 3), "requests": len(ok),
-        "errors": len(point.errors), "error_samples": sorted(set(point.errors))[:3],
+        "errors": errors, "error_samples": sorted(set(point.errors) - ({"HTTP 503"} if shed else set()))[:3],
+        "shed": len(shed), "shed_latency_ms": {f"p{q}": ms(pct([r.latency for r in shed], q)) for q in (50, 99)},
+        # A point with any error is failed: its figures describe refusals, not the path (the run exits 1).
+        "failed": errors > 0 or not ok,
         "req_per_s": round(len(ok) / point.elapsed, 1) if point.elapsed else 0,
         "latency_ms": {f"p{q}": ms(pct(lat, q)) for q in (50, 90, 95, 99)},
         "proxy_cpu_s": round(cpu, 3),
@@ -148,11 +164,14 @@ async def measure(
     path: Path_, *, model: str, stream: bool, tokens: int, delay_ms: float, concurrency: int, duration: float,
     chat_path: str = "/v1/chat/completions", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Benchmark me, please."}],
-                            "max_tokens": tokens, "stream": stream, "emitter_delay_ms": delay_ms, **(extra or {})}
+    # The pacing is in the model's name (the emitter serves one per delay): nothing the gateway would refuse.
+    body: dict[str, Any] = {"model": paced_model(model, delay_ms),
+                            "messages": [{"role": "user", "content": "Benchmark me, please."}],
+                            "max_tokens": tokens, "stream": stream, **(extra or {})}
     raw = request_bytes("127.0.0.1", path.port, chat_path, json.dumps(body).encode(), path.headers)
     before = cpu_seconds(path.proxy_pids)
-    point = await run_point("127.0.0.1", path.port, raw, concurrency=concurrency, duration=duration, stream=stream)
+    point = await run_point("127.0.0.1", path.port, raw, concurrency=concurrency, duration=duration, stream=stream,
+                            honour_retry_after=True)
     cpu = cpu_seconds(path.proxy_pids) - before
     return summarise(point, cpu, stream)
 
@@ -175,7 +194,7 @@ async def sweep(paths: list[Path_], model: str, duration: float, levels: dict[st
     plan = [
         ("nonstream_16tok_0ms", False, 16, 0.0, levels["nonstream"], duration),
         ("stream_64tok_0ms", True, 64, 0.0, levels["stream"], duration),
-        ("stream_64tok_20ms", True, 64, 20.0, levels["paced"], duration + 1.5),
+        ("stream_64tok_20ms", True, 64, PACED_MS, levels["paced"], duration + 1.5),
     ]
     for name, stream, tokens, delay, cs, secs in plan:
         out[name] = []
@@ -200,6 +219,67 @@ async def sweep(paths: list[Path_], model: str, duration: float, levels: dict[st
     return out
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A gateway's /metrics, each sample name summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+VERDICT_LINES = ("backend ejected", "backend failed its health probe")
+
+
+def overload_point(direct: Path_, gw: Path_, log_path: Path, model: str, capacity: int, duration: float
+                   ) -> dict[str, Any]:
+    """Twice the paced streams the gateway admits (GATEWAY_MAX_IN_FLIGHT = capacity), direct then gateway: the
+    admitted streams' TTFT against direct's, the shed 503s' latency, backends ejected (goal 0) and limit
+    decisions made locally (goal 0)."""
+    import uvloop
+
+    c = 2 * capacity
+    rows = {"direct": uvloop.run(measure(direct, model=model, stream=True, tokens=64, delay_ms=PACED_MS,
+                                         concurrency=c, duration=duration))}
+    before, log_at = scrape(gw.port), log_path.stat().st_size
+    rows["gateway"] = uvloop.run(measure(gw, model=model, stream=True, tokens=64, delay_ms=PACED_MS, concurrency=c,
+                                         duration=duration))
+    after = scrape(gw.port)
+    with open(log_path, "rb") as log:
+        log.seek(log_at)
+        verdicts = sum(log.read().decode(errors="replace").count(line) for line in VERDICT_LINES)
+    ready = httpx.get(f"http://127.0.0.1:{gw.port}/readyz", timeout=30).json()
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    g, d = rows["gateway"], rows["direct"]
+    entry: dict[str, Any] = {
+        "concurrency": c, "capacity": capacity, "paths": rows, "loadavg": loadavg(),
+        "admitted_ttft_p95_over_direct_ms": (round(g["ttft_ms"]["p95"] - d["ttft_ms"]["p95"], 1)
+                                             if g["ttft_ms"]["p95"] is not None and d["ttft_ms"]["p95"] else None),
+        "shed_p99_ms": g["shed_latency_ms"]["p99"],
+        "backend_verdicts_against": verdicts,
+        "backends_unhealthy_after": sum(1 for b in ready["backends"].values() if not b["healthy"]),
+        "verdicts_withheld_for_lag": delta("gateway_backend_verdicts_withheld_total"),
+        "limits_decided_locally": delta("gateway_rate_limit_fail_open_total"),
+        "redis_pool_exhausted": delta("gateway_redis_pool_exhausted_total"),
+        "shed_by_reason_total": delta("gateway_overload_rejected_total"),
+        "pct_of_direct": {"gateway": round(100 * g["chunks_per_s"] / d["chunks_per_s"], 1)
+                          if d["chunks_per_s"] else None},
+    }
+    print(f"overload c={c} (admits {capacity}): direct TTFT p95 {fmt(d['ttft_ms']['p95'])} ms; gateway "
+          f"{g['requests']} admitted, TTFT p95 {fmt(g['ttft_ms']['p95'])} ms, {g['shed']} shed (503 p50 "
+          f"{fmt(g['shed_latency_ms']['p50'], '.2f')} p99 {fmt(g['shed_latency_ms']['p99'], '.2f')} ms), "
+          f"{g['errors']} errors; verdicts against backends {verdicts}, unhealthy after "
+          f"{entry['backends_unhealthy_after']}, limits decided locally {entry['limits_decided_locally']:.0f}",
+          flush=True)
+    return entry
+
+
 def fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -211,11 +291,12 @@ def print_row(name: str, entry: dict[str, Any], stream: bool) -> None:
             print(f"{name:<20} c={c:<5} {p:<14} {fmt(r['chunks_per_s'], '9.0f')} chunks/s  TTFT p50 "
                   f"{fmt(r['ttft_ms']['p50'], '8.1f')} p95 {fmt(r['ttft_ms']['p95'], '8.1f')} ms  e2e p50 "
                   f"{fmt(r['latency_ms']['p50'], '8.1f')} ms  CPU {fmt(r['proxy_cpu_us_per_chunk'], '6.1f')} µs/chunk"
-                  f"  err {r['errors']}", flush=True)
+                  f"  err {r['errors']}  shed {r['shed']}", flush=True)
         else:
             print(f"{name:<20} c={c:<5} {p:<14} {fmt(r['req_per_s'], '9.0f')} req/s     p50 "
                   f"{fmt(r['latency_ms']['p50'], '8.2f')} p99 {fmt(r['latency_ms']['p99'], '8.2f')} ms  CPU "
-                  f"{fmt(r['proxy_cpu_ms_per_request'], '6.3f')} ms/req  err {r['errors']}", flush=True)
+                  f"{fmt(r['proxy_cpu_ms_per_request'], '6.3f')} ms/req  err {r['errors']}  shed {r['shed']}",
+                  flush=True)
 
 
 # ---- the rest of the report ------------------------------------------------------------------------
@@ -301,6 +382,31 @@ def goals_report(results: dict[str, Any]) -> dict[str, Any]:
         out["paced1000_added_ttft_p50_ms"] = {"value": ttft, "goal": "<= 50",
                                               "met": ttft is not None and ttft <= 50}
         out["paced1000_errors"] = {"value": errors, "goal": "0", "met": errors == 0}
+    over = results.get("overload")
+    if over:
+        ttft, shed99 = over["admitted_ttft_p95_over_direct_ms"], over["shed_p99_ms"]
+        out["overload2x_admitted_ttft_p95_over_direct_ms"] = {"value": ttft, "goal": "<= 1500",
+                                                             "met": ttft is not None and ttft <= 1500}
+        out["overload2x_shed_503_p99_ms"] = {"value": shed99, "goal": "<= 50", "met": shed99 is not None
+                                             and shed99 <= 50}
+        ejected = over["backend_verdicts_against"] + over["backends_unhealthy_after"]
+        out["overload2x_backends_ejected"] = {"value": ejected, "goal": "0", "met": ejected == 0}
+        local = over["limits_decided_locally"]
+        out["overload2x_limits_decided_locally"] = {"value": local, "goal": "0", "met": local == 0}
+    return out
+
+
+def failed_points(results: dict[str, Any]) -> list[str]:
+    """Every (series, concurrency, path) whose run had an error or no answer, with its error samples."""
+    out = []
+    entries = [(name, e) for name, series in results.get("sweep", {}).items() for e in series]
+    entries += [("vllm_stream_16tok", e) for e in results.get("vllm", [])]
+    entries += [("overload", results["overload"])] if results.get("overload") else []
+    for name, e in entries:
+        for path, row in e["paths"].items():
+            if row.get("failed") or row.get("errors"):
+                out.append(f"{name} c={e['concurrency']} {path}: {row.get('errors')} errors, "
+                           f"{row.get('requests')} answered; e.g. {row.get('error_samples')}")
     return out
 
 
@@ -384,6 +490,15 @@ def summary_table(results: dict[str, Any]) -> str:
             extra = "" if name == "direct" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
             cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms{extra}")
         lines.append(f"| real vLLM (CPU, tiny-qwen2), 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
+    over = results.get("overload")
+    if over:
+        g, d = over["paths"]["gateway"], over["paths"]["direct"]
+        lines.append(
+            f"| overload: {over['concurrency']} streams paced 20 ms/token, gateway admits {over['capacity']} | "
+            f"TTFT p95 {fmt(d['ttft_ms']['p95'])} ms | {g['requests']} admitted, TTFT p95 {fmt(g['ttft_ms']['p95'])} "
+            f"ms; {g['shed']} shed, 503 p99 {fmt(over['shed_p99_ms'], '.2f')} ms; {g['errors']} errors; backends "
+            f"ejected {over['backend_verdicts_against'] + over['backends_unhealthy_after']}; limits decided "
+            f"locally {over['limits_decided_locally']:.0f} | |")
     lines.append("")
     for k, g in results.get("goals", {}).items():
         lines.append(f"goal {k}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'MISSED'}")
@@ -395,7 +510,7 @@ PROFILES = {  # name: (stream, tokens, per-token delay ms, concurrency)
 }
 
 
-def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, duration: float) -> None:
+def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, duration: float) -> int:
     """py-spy (sampling, native frames off) on the gateway during one load; the collapsed stacks go to
     build/bench/profile-<name>.txt (and a flame graph .svg), the top self and inclusive frames to stdout."""
     import uvloop
@@ -436,6 +551,8 @@ def profile(pid: int, path: Path_, model: str, name: str, concurrency: int, dura
     for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]:
         print(f"  {100 * n / total:5.1f} %  {f}")
     print(f"written: {raw_out}, {svg_out}")
+    errors: int = row["errors"]
+    return errors
 
 
 def save(results: dict[str, Any], out: Path) -> None:
@@ -454,6 +571,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-vllm", action="store_true", help="skip the real-vLLM row")
     parser.add_argument("--no-plan", action="store_true", help="skip the make plan timings")
     parser.add_argument("--no-sweep", action="store_true", help="skip the emitter sweep")
+    parser.add_argument("--overload-capacity", type=int, default=400,
+                        help="the overload point: a gateway admitting this many, under twice as many paced streams "
+                             "(0: skip it)")
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help="instead of the sweep: py-spy on the gateway under one load, to build/bench/profile-*")
     parser.add_argument("--profile-concurrency", type=int, default=0, help="override the profile's concurrency")
@@ -466,9 +586,9 @@ def main(argv: list[str]) -> int:
 
     import uvloop
 
-    settings = local_settings(API_KEY)
+    settings = local_settings(API_KEY, overrides=BENCH_OVERRIDES)
     model = settings.model.served_name
-    work = OUT / "run"
+    work = Path(args.out).parent / "run"  # next to the results: runs with their own --out never share it
     started: list[ServiceHandle] = []
     results: dict[str, Any] = {
         "label": args.label, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -481,8 +601,13 @@ def main(argv: list[str]) -> int:
         os.sched_setaffinity(0, {LOAD_CORE})
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
-    def gateway_for(backend: VllmHandle, redis: Any, name: str) -> GatewayHandle:
+    def gateway_for(backend: VllmHandle, redis: Any, name: str, *, models_from_backend: bool = False,
+                    max_in_flight: int = 100_000) -> GatewayHandle:
         env = gateway_env(settings, [backend], redis, api_key_hashes={key_hash(API_KEY): "bench"})
+        if models_from_backend:  # the emitter serves one model name per pacing: accept what it lists
+            env["GATEWAY_MODEL"] = ""
+        # The sweep measures what a process carries: no count bound (the loop-lag bound stays, as deployed).
+        env["GATEWAY_MAX_IN_FLIGHT"] = str(max_in_flight)
         env.update({"GATEWAY_RATE_LIMIT_RPM": "1000000000", "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "1",
                     "GATEWAY_RATE_LIMIT_CONCURRENT": "1000000"})
         gw = start_gateway(work / name, env=env, name=name)
@@ -506,15 +631,18 @@ def main(argv: list[str]) -> int:
         emitter = start_emitter(work / "emitter", model)
         started.append(emitter)
         pin(emitter.pid, LOAD_CORE)
-        gw = gateway_for(emitter, redis, "gateway")
+        gw = gateway_for(emitter, redis, "gateway", models_from_backend=True)
         paths = [Path_("direct", emitter.port, [], headers), Path_("gateway", gw.port, [gw.pid], headers)]
         if not args.no_nginx:
             ng = nginx_for(gw, "nginx")
             paths.append(Path_("nginx+gateway", ng.port, [gw.pid, ng.pid], headers))
 
         if args.profile:
-            profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
-            return 0
+            errors = profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
+            if errors:
+                print(f"FAILED: the profiled load had {errors} errors; the profile is not of the path",
+                      file=sys.stderr)
+            return 1 if errors else 0
 
         async def run_sweep() -> dict[str, Any]:
             for p in paths:  # warm-up: connections, caches, the Lua script in Redis
@@ -524,6 +652,15 @@ def main(argv: list[str]) -> int:
 
         results["sweep"] = uvloop.run(run_sweep()) if not args.no_sweep else {}
         save(results, Path(args.out))  # a checkpoint: the sweep survives a failure in what follows
+        if args.overload_capacity:
+            gw.stop()  # one gateway on the proxy core at a time
+            started.remove(gw)
+            over = gateway_for(emitter, redis, "gateway-overload", models_from_backend=True,
+                               max_in_flight=args.overload_capacity)
+            results["overload"] = overload_point(
+                paths[0], Path_("gateway", over.port, [over.pid], headers), over.process.log_path, model,
+                args.overload_capacity, args.duration + 1.5)
+            save(results, Path(args.out))
         emitter.stop()
         started.remove(emitter)
 
@@ -562,4 +699,10 @@ def main(argv: list[str]) -> int:
         print(f"written: {png}")
     except ImportError as err:
         print(f"no chart: {err}", file=sys.stderr)
+    failed = failed_points(results)
+    if failed:
+        print(f"FAILED: {len(failed)} point(s) had errors (their figures are not of the path):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0

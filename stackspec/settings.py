@@ -78,6 +78,7 @@ NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 KubeQuantity = Annotated[str, Field(pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")]  # 10Gi, 500m
 RedisSize = Annotated[str, Field(pattern=r"^\d+([kKmMgG][bB]?)?$")]  # redis.conf: 64mb, 1gb
 NginxSize = Annotated[str, Field(pattern=r"^\d+[kKmMgG]?$")]  # nginx: 1m, 512k
+CpuQuantity = Annotated[str, Field(pattern=r"^\d+(\.\d+)?m?$")]  # 500m, 2: what cpu_cores() reads
 Duration = Annotated[str, Field(pattern=r"^\d+(ms|s|m|h|d|w|y)$")]  # Prometheus/Alertmanager: 30s, 4h
 
 _NGINX_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -98,6 +99,14 @@ def redis_size_bytes(size: str) -> int:
     if not match:
         raise ValueError(f"{size!r} is not a redis size (e.g. 64mb, 1gb)")
     return int(match.group(1)) * _REDIS_UNITS[match.group(2) or ""]
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" = 0.5, "2" = 2."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m?)", quantity)
+    if not match:
+        raise ValueError(f"{quantity!r} is not a CPU quantity (e.g. 500m, 2)")
+    return float(match.group(1)) / (1000 if match.group(2) else 1)
 
 
 class SettingsError(ValueError):
@@ -255,7 +264,7 @@ class GatewaySection(GatewayTuning):
     replicas: int = Field(default=2, ge=1)
     max_replicas: int = Field(default=6, ge=1)
     target_cpu_percent: int = Field(default=70, ge=10, le=100)
-    cpu_request: KubeQuantity = "500m"
+    cpu_request: CpuQuantity = "500m"
     memory_request: KubeQuantity = "512Mi"
 
     def tuning(self) -> dict[str, Any]:
@@ -577,6 +586,8 @@ class StackSettings(_Section):
             # limits locally, and dividing by the fewest would let a scaled-out fleet admit several times rpm.
             "rate_limit_replicas": (_key("gateway.maxReplicas"), self.gateway.max_replicas),
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
+            # What one gateway process may carry at once (unless gateway.maxInFlight says) follows its CPU request.
+            "cpu_cores": (_key("gateway.cpuRequest"), cpu_cores(self.gateway.cpu_request)),
         }
 
     @property

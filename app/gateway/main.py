@@ -10,7 +10,8 @@ import aiohttp
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from app.gateway.api import generation, ops, sessions
+from app.gateway.admission import Admission, AdmissionMiddleware, LoopLagMonitor
+from app.gateway.api import generation, ops, sessions, test_hooks
 from app.gateway.api.context import GatewayContext
 from app.gateway.auth.authenticate import Authenticator
 from app.gateway.auth.oidc import OidcVerifier
@@ -56,8 +57,16 @@ def slot_lifetime(settings: GatewaySettings) -> float:
     return settings.total_timeout + settings.redis_timeout_seconds * 2 + 5
 
 
-def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.ClientSession) -> GatewayContext:
-    pool = BackendPool(metrics, eject_after_failures=settings.eject_after_failures)
+def build_admission(settings: GatewaySettings, metrics: Metrics) -> Admission:
+    return Admission(metrics, LoopLagMonitor(metrics), max_in_flight=settings.in_flight_limit,
+                     max_lag_seconds=settings.overload_loop_lag_seconds,
+                     retry_after_seconds=settings.overload_retry_after_seconds)
+
+
+def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.ClientSession,
+                  admission: Admission) -> GatewayContext:
+    # Our own loop's lag withholds verdicts: a timeout while we ran late is not the backend's failure.
+    pool = BackendPool(metrics, eject_after_failures=settings.eject_after_failures, lagging=admission.lagging)
     pool.set_addresses(settings.backend_list)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
 
@@ -68,6 +77,10 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
             window_seconds=settings.redis_breaker_window_seconds,
             min_failures=settings.redis_breaker_min_failures,
             failure_ratio=settings.redis_breaker_failure_ratio,
+            pool_size=settings.redis_pool_size, pool_wait_seconds=settings.redis_pool_wait_seconds,
+            # A deadline missed while our own work made us late is not Redis's fault (and not a reason to
+            # decide limits locally: the limiter refuses as overload).
+            lagging=admission.lagging_with_work,
         )
 
     redis = guard(settings.redis_url, "sessions")
@@ -114,6 +127,7 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
         auth=Authenticator(
             enabled=settings.auth_enabled, key_hashes=settings.key_hashes, oidc=oidc, metrics=metrics
         ),
+        admission=admission,
     )
 
 
@@ -121,7 +135,9 @@ async def start_background(settings: GatewaySettings, ctx: GatewayContext) -> li
     """First probes (and DNS discovery), then their loops as tasks for the lifespan to cancel."""
     if not settings.auth_enabled:
         log.warning("AUTH IS DISABLED: every caller is 'anonymous'. For local development only.")
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [
+        health.supervise("loop lag monitor", ctx.admission.monitor.run, ctx.metrics),
+    ]
     if settings.backends_dns:
         await health.refresh_from_dns(
             ctx.client, ctx.pool, settings.backends_dns, probe_timeout=settings.health_timeout_seconds
@@ -144,11 +160,12 @@ async def start_background(settings: GatewaySettings, ctx: GatewayContext) -> li
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = Metrics()
+    admission = build_admission(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with http_client(settings) as client:
-            ctx = build_context(settings, metrics, client)
+            ctx = build_context(settings, metrics, client, admission)
             app.state.ctx = ctx
             tasks = await start_background(settings, ctx)
             try:
@@ -167,6 +184,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(generation.router)
     app.include_router(sessions.router)
     app.include_router(ops.router)
+    if settings.test_hooks:
+        app.include_router(test_hooks.router)
+    app.add_middleware(AdmissionMiddleware, admission=admission)  # inner: added before the request context
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

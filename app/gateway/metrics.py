@@ -61,4 +61,27 @@ class Metrics:
             "gateway_background_errors_total", "Background loops (probes, DNS) that raised and were restarted",
             ["task"], registry=r,
         )
+        self.loop_lag = Gauge(
+            "gateway_event_loop_lag_seconds", "How late the event loop runs a timer (worst of the last second)",
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Generation requests being served", registry=r)
+        self.in_flight_limit = Gauge(
+            "gateway_in_flight_limit",
+            "Generation requests this process admits at once now (lowered while its event loop lags)", registry=r
+        )
+        self.overload_rejected = Counter(
+            "gateway_overload_rejected_total", "Generation requests refused with 503 overloaded, by reason",
+            ["reason"], registry=r,
+        )
+        self.verdicts_withheld = Counter(
+            "gateway_backend_verdicts_withheld_total",
+            "Backend failures (probe or request timeouts) not held against the backend: our own loop lagged",
+            ["kind"], registry=r,
+        )
+        self.redis_pool_exhausted = Counter(
+            "gateway_redis_pool_exhausted_total",
+            "Redis calls refused because no pool connection freed up in time (overload, not an outage)",
+            ["redis"], registry=r,
+        )
         self.ready = Gauge("gateway_ready", "1 when the gateway would pass its readiness probe", registry=r)

@@ -53,13 +53,15 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "other")
+            path = getattr(route, "path", None) or scope.get("shed_route") or "other"  # shed: refused before routing
             duration = time.monotonic() - start
             model = (scope.get("state") or {}).get("model", "")
             status_label = str(status or 499)  # 499: the client went away before we answered
             self.metrics.requests.labels(path, status_label, model).inc()
             self.metrics.latency.labels(path).observe(duration)
-            if path not in QUIET_ROUTES or status >= 400:
+            # A shed request (admission.py) is counted, not logged: under overload a line each costs the loop
+            # most behind; the onset and the end of shedding are logged instead.
+            if (path not in QUIET_ROUTES or status >= 400) and not scope.get("shed_route"):
                 log.info(
                     "request",
                     extra={"method": scope["method"], "path": scope["path"], "route": path,

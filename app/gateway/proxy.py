@@ -179,6 +179,11 @@ def _total(seconds: float | None, connect: float) -> aiohttp.ClientTimeout:
 _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
+def _connect_kind(err: BaseException) -> str:
+    """A refused connection is the backend's answer; a connect timeout may be our own loop running late."""
+    return "connect_timeout" if isinstance(err, aiohttp.ConnectionTimeoutError) else "connect"
+
+
 class Proxy:
     def __init__(
         self,
@@ -254,7 +259,7 @@ class Proxy:
                 ) as resp:
                     status, content = resp.status, await resp.read()
             except _CONNECT_ERRORS as err:
-                raise UpstreamFailure("connect", repr(err)) from None
+                raise UpstreamFailure(_connect_kind(err), repr(err)) from None
             except TimeoutError:
                 self.pool.record_failure(backend, "timeout")
                 raise ApiError(504, "The model did not answer within the total timeout", code="timeout") from None
@@ -317,7 +322,7 @@ class Proxy:
                 if not released:
                     self.pool.release(backend)
                 if isinstance(err, _CONNECT_ERRORS):
-                    raise UpstreamFailure("connect", repr(err)) from None
+                    raise UpstreamFailure(_connect_kind(err), repr(err)) from None
                 if isinstance(err, TimeoutError):
                     raise UpstreamFailure("timeout", f"no first token within {budget:.1f}s") from None
                 if isinstance(err, aiohttp.ClientError):

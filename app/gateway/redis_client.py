@@ -9,6 +9,14 @@ A server that answers with an error (out of memory under `noeviction`, a script 
 and a read-only replica (a standby before promotion) refuses writes without opening the breaker; it is
 remembered (`read_only`) so callers that only write can skip it until the next check.
 Callers decide what "unavailable" means for them (limits go local, sessions go stateless).
+
+The pool queues: at most `pool_size` calls hold a connection at once (redis-py's BlockingConnectionPool of
+that size behind a FIFO of permits); a call waits up to `pool_wait_seconds` for one, and only then is refused
+with `RedisBusy`. That is overload, not an outage: it never opens the breaker nor marks Redis down, and the
+rate limiter answers it with a 503 rather than deciding locally (ratelimit/limiter.py). Redis's own deadline
+(`timeout`) starts once a connection is held, so queueing is never mistaken for a slow server. And a
+deadline missed while this process's own event loop lagged (`lagging`) is `RedisLate`: no answer, but not
+held against Redis either (no breaker, not down).
 """
 
 from __future__ import annotations
@@ -44,6 +52,16 @@ class RedisRefused(RedisUnavailable):
     """Redis answered with an error (e.g. OOM under noeviction): it is up, but did not do it."""
 
 
+class RedisBusy(RedisUnavailable):
+    """No pool connection freed up within the bounded wait: this process is overloaded; Redis may be fine.
+    Nothing was sent. Sessions degrade as for any unavailability; the rate limiter refuses with 503."""
+
+
+class RedisLate(RedisNoAnswer):
+    """No answer in time while our own event loop lagged: the deadline may have passed on our side. It may
+    have been applied; it is not an outage (no breaker, not "down"). The rate limiter refuses with 503."""
+
+
 class RedisGuard:
     def __init__(
         self,
@@ -56,8 +74,14 @@ class RedisGuard:
         min_failures: int = 3,
         failure_ratio: float = 0.5,
         name: str = "redis",
+        pool_size: int = 200,
+        pool_wait_seconds: float = 1.0,
+        lagging: Callable[[], bool] = lambda: False,
     ):
         self.client = client
+        self._lagging = lagging
+        self._permits = asyncio.Semaphore(pool_size)  # FIFO: waiters are served in arrival order
+        self._pool_wait = pool_wait_seconds
         self._timeout = timeout
         self._metrics = metrics
         self._retry_seconds = retry_seconds
@@ -75,8 +99,9 @@ class RedisGuard:
     def from_url(
         cls, url: str, password: str | None, metrics: Metrics, *, timeout: float, retry_seconds: float,
         window_seconds: float = 10.0, min_failures: int = 3, failure_ratio: float = 0.5, name: str = "redis",
+        pool_size: int = 200, pool_wait_seconds: float = 1.0, lagging: Callable[[], bool] = lambda: False,
     ) -> RedisGuard:
-        client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             password=password,
             # One deadline per operation in run() (asyncio.timeout), not redis-py's socket_timeout: that one
@@ -85,10 +110,36 @@ class RedisGuard:
             socket_connect_timeout=timeout,
             decode_responses=True,
             retry_on_timeout=False,
-            max_connections=200,
+            max_connections=pool_size,
+            # run()'s permits already bound the calls to pool_size: this wait is only a backstop.
+            timeout=pool_wait_seconds,
         )
-        return cls(client, metrics, retry_seconds=retry_seconds, timeout=timeout, window_seconds=window_seconds,
-                   min_failures=min_failures, failure_ratio=failure_ratio, name=name)
+        return cls(aioredis.Redis.from_pool(pool), metrics, retry_seconds=retry_seconds, timeout=timeout,
+                   window_seconds=window_seconds, min_failures=min_failures, failure_ratio=failure_ratio, name=name,
+                   pool_size=pool_size, pool_wait_seconds=pool_wait_seconds, lagging=lagging)
+
+    @property
+    def pool_full(self) -> bool:
+        """Every pool connection is held by a call: the next one queues."""
+        return self._permits.locked()
+
+    @property
+    def pool_waiting(self) -> int:
+        """Calls queued for a connection right now."""
+        waiters = getattr(self._permits, "_waiters", None)
+        return len(waiters) if waiters else 0
+
+    async def _take_permit(self, operation: str) -> None:
+        if not self._permits.locked():
+            await self._permits.acquire()  # free: no wait, no timer
+            return
+        try:
+            async with asyncio.timeout(self._pool_wait):
+                await self._permits.acquire()
+        except TimeoutError:
+            self._metrics.redis_pool_exhausted.labels(self.name).inc()
+            raise RedisBusy(f"no Redis connection free within {self._pool_wait:g} s ({operation}): "
+                            "this gateway is overloaded") from None
 
     @property
     def up(self) -> bool:
@@ -122,6 +173,13 @@ class RedisGuard:
         if time.monotonic() < self._down_until:
             self._metrics.redis_errors.labels(operation).inc()
             raise RedisUnavailable(self.last_error or "redis unavailable")
+        await self._take_permit(operation)
+        try:
+            return await self._call(operation, call)
+        finally:
+            self._permits.release()
+
+    async def _call(self, operation: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await call(self.client)
@@ -137,26 +195,35 @@ class RedisGuard:
             self._metrics.redis_errors.labels(operation).inc()
             self._record(time.monotonic(), False)
             raise RedisRefused(f"{type(err).__name__}: {err}") from err
-        except (RedisError, OSError) as err:  # (TimeoutError is an OSError)
-            now = time.monotonic()
+        except TimeoutError as err:
+            if not self._lagging():
+                raise self._outage(operation, err) from err
             self._metrics.redis_errors.labels(operation).inc()
-            self._metrics.redis_up.set(0)
-            if self.last_error is None:
-                log.warning("redis call failed", extra={"redis": self.name, "operation": operation,
-                                                         "error": str(err)})
-            self.last_error = f"{type(err).__name__}: {err}"
-            self._record(now, True)
-            if self._should_open() and now >= self._down_until:
-                log.warning("redis breaker open", extra={"redis": self.name, "failures": self._failures,
-                                                         "calls": len(self._calls)})
-                self._down_until = now + self._retry_seconds
-            raise RedisNoAnswer(self.last_error) from err
+            raise RedisLate(f"no answer within {self._timeout} s while this gateway's loop lagged "
+                            f"({operation})") from err
+        except (RedisError, OSError) as err:
+            raise self._outage(operation, err) from err
         self._record(time.monotonic(), False)
         if self.last_error is not None:
             log.info("redis back", extra={"redis": self.name, "operation": operation})
         self.last_error = None
         self._metrics.redis_up.set(1)
         return result
+
+    def _outage(self, operation: str, err: BaseException) -> RedisNoAnswer:
+        """Count a failure toward the breaker (opening it past the rate); the error to raise."""
+        now = time.monotonic()
+        self._metrics.redis_errors.labels(operation).inc()
+        self._metrics.redis_up.set(0)
+        if self.last_error is None:
+            log.warning("redis call failed", extra={"redis": self.name, "operation": operation, "error": str(err)})
+        self.last_error = f"{type(err).__name__}: {err}"
+        self._record(now, True)
+        if self._should_open() and now >= self._down_until:
+            log.warning("redis breaker open", extra={"redis": self.name, "failures": self._failures,
+                                                     "calls": len(self._calls)})
+            self._down_until = now + self._retry_seconds
+        return RedisNoAnswer(self.last_error)
 
     async def ping(self) -> bool:
         try:

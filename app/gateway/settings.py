@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# What one core of gateway carries before its event loop lags (`make bench`'s paced streams: 1,000 on one core
+# ran at 30-50 % of direct, i.e. ~300-500 at full pace); the default in-flight bound per core of CPU request.
+IN_FLIGHT_PER_CORE = 400
 
 
 class GatewaySettingsError(ValueError):
@@ -94,6 +97,17 @@ class GatewayTuning(BaseModel):
     max_tools_bytes: int = Field(default=262_144, ge=256)
     max_schema_depth: int = Field(default=16, ge=2, le=26)
 
+    # Overload, refused before the work (admission.py): at most `max_in_flight` generation requests in flight
+    # per gateway process (0: IN_FLIGHT_PER_CORE x the pod's CPU request), and none admitted while the event
+    # loop runs later than `overload_loop_lag_seconds`; refused = 503 `overloaded` with Retry-After.
+    max_in_flight: int = Field(default=0, ge=0, le=100_000)
+    overload_loop_lag_seconds: float = Field(default=0.5, gt=0, le=60)
+    overload_retry_after_seconds: int = Field(default=1, ge=1, le=600)
+    # Each Redis pool (sessions', limits'): its connections, and how long a call queues for one when all are
+    # busy. A call that waited that long is refused as overload (limits: 503), never taken for Redis down.
+    redis_pool_size: int = Field(default=200, ge=1, le=10_000)
+    redis_pool_wait_seconds: float = Field(default=1.0, gt=0, le=60)
+
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)  # readiness false before we stop listening
     port: int = Field(default=8080, ge=1, le=65535)
@@ -119,6 +133,10 @@ class GatewaySettings(GatewayTuning, BaseSettings):
     # After each session write, WAIT for one replica's acknowledgement up to this long (0: asynchronous).
     session_replica_wait_ms: int = Field(default=0, ge=0, le=10_000)
     host: str = "0.0.0.0"
+    cpu_cores: float = Field(default=1.0, gt=0, le=1024)  # the pod's CPU request (gateway.cpuRequest), in cores
+    # Tests only (never rendered true from a stack): POST /_test/stall blocks the event loop, to show that a
+    # stalled loop changes no verdict about a backend.
+    test_hooks: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
@@ -134,6 +152,11 @@ class GatewaySettings(GatewayTuning, BaseSettings):
     @cached_property
     def key_hashes(self) -> dict[str, str]:
         return dict(json.loads(self.api_key_hashes.get_secret_value() or "{}"))
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Generation requests one process serves at once: max_in_flight, or derived from the CPU request."""
+        return self.max_in_flight or max(1, round(IN_FLIGHT_PER_CORE * self.cpu_cores))
 
     @property
     def oidc_enabled(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated
 import aiohttp
 from fastapi import Depends, Request
 
+from app.gateway.admission import Admission
 from app.gateway.auth.authenticate import Authenticator
 from app.gateway.auth.identity import Identity
 from app.gateway.backends.pool import BackendPool
@@ -31,6 +32,7 @@ class GatewayContext:
     limiter: RateLimiter
     sessions: SessionStore
     auth: Authenticator
+    admission: Admission
     draining: bool = False
 
 

@@ -19,12 +19,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def is_ready(ctx: GatewayContext) -> bool:
-    """Ready = not draining and at least one healthy backend. Redis is reported, not required (limits go
-    local, sessions stateless)."""
-    ready = bool(ctx.pool.healthy()) and not ctx.draining
-    ctx.metrics.ready.set(1 if ready else 0)
-    return ready
+def is_ready(ctx: GatewayContext, *, overload_counts: bool = False) -> bool:
+    """Ready = not draining and at least one healthy backend (and, for the kubelet's /readyz, not overloaded:
+    new work goes to other replicas until this one has room again). Redis is reported, not required (limits
+    go local, sessions stateless)."""
+    serving = bool(ctx.pool.healthy()) and not ctx.draining
+    ready = serving and ctx.admission.overload() is None
+    ctx.metrics.ready.set(1 if ready else 0)  # the kubelet's verdict, whichever probe asked
+    return ready if overload_counts else serving
 
 
 @router.get("/readyz")
@@ -33,7 +35,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     edge's /healthz answers with `/readyz/status`)."""
     role = await ctx.redis.role()  # doubles as the ping
     redis_up = role is not None
-    ready = is_ready(ctx)
+    ready = is_ready(ctx, overload_counts=True)
     read_only = ctx.redis.read_only or role == "replica"  # a standby's replica: history read, turns not stored
     # The limits' Redis is asked its role too ("a write was refused lately" alone goes stale between requests);
     # unless it is the sessions' server, whose role is already known.
@@ -47,13 +49,16 @@ async def readyz(ctx: Ctx) -> JSONResponse:
         "redis_role": role,
         "redis_error": None if redis_up else ctx.redis.last_error,
         "rate_limits": "local" if limits_local else "shared",
+        "overload": ctx.admission.state(),
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/readyz/status")
 async def readyz_status(ctx: Ctx) -> Response:
-    """Readiness as a status code only (200/503, empty body): what the public edge exposes as /healthz."""
+    """Readiness as a status code only (200/503, empty body): what the public edge exposes as /healthz, which
+    DNS failover watches. Overload is left out on purpose: a traffic peak must shed load, not fail the site
+    over."""
     return Response(status_code=200 if is_ready(ctx) else 503)
 
 

@@ -54,7 +54,10 @@ async def probe(client: aiohttp.ClientSession, pool: BackendPool, backend: Backe
         ) as resp:
             models = served_models(await resp.json(content_type=None)) if resp.status == 200 else []
             ok = bool(models)  # a 200 that lists no model is not vLLM ready to serve
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+    except TimeoutError:  # (a connect timeout too): maybe the backend, maybe our own loop running late
+        pool.mark_probe(backend, False, [], timed_out=True)
+        return
+    except (aiohttp.ClientError, ValueError):
         ok, models = False, []
     pool.mark_probe(backend, ok, models)
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
+
+# Failures that are a clock running out: with our own loop late, the clock may be what was slow.
+TIMEOUT_KINDS = frozenset({"connect_timeout", "timeout"})
 
 
 @dataclass(eq=False)
@@ -28,11 +32,20 @@ class Backend:
 
 
 class BackendPool:
-    """Backends by address. Health comes from active probes (health.py) and passive ejection (here)."""
+    """Backends by address. Health comes from active probes (health.py) and passive ejection (here).
 
-    def __init__(self, metrics: Metrics, *, eject_after_failures: int):
+    Overload never changes a verdict: while our own event loop lags (`lagging()`), a timeout (a probe's, a
+    connect's, a first token's) says as much about us as about the backend, so it is counted
+    (gateway_backend_verdicts_withheld_total) and held against nobody. A refused connection or a 5xx is an
+    answer from the backend and still counts. Ejection on timeouts alone then rests on the probe: a probe
+    that fails while we do not lag is the evidence.
+    """
+
+    def __init__(self, metrics: Metrics, *, eject_after_failures: int,
+                 lagging: Callable[[], bool] = lambda: False):
         self._metrics = metrics
         self._eject_after = eject_after_failures
+        self._lagging = lagging
         self._backends: dict[str, Backend] = {}
 
     def all(self) -> list[Backend]:
@@ -64,8 +77,13 @@ class BackendPool:
                 seen.setdefault(str(m.get("id")), m)
         return list(seen.values())
 
-    def mark_probe(self, backend: Backend, ok: bool, models: list[dict[str, Any]] | None = None) -> None:
+    def mark_probe(self, backend: Backend, ok: bool, models: list[dict[str, Any]] | None = None,
+                   *, timed_out: bool = False) -> None:
         backend.last_probe = time.monotonic()
+        if not ok and timed_out and self._lagging():
+            self._metrics.verdicts_withheld.labels("probe_timeout").inc()
+            log.warning("probe timed out while our event loop lags: no verdict", extra={"backend": backend.address})
+            return
         if ok:
             if not backend.healthy:
                 log.info("backend healthy", extra={"backend": backend.address})
@@ -82,8 +100,12 @@ class BackendPool:
     def record_failure(self, backend: Backend, kind: str) -> None:
         """Passive ejection: a refused connection ejects at once; 5xx/timeouts after N in a row."""
         self._metrics.upstream_errors.labels(backend.address, kind).inc()
+        if kind in TIMEOUT_KINDS and self._lagging():
+            self._metrics.verdicts_withheld.labels(kind).inc()
+            return
         backend.consecutive_failures += 1
-        if backend.healthy and (kind == "connect" or backend.consecutive_failures >= self._eject_after):
+        if backend.healthy and (kind in ("connect", "connect_timeout")
+                                or backend.consecutive_failures >= self._eject_after):
             log.warning("backend ejected", extra={"backend": backend.address, "reason": kind})
             backend.healthy = False
         self._sync(backend)

@@ -13,6 +13,8 @@ The limits have their own Redis pool and breaker (GATEWAY_RATE_LIMIT_REDIS_URL, 
 through a pool of their own). When that Redis is unreachable, out of memory, or a read-only standby
 replica, each process enforces the limits itself, divided by the number of gateway replicas
 (`LocalLimits`; counted in gateway_rate_limit_fail_open_total), or refuses with 503 if fail-open is off.
+A busy pool is not that: an admission queues for a connection (redis_client.py) and, if none frees up in
+time, is refused with 503 `overloaded`; a limit is never decided locally because this process is overloaded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redis.exceptions import NoScriptError
 from app.gateway.errors import ApiError
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
-from app.gateway.redis_client import RedisGuard, RedisNoAnswer, RedisUnavailable
+from app.gateway.redis_client import RedisBusy, RedisGuard, RedisLate, RedisNoAnswer, RedisUnavailable
 
 # One round trip per admission. KEYS: the identity's request log (sorted set), its slots (sorted set).
 # ARGV: request limit, window (ms), concurrency limit, slot lifetime (ms), this request's member, weight.
@@ -180,6 +182,11 @@ class RateLimiter:
             code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
         )
 
+    def _overloaded(self, reason: str) -> ApiError:
+        self._metrics.overload_rejected.labels(reason).inc()
+        return ApiError(503, "Overloaded: the rate-limit check could not be made in time; retry shortly",
+                        code="overloaded", headers={"Retry-After": "1"})
+
     def _admit_locally(self, subject: str, weight: int) -> Slot:
         if not self.fail_open:
             raise ApiError(503, "Rate limiting is unavailable; try again shortly", code="rate_limit_unavailable",
@@ -205,11 +212,16 @@ class RateLimiter:
             verdict, retry = await self._redis.run(
                 "ratelimit", lambda r: self._admit(r, [log_key, slot_key], args),
             )
+        except RedisLate as err:  # unanswered while our own loop lagged: overload, not a reason to go local
+            self._release_in_background(slot_key, members)
+            raise self._overloaded("loop_lag") from err
         except RedisNoAnswer:
             # Sent but unanswered (a timeout): the script may still run on the server, so give back the slots
             # it may have taken, or they would block this caller until their deadline (total timeout + ~6 s).
             self._release_in_background(slot_key, members)
             return self._admit_locally(subject, weight)
+        except RedisBusy as err:  # our pool, not Redis: overload is refused, never decided locally
+            raise self._overloaded("redis_pool") from err
         except RedisUnavailable:  # not sent (breaker open) or refused by the server: nothing was taken
             return self._admit_locally(subject, weight)
         if verdict == 0:
