@@ -20,7 +20,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from stackspec.dns import DnsSettings, is_global_config
 from stackspec.settings import PROJECT, SECRET_KEYS, StackSettings, settings_from_config
@@ -219,6 +219,9 @@ def run_stack(
                 secret_keys.append(full)
                 placeholders.append(full)
 
+    # Pulumi's runtime asks for this thread's event loop; a library that ran a loop of its own here before us
+    # (Playwright's sync API in the same test process) may have left the thread with none.
+    _ensure_event_loop()
     settings.ROOT.set(None)
     set_all_config(raw, secret_keys)
     mocks = QwenMocks()

@@ -85,9 +85,10 @@ def send(page: Page, text: str) -> None:
     page.get_by_test_id("input").press("Enter")
 
 
-def wait_idle(page: Page, timeout: float = 30_000) -> None:
+def wait_idle(page: Page, timeout: float = 120_000) -> None:
     """The turn is over. The page is busy from the moment a turn is submitted (even while it waits for a
-    history read), so right after `send` this cannot see the idle state from before the turn."""
+    history read), so right after `send` this cannot see the idle state from before the turn. The deadline is
+    generous: the paced model slows to a few tokens/s when both cores are busy (the test workers share them)."""
     expect(page.locator("body")).to_have_attribute("data-state", "idle", timeout=timeout)
 
 
@@ -109,7 +110,7 @@ def assert_last_turn_answered_and_stored(page: Page, store: redis.Redis) -> None
 
 
 def test_answer_streams_in_and_history_survives_a_reload(page: Page, endpoint: Endpoint) -> None:
-    open_chat(page, endpoint.api_key, max_tokens=200)
+    open_chat(page, endpoint.api_key, max_tokens=100)
     record_growth(page)
     send(page, "Hello from the browser test")
     expect(page.locator(".msg.user .body")).to_have_text(["Hello from the browser test"])

@@ -313,6 +313,14 @@ def start_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway
     starter.stop_all()
 
 
+@pytest.fixture(scope="module")
+def start_module_gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[StartGateway]:
+    """`start_gw` for a module's shared gateways (module-scoped fixtures): stopped when the module ends."""
+    starter = GatewayStarter(build_dir, base_env)
+    yield starter
+    starter.stop_all()
+
+
 @pytest.fixture(scope="package")
 def gw(build_dir: Path, base_env: dict[str, str]) -> Iterator[Gateway]:
     """The main gateway, shared by the package: backends A and B, shared Redis, API keys and OIDC."""

@@ -84,11 +84,11 @@ def short_json() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def tgw(start_gw: StartGateway, fleet: Fleet) -> Gateway:
+def tgw(start_module_gw: StartGateway, fleet: Fleet) -> Gateway:
     """A gateway in front of the paced backend only, with the default tool/schema bounds but a schema-depth
     bound of 8 and a tools-bytes bound of 64 KiB (so a test can cross each below the body's own limits)."""
     paced = fleet.paced()
-    gateway = start_gw(backends=f"127.0.0.1:{paced.port}", max_schema_depth="8", max_tools_bytes="65536")
+    gateway = start_module_gw(backends=f"127.0.0.1:{paced.port}", max_schema_depth="8", max_tools_bytes="65536")
     gateway.wait_backends_healthy(1)
     return gateway
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from infra.components.network import pod_security_level
+from stackspec.images import BACKUP_WHEELS
 from stackspec.render.nginx import render_nginx_conf
 from stackspec.render.redis import render_redis_conf
 from stackspec.render.vllm_args import needs_p2p_disabled, render_vllm_args
@@ -331,7 +332,7 @@ def test_images_are_built_from_pinned_bases_and_pushed_per_settings(stack: str) 
     assert set(built) == {"gateway-image", "edge-image"} | backup
     assert built["gateway-image"]["build"]["args"]["PYTHON_BASE"] == images.python_base
     if backup:
-        assert built["backup-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base}
+        assert built["backup-image"]["build"]["args"] == {"PYTHON_BASE": images.python_base, "WHEELS": BACKUP_WHEELS}
         assert built["backup-image"]["build"]["dockerfile"].endswith("dr/Dockerfile")
     assert built["edge-image"]["build"]["args"] == {"NGINX_BASE": images.nginx_base}
     for inputs in built.values():
