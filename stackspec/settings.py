@@ -458,6 +458,10 @@ class StackSettings(_Section):
             # limits locally, and dividing by the fewest would let a scaled-out fleet admit several times rpm.
             "rate_limit_replicas": (_key("gateway.maxReplicas"), self.gateway.max_replicas),
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
+            # What the router remembers per backend: the KV cache one replica holds (the capacity model),
+            # unless the stack sets gateway.routing.cacheTokens itself.
+            "routing": (_key("gateway.routing"), self.gateway.routing.model_copy(update={
+                "cache_tokens": self.gateway.routing.cache_tokens or max(self.capacity.kv_tokens, 1)})),
         }
 
     @property

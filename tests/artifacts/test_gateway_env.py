@@ -37,8 +37,11 @@ def test_rendered_env_parses_into_the_gateway_settings(stack: str, monkeypatch: 
     assert gw.model == s.model.served_name
     assert gw.max_body_bytes == s.edge.client_max_body_bytes  # one limit for the edge and the gateway
     # Every tunable the stack sets arrives as it was checked at plan time.
-    for name in GatewayTuning.model_fields:
+    for name in set(GatewayTuning.model_fields) - {"routing"}:
         assert getattr(gw, name) == getattr(s.gateway, name), name
+    # Routing as the stack sets it, remembering per backend the KV cache the capacity model gives a replica.
+    assert gw.routing == s.gateway.routing.model_copy(update={"cache_tokens": s.capacity.kv_tokens})
+    assert gw.routing.cache_tokens > 10_000
     assert gw.key_hashes == json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
 
 
