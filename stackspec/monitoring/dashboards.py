@@ -91,6 +91,10 @@ def service_overview() -> list[PanelSpec]:
         PanelSpec("KV cache usage", "percentunit", (
             Query(f"max by (instance) ({m.VLLM_KV_USAGE})", "{{instance}}"),
         )),
+        PanelSpec("Prefix cache hit rate", "percentunit", (
+            Query(r.PREFIX_HIT_RATIO, "all replicas"),
+            Query(r.PREFIX_HIT_RATIO_BY_INSTANCE, "{{instance}}"),
+        ), "Prompt tokens vLLM found in its prefix cache, of those it looked up: what prefix-aware routing is for."),
     ]
 
 
@@ -139,6 +143,21 @@ def gateway() -> list[PanelSpec]:
         )),
         PanelSpec("Gateway time to first token", "s", tuple(
             Query(r.GW_TTFT_QUANTILE.format(q=p), f"p{p}") for p in r.QUANTILES
+        )),
+        PanelSpec("Routing decisions", "reqps", (
+            Query(f"sum by (policy, outcome) (rate({m.GW_ROUTING_DECISIONS}[{RATE}]))", "{{policy}}: {{outcome}}"),
+        ), "cache_hit: sent where part of the prompt is estimated cached; spill: the best backend for the cache "
+           "was over the load bound (gateway.routing.loadFactor), so the request went elsewhere."),
+        PanelSpec("Routing: estimated vs measured prefix-cache hits", "percentunit", (
+            Query(r.ROUTING_CACHED_RATIO, "gateway estimate ({{policy}})"),
+            Query(r.PREFIX_HIT_RATIO, "vLLM measured"),
+        ), "The gateway's estimate well above vLLM's count: the router's LRU outlives the KV cache (lower "
+           "gateway.routing.cacheTokens)."),
+        PanelSpec("Queued prefill per backend", "short", (
+            Query(f"sum by (backend) ({m.GW_BACKEND_QUEUED_PREFILL})", "{{backend}}"),
+        ), "Estimated prompt tokens routed to the backend whose first token is not out yet (part of the load)."),
+        PanelSpec("Routing decision time", "s", (
+            Query(m.quantile(0.99, m.GW_ROUTING_DECISION_SECONDS, RATE, by="policy, le"), "p99 {{policy}}"),
         )),
     ]
 
