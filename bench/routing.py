@@ -25,6 +25,7 @@ import asyncio
 import json
 import math
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -59,6 +60,9 @@ OUT = REPO_ROOT / "build" / "bench"
 ROUTER = REPO_ROOT / ".venv-router" / "bin" / "vllm-router"
 API_KEY = "sk-bench-routing-0123456789"
 KV_BYTES_PER_TOKEN = 1024  # the fast test model: 2 layers x 2 KV heads x 64 x 2 (K, V) x 2 bytes
+# Small replicas: 3,072 tokens of KV each (3 MiB) hold two of W1's tenant contexts (~1,000 tokens each,
+# this tokenizer makes ~2 characters a token of these words) or three of W2's documents, not all of them.
+MAX_MODEL_LEN = 2048
 WORDS = ("alpha beta gamma delta omega kappa sigma theta report engine cluster replica cache token prefix "
          "latency tenant policy budget invoice contract schedule").split()
 
@@ -94,14 +98,14 @@ def workload(name: str, seed: int, rate: float, duration: float) -> list[Convers
     rng = random.Random(f"{name}-{seed}")
     starts = poisson_starts(rng, rate, duration)
     if name == "W1":  # 3 tenants' long contexts; conversations of 3-4 turns, half with a session id
-        tenants = [text(rng, 380) for _ in range(3)]
+        tenants = [text(rng, 300) for _ in range(3)]
         return [Conversation(s, rng.choice(tenants), [Turn(text(rng, 25)) for _ in range(rng.randint(3, 4))],
                              session=i % 2 == 0) for i, s in enumerate(starts)]
     if name == "W2":  # 6 hot documents, Zipf popularity (s = 1.2), one question each
-        docs = [text(rng, 460) for _ in range(6)]
+        docs = [text(rng, 250) for _ in range(6)]
         weights = [1 / (k + 1) ** 1.2 for k in range(len(docs))]
         return [Conversation(s, rng.choices(docs, weights)[0], [Turn(text(rng, 20))]) for s in starts]
-    return [Conversation(s, text(rng, 380), [Turn(text(rng, 20))]) for s in starts]  # W3: nothing shared
+    return [Conversation(s, text(rng, 300), [Turn(text(rng, 20))]) for s in starts]  # W3: nothing shared
 
 
 # ---- targets ------------------------------------------------------------------------------------------
@@ -281,10 +285,12 @@ def decision_time_p99(tokens: int = 16_000, rounds: int = 300) -> dict[str, floa
 # ---- the run ------------------------------------------------------------------------------------------
 
 def start_small_vllm(work: Path, settings: StackSettings, model_dir: Path, kv_tokens: int, name: str) -> VllmHandle:
-    """A vLLM of the local stack with a small KV cache (`--kv-cache-memory-bytes` of the CPU extras replaced)."""
+    """A vLLM of the local stack with a small KV cache (`--kv-cache-memory-bytes` of the CPU extras replaced)
+    and sequences of at most MAX_MODEL_LEN tokens (vLLM wants one full-length sequence to fit the cache)."""
     port = free_port()
     cmd = vllm_command(settings, model=str(model_dir), port=port, served_name=settings.model.served_name)
     cmd[cmd.index("--kv-cache-memory-bytes") + 1] = str(kv_tokens * KV_BYTES_PER_TOKEN)
+    cmd[cmd.index("--max-model-len") + 1] = str(MAX_MODEL_LEN)
     work.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(name, cmd, work / "vllm.log", env=vllm_env(work), cwd=work).start()
     url = f"http://127.0.0.1:{port}"
@@ -310,6 +316,7 @@ def targets(work: Path, settings: StackSettings, vllms: list[VllmHandle], redis:
         def start() -> ServiceHandle:
             env = gateway_env(settings, vllms, redis, api_key_hashes={key_hash(API_KEY): "bench"})
             env.update({"GATEWAY_RATE_LIMIT_RPM": "1000000", "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",
+                        "GATEWAY_SESSION_MAX_PER_IDENTITY": "100000",
                         "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_HEALTH_INTERVAL_SECONDS": "0.5",
                         "GATEWAY_ROUTING": json.dumps({"policy": policy, "cache_tokens": kv_tokens})})
             return start_gateway(work / f"gateway-{policy}", env=env, name=f"gateway-{policy}")
@@ -385,19 +392,20 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench routing", description=__doc__)
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="discarded seconds per point (default 3)")
-    parser.add_argument("--rate", type=float, default=3.0, help="new conversations per second (default 3)")
-    parser.add_argument("--kv-tokens", type=int, default=6144, help="KV cache per replica, tokens (default 6144)")
+    parser.add_argument("--rate", type=float, default=1.5, help="new conversations per second (default 1.5)")
+    parser.add_argument("--kv-tokens", type=int, default=3072, help="KV cache per replica, tokens (default 3072)")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--workloads", default="W1,W2,W3")
     parser.add_argument("--smoke", action="store_true", help="every path once, briefly (for make test)")
     parser.add_argument("--out", type=Path, default=OUT / "routing.json")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup, args.rate = 1.5, 0.5, 2.0
+        args.duration, args.warmup, args.rate = 1.5, 0.5, 1.5
 
     settings = local_settings(API_KEY)
     model = settings.model.served_name
     work = args.out.parent / "routing-run"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh Redis (no sessions of an earlier run) and fresh logs
     started: list[ServiceHandle] = []
     points: dict[str, dict[str, dict[str, Any]]] = {}
     try:
@@ -424,7 +432,8 @@ def main(argv: list[str]) -> int:
                 print(f"{w} {target.name:32s} TTFT p50 {row['ttft_p50_ms']:7.1f} ms p95 {row['ttft_p95_ms']:7.1f} ms"
                       f" | hits {row['hit_rate']:.1%} {replicas}"
                       f" | prefill max/mean p95 {row['prefill_max_over_mean_p95']:.2f}"
-                      f" | {row['throughput_rps']:.2f} req/s | errors {row['errors']}", flush=True)
+                      f" | {row['throughput_rps']:.2f} req/s | errors {row['errors']} {row['error_examples'][:1]}",
+                      flush=True)
             handle.stop()
             started.remove(handle)
     finally:
@@ -433,8 +442,8 @@ def main(argv: list[str]) -> int:
     decision = decision_time_p99(rounds=30 if args.smoke else 300)
     print(f"decision time for a ~16k-token prompt: p50 {decision['p50_ms']:.2f} ms, p99 {decision['p99_ms']:.2f} ms")
     report = {"settings": {"duration_s": args.duration, "warmup_s": args.warmup, "rate_per_s": args.rate,
-                           "kv_tokens_per_replica": args.kv_tokens, "seed": args.seed, "replicas": 2,
-                           "smoke": args.smoke},
+                           "kv_tokens_per_replica": args.kv_tokens, "max_model_len": MAX_MODEL_LEN, "seed": args.seed,
+                           "replicas": 2, "smoke": args.smoke},
               "points": points, "decision_time": decision, "goals": goals(points, decision)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
