@@ -366,6 +366,19 @@ def goals(points: dict[str, dict[str, dict[str, Any]]], decision: dict[str, floa
     return out
 
 
+def markdown_table(points: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The README's table: a row per workload and policy."""
+    lines = ["| workload | policy | TTFT p50 / p95 (ms) | hit rate (per replica) | prefill max/mean p95 | req/s |",
+             "|---|---|---|---|---|---|"]
+    for w, rows in points.items():
+        for name, row in rows.items():
+            replicas = " / ".join(f"{h:.0%}" if h is not None else "–" for h in row["hit_rate_per_replica"])
+            lines.append(f"| {w} | {name} | {row['ttft_p50_ms']:.0f} / {row['ttft_p95_ms']:.0f} | "
+                         f"{row['hit_rate']:.1%} ({replicas}) | {row['prefill_max_over_mean_p95']:.2f} | "
+                         f"{row['throughput_rps']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(points: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -448,6 +461,7 @@ def main(argv: list[str]) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     plot(points, args.out.with_suffix(".png"))
+    print(markdown_table(points))
     print(json.dumps(report["goals"], indent=2))
     print(f"written to {args.out} and {args.out.with_suffix('.png')}")
     failed = [(w, name, row["error_examples"]) for w, rows in points.items() for name, row in rows.items()
