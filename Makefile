@@ -33,6 +33,7 @@ help:
 	@echo "             stack's GPU hosts (ssh) and pods (kubectl), expectations from its settings"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the gateway side by side with the direct path (not part of test): build/bench/"
+	@echo "make bench ROUTING=1 - routing policies vs vllm-router on two real vLLMs: build/bench/routing.json"
 	@echo "make loadtest URL=... RPS=... [STREAM=1] [KEY=...] [DURATION=60s] - Locust, P95 TTFT vs the SLO"
 	@echo "make failover TO=site-b [DRY_RUN=1] [YES=1] - pin DNS, promote TO, demote the old primary (Pulumi)"
 	@echo "make failback [DRY_RUN=1] [YES=1] - the same back to the original primary, once it has caught up"
@@ -78,7 +79,7 @@ pin-digests:
 	$(PY) -m infra.pin_digests --stack $(STACK)
 
 bench: setup
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench $(if $(filter-out 0,$(ROUTING)),routing) $(BENCH_ARGS)
 
 loadtest: setup
 	$(PY) -m bench loadtest $(if $(URL),--url $(URL)) --rps $(or $(RPS),2) $(if $(filter-out 0,$(STREAM)),--stream) \

@@ -73,11 +73,14 @@ def describe(run: OfflineRun) -> str:
         return (f"global DNS {run.dns.hostname}: active site {run.dns.active_site}, "
                 f"standby {run.dns.standby_site}")
     s = run.settings
+    routing = s.gateway_runtime().routing
     return (f"site {s.site.name}, role {s.site.role}\n"
             f"capacity per vLLM replica: {s.capacity.describe()}\n"
             f"{s.gateway.describe_shutdown()}\n"
             f"replicas owned by: vLLM {'KEDA' if s.keda_scales_vllm else 'inference.replicas'}, "
-            f"gateway {'the HPA' if s.hpa_scales_gateway else 'gateway.replicas'}")
+            f"gateway {'the HPA' if s.hpa_scales_gateway else 'gateway.replicas'}\n"
+            f"gateway routing: {routing.policy} (load factor {routing.load_factor:g}, blocks of "
+            f"{routing.block_tokens} tokens), remembering {routing.cache_tokens:,} tokens of KV cache per backend")
 
 
 def render_tree(resources: list[Captured]) -> str:

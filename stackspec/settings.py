@@ -588,6 +588,10 @@ class StackSettings(_Section):
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
             # What one gateway process may carry at once (unless gateway.maxInFlight says) follows its CPU request.
             "cpu_cores": (_key("gateway.cpuRequest"), cpu_cores(self.gateway.cpu_request)),
+            # What the router remembers per backend: the KV cache one replica holds (the capacity model),
+            # unless the stack sets gateway.routing.cacheTokens itself.
+            "routing": (_key("gateway.routing"), self.gateway.routing.model_copy(update={
+                "cache_tokens": self.gateway.routing.cache_tokens or max(self.capacity.kv_tokens, 1)})),
         }
 
     @property

@@ -17,6 +17,7 @@ from app.gateway.auth.authenticate import Authenticator
 from app.gateway.auth.oidc import OidcVerifier
 from app.gateway.backends import health
 from app.gateway.backends.pool import BackendPool
+from app.gateway.backends.routing import make_router
 from app.gateway.errors import install_error_handlers
 from app.gateway.logging import configure_logging, log
 from app.gateway.metrics import Metrics
@@ -103,6 +104,7 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
         pool=pool,
         proxy=Proxy(
             client, pool, metrics,
+            router=make_router(pool, metrics, settings.routing),
             connect_timeout=settings.connect_timeout,
             first_token_timeout=settings.first_token_timeout,
             idle_timeout=settings.idle_timeout,

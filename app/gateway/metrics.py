@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -32,6 +33,30 @@ class Metrics:
         )
         self.backend_outstanding = Gauge(
             "gateway_backend_outstanding_requests", "Requests in flight per backend", ["backend"], registry=r
+        )
+        self.backend_queued_prefill = Gauge(
+            "gateway_backend_queued_prefill_tokens",
+            "Estimated prompt tokens routed to the backend whose prefill is not over (routing's load)", ["backend"],
+            registry=r,
+        )
+        self.routing_decisions = Counter(
+            "gateway_routing_decisions_total",
+            "Routing decisions by policy and outcome: cache_hit (the backend is estimated to hold part of the "
+            "prompt), miss, spill (the best backend for the cache was over the load bound)",
+            ["policy", "outcome"], registry=r,
+        )
+        self.routing_prompt_tokens = Counter(
+            "gateway_routing_prompt_tokens_total", "Estimated prompt tokens of routed requests", ["policy"],
+            registry=r,
+        )
+        self.routing_cached_tokens = Counter(
+            "gateway_routing_cached_tokens_total",
+            "Of those, the tokens the chosen backend was estimated to hold in its prefix cache", ["policy"],
+            registry=r,
+        )
+        self.routing_decision_seconds = Histogram(
+            "gateway_routing_decision_seconds", "Time to choose a backend (hashing the prompt excluded)",
+            ["policy"], buckets=DECISION_BUCKETS, registry=r,
         )
         self.retries = Counter(
             "gateway_upstream_retries_total", "Requests retried on another backend", ["reason"], registry=r

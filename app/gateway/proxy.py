@@ -21,7 +21,7 @@ import aiohttp
 import anyio
 
 from app.gateway.backends.pool import Backend, BackendPool
-from app.gateway.backends.routing import choose_backend
+from app.gateway.backends.routing import Route, Router
 from app.gateway.errors import ApiError, error_body, sse_error_event
 from app.gateway.logging import log
 from app.gateway.metrics import Metrics
@@ -191,13 +191,14 @@ class Proxy:
         pool: BackendPool,
         metrics: Metrics,
         *,
+        router: Router,
         connect_timeout: float,
         first_token_timeout: float,
         idle_timeout: float,
         total_timeout: float,
         retry_attempts: int,
     ):
-        self.client, self.pool, self.metrics = client, pool, metrics
+        self.client, self.pool, self.metrics, self.router = client, pool, metrics, router
         self.connect_timeout = connect_timeout
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
@@ -205,24 +206,28 @@ class Proxy:
         self.retry_attempts = retry_attempts
         self._stream_timeout = _total(None, connect_timeout)  # streams: our own first-token/idle/total clocks
 
-    async def _attempts(self, affinity: str | None, attempt: Callable[[Backend], Awaitable[T]]) -> T:
+    async def _attempts(self, route: Route, attempt: Callable[[Backend], Awaitable[T]]) -> T:
         """Run `attempt` on up to `retry_attempts` backends until one does not raise UpstreamFailure: each backend
         once, then again one still healthy whose connection was dropped before it answered (with one backend
-        left, a kept-alive connection it closed as we reused it must not fail the request)."""
+        left, a kept-alive connection it closed as we reused it must not fail the request). The router picks
+        each; an attempt's prompt counts as its backend's queued prefill until the attempt returns (a stream's
+        first event, or the whole answer) or fails."""
         tried: list[Backend] = []
         dropped: list[Backend] = []
         failure: UpstreamFailure | None = None
         for _ in range(self.retry_attempts):
-            backend = choose_backend(self.pool.all(), session_id=affinity, exclude=tried)
-            if backend is None:
-                backend = choose_backend([b for b in dropped if b.healthy], session_id=affinity)
-                if backend is None:
+            decision = self.router.choose(route, exclude=tried)
+            if decision is None:
+                decision = self.router.choose(route, among=[b for b in dropped if b.healthy])
+                if decision is None:
                     break
-                dropped.remove(backend)
+                dropped.remove(decision.backend)
+            backend = decision.backend
             if failure is not None:
                 self.metrics.retries.labels(failure.kind).inc()
                 log.info("retrying the request", extra={"backend": backend.address, "after": str(failure)})
             tried.append(backend)
+            queued = self.router.started(decision, route)
             try:
                 result = await attempt(backend)
             except UpstreamFailure as err:
@@ -232,6 +237,8 @@ class Proxy:
                 log.warning("upstream attempt failed", extra={"backend": backend.address, "error": str(err)})
                 failure = err
                 continue
+            finally:
+                self.router.prefilled(backend, queued)
             self.pool.record_success(backend)
             return result
         if failure is None:
@@ -242,7 +249,7 @@ class Proxy:
     # ---- non-streaming -------------------------------------------------------------------------------
 
     async def complete(
-        self, path: str, body: bytes, headers: dict[str, str], affinity: str | None
+        self, path: str, body: bytes, headers: dict[str, str], route: Route
     ) -> tuple[int, dict[str, Any], bytes]:
         """(status, the parsed answer, its bytes as vLLM sent them) — a 4xx normalised to OpenAI's shape."""
         deadline = time.monotonic() + self.total_timeout
@@ -279,12 +286,12 @@ class Proxy:
                 raise UpstreamFailure("5xx", "invalid JSON from backend")
             return status, data, content
 
-        return await self._attempts(affinity, attempt)
+        return await self._attempts(route, attempt)
 
     # ---- streaming -----------------------------------------------------------------------------------
 
     async def open_stream(
-        self, path: str, body: bytes, headers: dict[str, str], affinity: str | None, account: StreamAccount
+        self, path: str, body: bytes, headers: dict[str, str], route: Route, account: StreamAccount
     ) -> UpstreamStream | UpstreamClientError:
         """Connect and wait for the first event (retrying elsewhere); the rest is read by `UpstreamStream`."""
         started = time.monotonic()
@@ -330,7 +337,7 @@ class Proxy:
                 raise
             return UpstreamStream(self, backend, resp, first, rest, account, started, deadline)
 
-        return await self._attempts(affinity, attempt)
+        return await self._attempts(route, attempt)
 
 
 class UpstreamStream:

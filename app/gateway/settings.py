@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import re
 from functools import cached_property
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -36,6 +38,32 @@ class GatewaySettingsProblems(ValueError):
     def __init__(self, problems: list[tuple[tuple[str, ...], str]]):
         self.problems = problems
         super().__init__("; ".join(message for _, message in problems))
+
+
+class RoutingTuning(BaseModel):
+    """How a request picks its backend (a stack's `gateway.routing`; the environment's GATEWAY_ROUTING, JSON).
+
+    `prefix`: to the backend most likely to hold the prompt's prefix in its KV cache, among those whose load is
+    within `load_factor` of the mean (backends/prefix_aware.py). `session`: the behaviour before it — a session
+    sticks to its rendezvous backend, anything else goes to the fewest requests in flight (session_affinity.py).
+    `round_robin`: a baseline for the routing benchmark.
+    """
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    policy: Literal["prefix", "session", "round_robin"] = "prefix"
+    # Consistent hashing with bounded loads (Mirrokni et al.): a backend is a candidate while its load plus
+    # this request stays within ceil(load_factor x the mean load including it).
+    load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    # The prompt is hashed in blocks of about this many tokens (4 characters a token: the gateway has no
+    # tokenizer); a block's hash chains all before it, so equal hashes mean an equal prefix.
+    block_tokens: int = Field(default=32, ge=4, le=4096)
+    # Tokens of a backend's KV cache the gateway remembers per backend (an LRU of block hashes); 0 = the stack's
+    # capacity model fills it in (KV cache per replica), or 100,000 when the gateway runs on its own.
+    cache_tokens: int = Field(default=0, ge=0, le=100_000_000)
+    # Load is counted in what costs the GPU: each request in flight is 1, and each this many prompt tokens
+    # it has queued for prefill (not yet cached, first token not yet out) is 1 more.
+    prefill_tokens_per_load: int = Field(default=1024, ge=1, le=1_000_000)
 
 
 class GatewayTuning(BaseModel):
@@ -78,6 +106,7 @@ class GatewayTuning(BaseModel):
     idle_timeout: float = Field(default=30.0, gt=0)
     total_timeout: float = Field(default=600.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1, le=10)  # tries per request, over distinct backends
+    routing: RoutingTuning = RoutingTuning()
 
     health_interval_seconds: float = Field(default=2.0, gt=0)
     health_timeout_seconds: float = Field(default=2.0, gt=0)

@@ -101,6 +101,10 @@ def service_overview(sc: Scope) -> list[PanelSpec]:
         PanelSpec("KV cache usage", "percentunit", (
             Query(f"max by (instance) ({sc.select(m.VLLM_KV_USAGE, vllm)})", "{{instance}}"),
         )),
+        PanelSpec("Prefix cache hit rate", "percentunit", (
+            Query(_recorded(sc, r.PREFIX_HIT_RATIO, vllm), "all replicas"),
+            Query(_recorded(sc, r.PREFIX_HIT_RATIO_BY_INSTANCE, vllm), "{{instance}}"),
+        ), "Prompt tokens vLLM found in its prefix cache, of those it looked up: what prefix-aware routing is for."),
     ]
 
 
@@ -156,6 +160,22 @@ def gateway(sc: Scope) -> list[PanelSpec]:
         )),
         PanelSpec("Gateway time to first token", "s", tuple(
             Query(_recorded(sc, r.GW_TTFT_QUANTILE.format(q=p), m.JOB_GATEWAY), f"p{p}") for p in r.QUANTILES
+        )),
+        PanelSpec("Routing decisions", "reqps", (
+            Query(f"sum by (policy, outcome) (rate({gw(m.GW_ROUTING_DECISIONS)}[{RATE}]))", "{{policy}}: {{outcome}}"),
+        ), "cache_hit: sent where part of the prompt is estimated cached; spill: the best backend for the cache "
+           "was over the load bound (gateway.routing.loadFactor), so the request went elsewhere."),
+        PanelSpec("Routing: estimated vs measured prefix-cache hits", "percentunit", (
+            Query(_recorded(sc, r.ROUTING_CACHED_RATIO, m.JOB_GATEWAY), "gateway estimate ({{policy}})"),
+            Query(_recorded(sc, r.PREFIX_HIT_RATIO, m.JOB_VLLM), "vLLM measured"),
+        ), "The gateway's estimate well above vLLM's count: the router's LRU outlives the KV cache (lower "
+           "gateway.routing.cacheTokens)."),
+        PanelSpec("Queued prefill per backend", "short", (
+            Query(f"sum by (backend) ({gw(m.GW_BACKEND_QUEUED_PREFILL)})", "{{backend}}"),
+        ), "Estimated prompt tokens routed to the backend whose first token is not out yet (part of the load)."),
+        PanelSpec("Routing decision time", "s", (
+            Query(m.quantile(0.99, m.GW_ROUTING_DECISION_SECONDS, RATE, by="policy, le",
+                             **sc.labels(m.JOB_GATEWAY)), "p99 {{policy}}"),
         )),
     ]
 

@@ -26,6 +26,9 @@ VLLM_E2E = "vllm:e2e_request_latency_seconds"  # histogram
 VLLM_SUCCESS = "vllm:request_success_total"
 VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
 VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+# Prefix caching, in tokens: of the prompt tokens looked up in the cache (queries), those found (hits).
+VLLM_PREFIX_HITS = "vllm:prefix_cache_hits_total"
+VLLM_PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 
 # Gateway metrics (app/gateway/metrics.py).
 GW_REQUESTS = "gateway_requests_total"  # labels: route, status, model
@@ -42,6 +45,13 @@ GW_AUTH_FAILURES = "gateway_auth_failures_total"
 GW_TOKENS = "gateway_tokens_total"  # labels direction, model
 GW_RATE_LIMITED = "gateway_rate_limited_total"  # label limit
 GW_ACTIVE_STREAMS = "gateway_active_streams"
+# Routing (app/gateway/backends/routing.py): decisions by policy and outcome (cache_hit, miss, spill), the
+# prompt tokens routed and those estimated cached where they went, the decision time, queued prefill.
+GW_ROUTING_DECISIONS = "gateway_routing_decisions_total"
+GW_ROUTING_PROMPT_TOKENS = "gateway_routing_prompt_tokens_total"
+GW_ROUTING_CACHED_TOKENS = "gateway_routing_cached_tokens_total"
+GW_ROUTING_DECISION_SECONDS = "gateway_routing_decision_seconds"  # histogram, label policy
+GW_BACKEND_QUEUED_PREFILL = "gateway_backend_queued_prefill_tokens"
 
 # Exporters.
 DCGM_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent

@@ -37,6 +37,11 @@ PROMPT_TOKENS_PER_SECOND = "qwen:vllm_prompt_tokens:rate5m"
 TTFT_QUANTILE = "qwen:vllm_ttft_seconds:p{q}_5m"
 GW_TTFT_QUANTILE = "qwen:gateway_time_to_first_token_seconds:p{q}_5m"
 QUANTILES = (50, 95, 99)
+# vLLM's prefix-cache hit rate (hit tokens / looked-up tokens), overall and per replica, and the gateway's
+# own estimate of it (what routing expected to find cached where it sent each request).
+PREFIX_HIT_RATIO = "qwen:vllm_prefix_cache_hits:ratio_rate5m"
+PREFIX_HIT_RATIO_BY_INSTANCE = "qwen:vllm_prefix_cache_hits_by_instance:ratio_rate5m"
+ROUTING_CACHED_RATIO = "qwen:gateway_routing_cached_tokens:ratio_rate5m"
 
 # Which errors spend the availability budget: the server's fault, not the client's (4xx, 429).
 SERVER_ERROR = "~5.."
@@ -77,6 +82,20 @@ def recording_rules(settings: StackSettings) -> list[Rule]:
                 f"sum by (job, namespace) (rate({sc.select(m.VLLM_GENERATION_TOKENS, m.JOB_VLLM)}[5m]))"),
         _record(PROMPT_TOKENS_PER_SECOND,
                 f"sum by (job, namespace) (rate({sc.select(m.VLLM_PROMPT_TOKENS, m.JOB_VLLM)}[5m]))"),
+    ]
+    hits, queries = sc.select(m.VLLM_PREFIX_HITS, m.JOB_VLLM), sc.select(m.VLLM_PREFIX_QUERIES, m.JOB_VLLM)
+    routed = sc.select(m.GW_ROUTING_PROMPT_TOKENS, m.JOB_GATEWAY)
+    cached = sc.select(m.GW_ROUTING_CACHED_TOKENS, m.JOB_GATEWAY)
+    rules += [
+        # No lookups in the window: no series (not a 0 % that would read as a cold cache).
+        _record(PREFIX_HIT_RATIO,
+                f"sum by (job, namespace) (rate({hits}[5m])) / sum by (job, namespace) (rate({queries}[5m])) > -1"),
+        _record(PREFIX_HIT_RATIO_BY_INSTANCE,
+                f"sum by (job, namespace, instance) (rate({hits}[5m]))"
+                f" / sum by (job, namespace, instance) (rate({queries}[5m])) > -1"),
+        _record(ROUTING_CACHED_RATIO,
+                f"sum by (job, namespace, policy) (rate({cached}[5m]))"
+                f" / sum by (job, namespace, policy) (rate({routed}[5m])) > -1"),
     ]
     for q in QUANTILES:
         rules.append(_record(TTFT_QUANTILE.format(q=q),

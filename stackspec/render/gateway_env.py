@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from app.gateway.settings import GatewaySettings
 from stackspec.settings import StackSettings
@@ -33,6 +33,8 @@ def env_value(value: object) -> str:
     """One field in the syntax pydantic-settings reads back to the same value."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, BaseModel):  # a group of fields (e.g. GATEWAY_ROUTING): pydantic-settings reads JSON
+        return value.model_dump_json()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

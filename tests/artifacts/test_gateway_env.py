@@ -38,10 +38,15 @@ def test_rendered_env_parses_into_the_gateway_settings(stack: str, monkeypatch: 
     assert gw.max_body_bytes == s.edge.client_max_body_bytes  # one limit for the edge and the gateway
     # Every tunable the stack sets arrives as it was checked at plan time.
     # (The shutdown grace as derived: totalTimeout unless the stack sets shutdownGraceSeconds.)
-    for name, value in s.gateway.tuning().items():
-        assert getattr(gw, name) == value, name
-    assert set(s.gateway.tuning()) == set(GatewayTuning.model_fields)
+    tuning = s.gateway.tuning()
+    for name, value in tuning.items():
+        if name != "routing":
+            assert getattr(gw, name) == value, name
+    assert set(tuning) == set(GatewayTuning.model_fields)
     assert gw.shutdown_grace_seconds == s.gateway.shutdown_grace
+    # Routing as the stack sets it, remembering per backend the KV cache the capacity model gives a replica.
+    assert gw.routing == s.gateway.routing.model_copy(update={"cache_tokens": s.capacity.kv_tokens})
+    assert gw.routing.cache_tokens > 10_000
     assert gw.key_hashes == json.loads(SECRET_PLACEHOLDERS["apiKeyHashes"])
 
 

@@ -276,6 +276,10 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
         "GATEWAY_MAX_TOKENS_CAP": "4000",  # vLLM here: max_model_len 4096
         "GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0",
         "GATEWAY_SHUTDOWN_GRACE_SECONDS": "5",
+        # The tests of affinity, spreading and failover pin requests with session ids and count on the fewest
+        # in flight for the rest: the `session` policy. test_prefix_routing.py starts gateways of the default
+        # (`prefix`) policy itself.
+        "GATEWAY_ROUTING": '{"policy": "session"}',
     }
 
 

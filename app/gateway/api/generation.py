@@ -120,7 +120,7 @@ async def _generate(
 ) -> Any:
     request.state.model = model
     headers = {"X-Request-Id": request_id_var.get(), "Content-Type": "application/json"}
-    affinity = session.id if session else None
+    route = ctx.proxy.router.route(body, session.id if session else None)
     response_headers = {"X-Request-Id": request_id_var.get()}
     if session is not None:
         response_headers["X-Session-Id"] = session.id
@@ -148,7 +148,7 @@ async def _generate(
     if not stream:
         try:
             answered, result = await unless_client_leaves(
-                request.receive, ctx.proxy.complete(path, upstream_body(body), headers, affinity))
+                request.receive, ctx.proxy.complete(path, upstream_body(body), headers, route))
         finally:
             await slot.release()
         if result is None or not answered:
@@ -169,7 +169,7 @@ async def _generate(
     account = StreamAccount(collect_text=session is not None, forward_usage_chunk=client_wants_usage)
     try:
         answered, opened = await unless_client_leaves(
-            request.receive, ctx.proxy.open_stream(path, upstream_body(body), headers, affinity, account))
+            request.receive, ctx.proxy.open_stream(path, upstream_body(body), headers, route, account))
     except BaseException:
         await slot.release()
         raise

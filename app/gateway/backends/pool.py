@@ -19,6 +19,7 @@ class Backend:
     address: str  # host:port
     healthy: bool = False
     outstanding: int = 0
+    queued_prefill_tokens: int = 0  # estimated prompt tokens sent to it whose prefill is not over (routing)
     consecutive_failures: int = 0
     models: list[dict[str, Any]] = field(default_factory=list)
     last_probe: float = 0.0
@@ -62,12 +63,14 @@ class BackendPool:
             del self._backends[gone]
             self._metrics.backend_healthy.remove(gone)
             self._metrics.backend_outstanding.remove(gone)
+            self._metrics.backend_queued_prefill.remove(gone)
         for new in addresses:
             if new not in self._backends:
                 log.info("backend added", extra={"backend": new})
                 self._backends[new] = Backend(new)
                 self._metrics.backend_healthy.labels(new).set(0)
                 self._metrics.backend_outstanding.labels(new).set(0)
+                self._metrics.backend_queued_prefill.labels(new).set(0)
 
     def models(self) -> list[dict[str, Any]]:
         """The models served by healthy backends, deduplicated by id."""
@@ -118,6 +121,12 @@ class BackendPool:
         backend.outstanding -= 1
         if backend.address in self._backends:
             self._metrics.backend_outstanding.labels(backend.address).set(backend.outstanding)
+
+    def queue_prefill(self, backend: Backend, tokens: int) -> None:
+        """Add (or, negative, remove) prompt tokens waiting for their prefill on `backend` (routing's load)."""
+        backend.queued_prefill_tokens += tokens
+        if backend.address in self._backends:
+            self._metrics.backend_queued_prefill.labels(backend.address).set(backend.queued_prefill_tokens)
 
     def _sync(self, backend: Backend) -> None:
         if backend.address in self._backends:
