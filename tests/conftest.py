@@ -32,6 +32,7 @@ pytest_plugins = ["tests.layer_times"]
 GROUPS: dict[str, tuple[str, ...]] = {
     "local-stack": ("e2e", "images", "infra", "verify", "monitoring/test_live_prometheus.py"),
     "gateway": ("gateway",),
+    "bench-vllm": ("bench_smoke/test_routing_bench.py", "bench_smoke/test_vllm_benches.py"),
     "make-up": ("localstack/test_make_up.py",),
     "drill": ("dr/test_drill.py",),
 }
