@@ -57,7 +57,7 @@ lint: setup
 
 # Two pytest-xdist workers (tests/conftest.py groups the tests that share servers); TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: setup lint
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)

@@ -5,12 +5,12 @@ exporters) is started once, by the same code `make up` runs, for every layer tha
 images, host checks, live monitoring). It serves the paced model (`paced-qwen2`): streams arrive at a
 GPU-like rate, so "incremental", "stop" and "cancel" are observable, not raced.
 
-Schedule: `make test` runs two pytest-xdist workers (`--dist loadgroup`). Most of a heavy layer's time is
-spent waiting on generation (a paced stream, a vLLM booting), so two of them side by side roughly halve the
-wall time. Each group below runs whole on one worker, so the servers its fixtures start boot once per run;
-the groups go first, longest first, so the two longest never end up queued on one worker; every other module
-is a group of its own, handed to whichever worker is free. Processes and directories are per worker
-(`free_port`, per-pid or per-test directories under build/), so the workers never share a server.
+Schedule: `make test` runs two pytest-xdist workers (`--dist loadscope`, with GroupScheduling's scopes). Most of
+a heavy layer's time is spent waiting on generation (a paced stream, a vLLM booting), so two of them side by
+side roughly halve the wall time. Each group below runs whole on one worker, so the servers its fixtures start
+boot once per run; the groups go first, longest first, so the two longest never end up queued on one worker;
+every other module is a group of its own, handed to whichever worker is free. Processes and directories are per
+worker (`free_port`, per-pid or per-test directories under build/), so the workers never share a server.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from localstack.processes import free_port
 from localstack.stack import Endpoint, LocalConfig, LocalStack
@@ -37,31 +39,42 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "drill": ("dr/test_drill.py",),
 }
 _ORDER = {name: rank for rank, name in enumerate(GROUPS)}
+TESTS = Path(__file__).resolve().parent
 
 
-def _relative(item: pytest.Item) -> str:
-    return Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parent).as_posix()
-
-
-def group_of(item: pytest.Item) -> str | None:
-    rel = _relative(item)
+def group_of(rel: str) -> str | None:
+    """The GROUPS entry of a test file, given relative to tests/ (`gateway/test_auth.py`), if any."""
     for name, prefixes in GROUPS.items():
         if any(rel == prefix or rel.startswith(prefix + "/") for prefix in prefixes):
             return name
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks (it appends `@group` to the node ids)
+def _group_of_item(item: pytest.Item) -> str | None:
+    return group_of(Path(str(item.path)).resolve().relative_to(TESTS).as_posix())
+
+
+class GroupScheduling(LoadScopeScheduling):
+    """xdist's loadscope, with our scopes: a GROUPS entry runs whole on one worker; any other module is a scope
+    of its own (its module-scoped fixtures and caches, e.g. a checkov scan per stack, are made once). xdist's
+    own `--dist loadgroup` groups nothing on pytest 9: it renames `item._nodeid`, which pytest 9 ignores."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return group_of(path.removeprefix(f"{TESTS.name}/")) or path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupScheduling | None:
+    return GroupScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        group = group_of(item)
-        if group is not None:  # every group starts real vLLM: `make test-fast` leaves them out
+        if _group_of_item(item) is not None:  # every group starts real vLLM: `make test-fast` leaves them out
             item.add_marker(pytest.mark.slow)
-        # Any other module is a group of its own: its module-scoped fixtures and caches (a checkov scan per
-        # stack, an S3 server, a Redis pair) are made once, not once per worker.
-        item.add_marker(pytest.mark.xdist_group(group or _relative(item)))
-    # Stable: the order within a group is pytest's own; the other modules after the groups, in pytest's order.
-    items.sort(key=lambda item: _ORDER.get(group_of(item) or "", len(GROUPS)))
+    # The scheduler hands out scopes in this order: the groups first, longest first; then the other modules in
+    # pytest's order (stable sort: the order within a group is pytest's own).
+    items.sort(key=lambda item: _ORDER.get(_group_of_item(item) or "", len(GROUPS)))
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +93,4 @@ def local_stack() -> Iterator[LocalStack]:
 def endpoint(local_stack: LocalStack) -> Endpoint:
     assert local_stack.endpoint is not None
     return local_stack.endpoint
+
