@@ -32,5 +32,5 @@ def test_pace_of_the_fast_model_once() -> None:
 def test_gateway_latency_once() -> None:
     bench("latency", "--concurrency", "1", "--requests", "2")
     report = json.loads((REPO_ROOT / "build" / "bench" / "gateway_latency.json").read_text())
-    assert {path: row["n"] >= 1 and row["median_ms"] > 0 for path, row in report["1"].items()} == {
-        "direct": True, "gateway": True}, report
+    for path in ("direct", "gateway"):
+        assert report["1"][path]["n"] >= 1 and report["1"][path]["median_ms"] > 0, report
