@@ -51,18 +51,19 @@ down:
 images: setup
 	$(PY) -m localstack images
 
+# (`make test` runs the same two as tests/architecture/test_lint.py, beside the other tests)
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy stackspec infra app localstack policies tests bench dr verify
+	.venv/bin/mypy
 
 # Two pytest-xdist workers (tests/conftest.py groups the tests that share servers); TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
-test: setup lint
+test: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
-test-fast: setup lint
+test-fast: setup
 	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 plan: setup
