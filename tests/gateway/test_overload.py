@@ -167,25 +167,28 @@ def plain(redis_server: RedisHandle) -> redis.Redis:
     return redis.Redis(port=redis_server.port, password=redis_server.password)
 
 
-def limiter_with_one_connection(server: RedisHandle, pool_wait_seconds: float, subject: str
-                                ) -> tuple[Metrics, RedisGuard, RateLimiter]:
+@contextlib.asynccontextmanager
+async def limiter_with_one_connection(server: RedisHandle, pool_wait_seconds: float, subject: str
+                                      ) -> AsyncIterator[tuple[Metrics, RedisGuard, RateLimiter]]:
     """A limiter whose Redis pool has one connection, queueing up to `pool_wait_seconds` for it; no Redis
-    call of its own ever times out (this is about the pool, not the server)."""
+    call of its own ever times out (this is about the pool, not the server). Its pool is closed on exit."""
     metrics = Metrics()
     guard = RedisGuard.from_url(server.url, server.password, metrics, timeout=90, retry_seconds=1, min_failures=1,
                                 pool_size=1, pool_wait_seconds=pool_wait_seconds)
     redis.Redis(port=server.port, password=server.password).delete(f"qs:rl:requests:{subject}",
                                                                    f"qs:rl:slots:{subject}")
-    return metrics, guard, RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True,
-                                       slot_ttl_seconds=120)
+    try:
+        yield metrics, guard, RateLimiter(guard, metrics, rpm=1000, concurrent=5, fail_open=True,
+                                          slot_ttl_seconds=120)
+    finally:
+        await guard.close()
 
 
 async def test_with_the_pool_exhausted_an_admission_waits_and_redis_decides(
     redis_server: RedisHandle, plain: redis.Redis,
 ) -> None:
     subject = "key:pool-exhausted"
-    metrics, guard, limiter = limiter_with_one_connection(redis_server, 90, subject)
-    try:
+    async with limiter_with_one_connection(redis_server, 90, subject) as (metrics, guard, limiter):
         async with pool_held(guard, plain, "qs:test:pool-hold"):
             admission = asyncio.create_task(limiter.admit(subject))
             await wait_until_async(lambda: _true(guard.pool_waiting == 1), "the admission queues for a connection")
@@ -198,16 +201,13 @@ async def test_with_the_pool_exhausted_an_admission_waits_and_redis_decides(
         assert sample(metrics, "gateway_rate_limit_fail_open_total") == 0
         assert sample(metrics, "gateway_redis_pool_exhausted_total") == 0
         assert guard.up and not guard.open
-    finally:
-        await guard.close()
 
 
 async def test_past_the_pools_wait_an_admission_is_refused_as_overload_never_decided_locally(
     redis_server: RedisHandle, plain: redis.Redis,
 ) -> None:
     subject = "key:pool-wait-over"
-    metrics, guard, limiter = limiter_with_one_connection(redis_server, 0.1, subject)
-    try:
+    async with limiter_with_one_connection(redis_server, 0.1, subject) as (metrics, guard, limiter):
         async with pool_held(guard, plain, "qs:test:pool-hold-2"):
             for _ in range(3):
                 with pytest.raises(ApiError) as refused:
@@ -222,8 +222,6 @@ async def test_past_the_pools_wait_an_admission_is_refused_as_overload_never_dec
         slot = await limiter.admit(subject)  # the pool free again: Redis decides
         assert slot.key is not None and not slot.local
         await slot.release()
-    finally:
-        await guard.close()
 
 
 @pytest.fixture(scope="module")
