@@ -358,13 +358,15 @@ def test_backend_down_is_reported_then_recovers(page: Page, endpoint: Endpoint, 
 OWNER = "key:local-dev"  # the identity of the local stack's development key
 
 
-def store_session(store: redis.Redis, turns: list[tuple[str, str]], *, owner: str = OWNER) -> str:
+def store_session(store: redis.Redis, turns: list[tuple[str, str]], *, owner: str = OWNER,
+                  active_minutes_ago: int = 0) -> str:
     """Write a session into Redis as the gateway stores one (tests/gateway cover the gateway writing it):
-    its owner, its messages and its entry in the owner's index. Returns its id."""
+    its owner, its messages and its entry in the owner's index, as last active `active_minutes_ago` (two
+    sessions written in the same millisecond would tie, and Redis orders ties by id). Returns its id."""
     session_id = f"web-test-{uuid.uuid4()}"
     # Two hours: longer than the gateway's session TTL (1 h here), so these sort above the sessions other tests
     # make through the gateway (the list is latest expiry first) and stay on the list's first page.
-    ttl_ms = 7_200_000
+    ttl_ms = 7_200_000 - active_minutes_ago * 60_000
     messages = [json.dumps({"role": role, "content": text}) for user, answer in turns
                 for role, text in (("user", user), ("assistant", answer))]
     size = sum(len(m) for m in messages)
@@ -529,7 +531,8 @@ def list_item(page: Page, session_id: str) -> Locator:
 
 def test_the_list_shows_this_callers_conversations_and_reopens_one(page: Page, endpoint: Endpoint,
                                                                    store: redis.Redis) -> None:
-    older = store_session(store, [("What is Redis?", "A data structure server."), ("And AOF?", "A log.")])
+    older = store_session(store, [("What is Redis?", "A data structure server."), ("And AOF?", "A log.")],
+                          active_minutes_ago=1)
     newer = store_session(store, [("How do I page?", "With `after`.")])
     foreign = store_session(store, [("Someone else's secret question", "…")], owner="key:someone-else")
     open_chat(page, endpoint.api_key, max_tokens=8)

@@ -83,7 +83,7 @@ async def assert_vllm_dropped_the_request(paced: VllmHandle, finished_before: fl
     generated = vllm_metric(paced, GENERATED) - generated_before
     assert generated < 2000, f"vLLM generated {generated} of 4000 tokens for a client that had gone"
     await wait_until_async(lambda: asyncio.to_thread(lambda: slots_held(redis_server, "key:alice") == 0),
-                           "the request's concurrency slot is released", within=5)
+                           "the request's concurrency slot is released", within=30)
 
 
 async def test_client_disconnect_cancels_the_vllm_request(
@@ -141,7 +141,7 @@ async def test_client_disconnect_cancels_a_non_streamed_request(
     await wait_until_async(
         lambda: asyncio.to_thread(lambda: metric(gw.url, "gateway_requests_total", route="/v1/chat/completions",
                                                  status="499") == 1),
-        "the abandoned request is counted as 499 (client closed)", within=5)
+        "the abandoned request is counted as 499 (client closed)", within=30)
 
 
 class SilentBackend:
@@ -192,7 +192,7 @@ async def test_client_disconnect_before_the_first_token_cancels_the_upstream_req
         await asyncio.to_thread(silent.closed.wait, 20)
         assert silent.closed.is_set(), "the gateway kept its upstream request open after the client left"
         await wait_until_async(lambda: asyncio.to_thread(lambda: slots_held(redis_server, "key:alice") == 0),
-                               "the request's concurrency slot is released", within=5)
+                               "the request's concurrency slot is released", within=30)
         assert "client disconnected before the first token" in gw.log()
     finally:
         silent.server.shutdown()
