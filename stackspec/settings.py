@@ -320,7 +320,8 @@ class EdgeSettings(_Section):
     # against floods before any request reaches a gateway; the per-identity limits stay the gateway's.
     rate_limit_per_second: int = Field(default=20, ge=1)
     rate_limit_burst: int = Field(default=40, ge=0)
-    connections_per_client: int = Field(default=64, ge=1)
+    # (nginx refuses a limit_conn above 65535 at start: the edge would not come up)
+    connections_per_client: int = Field(default=64, ge=1, le=65535)
 
     @property
     def client_max_body_bytes(self) -> int:

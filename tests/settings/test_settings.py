@@ -95,6 +95,8 @@ BROKEN: list[tuple[str, str, Any, str, str]] = [
     # hardening: Nginx outlives the gateway's own timeout; limits and quotas are bounded
     ("dev", "edge.proxyReadTimeoutSeconds", 600, "qwen-serving:edge.proxyReadTimeoutSeconds", "raise it"),
     ("dev", "edge.rateLimitPerSecond", 0, "qwen-serving:edge.rateLimitPerSecond", "greater than or equal to 1"),
+    ("dev", "edge.connectionsPerClient", 65536, "qwen-serving:edge.connectionsPerClient",
+     "less than or equal to 65535"),
     ("dev", "gateway.maxSequencesPerRequest", 0, "qwen-serving:gateway.maxSequencesPerRequest", "greater than"),
     ("dev", "gateway.redisBreakerFailureRatio", 1.5, "qwen-serving:gateway.redisBreakerFailureRatio", "less than"),
     ("dev", "gateway.sessionMaxBytesPerIdentity", 10, "qwen-serving:gateway.sessionMaxBytesPerIdentity",
