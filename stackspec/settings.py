@@ -457,6 +457,8 @@ class AlertingSettings(_Section):
     request_rate_increase_percent: float = Field(default=200, gt=0)
     min_baseline_rps: float = Field(default=0.5, ge=0)  # below this an hour ago, a jump is not a surge
     health_check_failures: int = Field(default=3, ge=1)
+    # Share of API requests the gateways refuse as overloaded (503) for 10 minutes: autoscaling is not keeping up.
+    overload_shed_percent: float = Field(default=1, gt=0, le=100)
     webhook: bool = True
     email: EmailReceiver | None = None
     group_wait: Duration = "30s"

@@ -158,6 +158,14 @@ def gateway(sc: Scope) -> list[PanelSpec]:
             Query(f"min({gw(m.GW_REDIS_UP)})", "session store (Redis) up"),
             Query(f"sum(rate({gw(m.GW_REDIS_ERRORS)}[{RATE}]))", "session store errors/s"),
         )),
+        PanelSpec("Admission: in flight against the bound", "short", (
+            Query(f"sum by (instance) ({gw(m.GW_IN_FLIGHT)})", "in flight: {{instance}}"),
+            Query(f"sum by (instance) ({gw(m.GW_IN_FLIGHT_LIMIT)})", "bound: {{instance}}"),
+        ), "New generation requests past the bound (lowered while the loop lags) get 503 overloaded."),
+        PanelSpec("Shed as overloaded, and event-loop lag", "reqps", (
+            Query(f"sum by (reason) (rate({gw(m.GW_OVERLOAD_REJECTED)}[{RATE}]))", "shed: {{reason}}"),
+            Query(f"max({gw(m.GW_LOOP_LAG)})", "worst loop lag (s)"),
+        ), "GatewayShedding fires when the shed share stays above its threshold for 10 minutes."),
         PanelSpec("Gateway time to first token", "s", tuple(
             Query(_recorded(sc, r.GW_TTFT_QUANTILE.format(q=p), m.JOB_GATEWAY), f"p{p}") for p in r.QUANTILES
         )),

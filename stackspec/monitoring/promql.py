@@ -52,6 +52,11 @@ GW_ROUTING_PROMPT_TOKENS = "gateway_routing_prompt_tokens_total"
 GW_ROUTING_CACHED_TOKENS = "gateway_routing_cached_tokens_total"
 GW_ROUTING_DECISION_SECONDS = "gateway_routing_decision_seconds"  # histogram, label policy
 GW_BACKEND_QUEUED_PREFILL = "gateway_backend_queued_prefill_tokens"
+# Admission control (app/gateway/admission.py): requests refused as overloaded, and what it decides on.
+GW_OVERLOAD_REJECTED = "gateway_overload_rejected_total"  # label reason: in_flight | loop_lag
+GW_IN_FLIGHT = "gateway_in_flight_requests"
+GW_IN_FLIGHT_LIMIT = "gateway_in_flight_limit"
+GW_LOOP_LAG = "gateway_event_loop_lag_seconds"
 
 # Exporters.
 DCGM_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # percent

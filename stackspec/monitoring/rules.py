@@ -122,7 +122,7 @@ def _targets_failing(sc: Scope, window: str, failures: int) -> str:
 
 
 def capacity_alerts(settings: StackSettings) -> list[Rule]:
-    """The three alerts of the original design."""
+    """The three alerts of the original design, and gateways shedding load."""
     a = settings.monitoring.alerting
     failures = a.health_check_failures
     window = health_check_window(settings)
@@ -149,6 +149,17 @@ def capacity_alerts(settings: StackSettings) -> list[Rule]:
                     "consecutive health checks",
             description=f"Prometheus could not scrape {{{{ $labels.instance }}}} {failures} times in a row "
                         f"(every {settings.monitoring.scrape_interval}).",
+        ),
+        _alert(
+            "GatewayShedding",
+            f"sum by (job, namespace) (rate({sc.select(m.GW_OVERLOAD_REJECTED, m.JOB_GATEWAY)}[5m])) / {now} > "
+            f"{a.overload_shed_percent / 100:g}",
+            for_="10m", severity="warning", signal="scale-out",
+            summary=f"Gateways refuse more than {a.overload_shed_percent:g} % of requests as overloaded",
+            description="{{ $value | humanizePercentage }} of API requests got 503 overloaded for 10 minutes: "
+                        "the gateways are at their in-flight bound or their event loops lag, and autoscaling "
+                        "is not keeping up. Raise gateway.maxReplicas or cpuRequest (the Gateway dashboard "
+                        "shows in-flight against the bound and the loop lag).",
         ),
         _alert(
             "RequestRateSurge",

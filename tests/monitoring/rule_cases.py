@@ -147,6 +147,26 @@ def cases(settings: StackSettings) -> dict[str, list[Case]]:
         }, [("82m", [])], interval),
     ]
 
+    # --- gateways shedding load (503 overloaded) -----------------------------------------------------------
+    shed_share = a.overload_shed_percent / 100
+    shed = m.GW_OVERLOAD_REJECTED + '{' + gateway + ',instance="10.0.1.1:8000",reason="in_flight"}'
+
+    def shedding(share: float, minutes: int) -> dict[str, str]:
+        """10 API requests/s for 30 minutes, `share` of them shed during the first `minutes` (then none)."""
+        busy, rest = span(f"{minutes}m"), span("30m") - span(f"{minutes}m")
+        shed_step = per_step(10 * share)
+        return {gw % "200": _counter(per_step(10 * (1 - share)), span("30m")),
+                gw % "503": f"{_counter(shed_step, busy)} {shed_step * busy:g}x{rest}",
+                shed: f"{_counter(shed_step, busy)} {shed_step * busy:g}x{rest}"}
+
+    result["GatewayShedding"] = [
+        Case("5x the threshold shed for 20 minutes: pending at 8m, firing at 16m", shedding(shed_share * 5, 20), [
+            ("8m", []), ("16m", [ex(settings, "GatewayShedding", shed_share * 5, **sc.labels(m.JOB_GATEWAY))]),
+        ], interval),
+        Case("half the threshold shed for 20 minutes", shedding(shed_share / 2, 20), [("16m", [])], interval),
+        Case("5x the threshold for only 5 minutes", shedding(shed_share * 5, 5), [("8m", []), ("16m", [])], interval),
+    ]
+
     # --- availability SLO burn rates -------------------------------------------------------------------------
     budget = 1 - a.availability_target
     total = 10.0

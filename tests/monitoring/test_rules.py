@@ -29,7 +29,7 @@ def test_promtool_accepts_every_stacks_rules(stack: str, scratch: Path) -> None:
 
 def test_the_design_and_slo_alerts_all_exist() -> None:
     assert set(alert_names(PROD)) == {
-        "GpuUtilizationHigh", "TargetHealthCheckFailing", "RequestRateSurge",
+        "GpuUtilizationHigh", "TargetHealthCheckFailing", "RequestRateSurge", "GatewayShedding",
         "AvailabilityBudgetBurnFast", "AvailabilityBudgetBurnSlow", "TtftP95High", "KvCacheUsageHigh",
         "RequestsWaitingHigh", "NoHealthyVllmBackend", "RedisDown",
         # the cross-site Redis link (a DR pair's primary)
