@@ -122,7 +122,8 @@ class Target:
 class Result:
     ttft: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    completed: int = 0
+    completed: int = 0  # turns answered inside the measured window
+    answered: int = 0  # every turn answered, warm-up included (what vLLM's counters must show at the end)
 
 
 async def run_conversation(http: httpx.AsyncClient, target: Target, conv: Conversation, tag: str, sid: str,
@@ -164,6 +165,7 @@ async def run_conversation(http: httpx.AsyncClient, target: Target, conv: Conver
         if first is None:
             result.errors.append("a stream without content")
             return
+        result.answered += 1
         if started - t0 >= measured_from:
             result.ttft.append(first - started)
             result.completed += 1
@@ -172,11 +174,12 @@ async def run_conversation(http: httpx.AsyncClient, target: Target, conv: Conver
 
 
 def vllm_counters(handles: list[VllmHandle]) -> list[dict[str, float]]:
-    """Each replica's prefix-cache counters (tokens): looked up (queries) and found (hits)."""
-    wanted = {"vllm:prefix_cache_hits_total": "hits", "vllm:prefix_cache_queries_total": "queries"}
+    """Each replica's prefix-cache counters (tokens): looked up (queries) and found (hits); and requests done."""
+    wanted = {"vllm:prefix_cache_hits_total": "hits", "vllm:prefix_cache_queries_total": "queries",
+              "vllm:request_success_total": "done"}
     found = []
     for h in handles:
-        values = {"hits": 0.0, "queries": 0.0}
+        values = {"hits": 0.0, "queries": 0.0, "done": 0.0}
         for family in text_string_to_metric_families(httpx.get(f"{h.url}/metrics", timeout=10).text):
             for sample in family.samples:
                 if sample.name in wanted:
@@ -219,12 +222,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(math.ceil(q * len(ordered)) - 1, 0))]
 
 
+async def counters_once_done(vllms: list[VllmHandle], before: list[dict[str, float]], result: Result,
+                             within: float = 60.0) -> list[dict[str, float]]:
+    """The replicas' counters once they show every answered turn: vLLM updates them from its engine a little
+    after the answer, and a read in between would miss the last requests' tokens (a smoke point: all of them)."""
+    deadline = time.monotonic() + within
+    while True:
+        now = await asyncio.to_thread(vllm_counters, vllms)
+        if sum(n["done"] - b["done"] for n, b in zip(now, before, strict=True)) >= result.answered:
+            return now
+        if time.monotonic() > deadline:
+            result.errors.append(f"vLLM's counters never showed the {result.answered} answered requests")
+            return now
+        await asyncio.sleep(0.2)
+
+
 async def run_point(target: Target, convs: list[Conversation], vllms: list[VllmHandle], *, tag: str, warmup: float,
                     duration: float, model: str) -> dict[str, Any]:
     result = Result()
     samples: list[tuple[float, list[dict[str, float]]]] = []
     stop = asyncio.Event()
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
+    before = await asyncio.to_thread(vllm_counters, vllms)
+    if warmup <= 0:  # the window opens now: count from before the first request (a sampler may read late)
+        samples.append((time.perf_counter(), before))
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         t0 = time.perf_counter()
         run = uuid.uuid4().hex[:12]
@@ -236,7 +257,7 @@ async def run_point(target: Target, convs: list[Conversation], vllms: list[VllmH
         elapsed = time.perf_counter() - t0 - warmup
         stop.set()
         await sampler
-    samples.append((time.perf_counter(), await asyncio.to_thread(vllm_counters, vllms)))
+    samples.append((time.perf_counter(), await counters_once_done(vllms, before, result)))
     first, last = samples[0][1], samples[-1][1]
     per_replica = []
     for a, b in zip(first, last, strict=True):

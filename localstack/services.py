@@ -207,6 +207,11 @@ def vllm_env(workdir: Path) -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # vLLM's CPU build pins its compute thread to core 0 by default ("auto", the last core reserved), so
+        # every vLLM on this machine would share one core while the other idles; unpinned, the kernel spreads
+        # them. One compute thread each, as the pinned default had (spinning OpenMP threads would fight).
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
 

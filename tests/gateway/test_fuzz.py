@@ -23,7 +23,10 @@ from tests.gateway.conftest import JwksServer, StartGateway
 
 EXAMPLES = 25  # per operation and mode (hypothesis stops earlier when it has tried all it can make)
 BODY_EXAMPLES = 60  # for the two generation routes, whose bodies are where the input is
-REQUEST_TIMEOUT = 30.0  # seconds: an answer must come (the gateway's own timeouts are shorter)
+# Seconds: longer than the gateway takes to give up by itself (a 20 s first-token timeout per try here, and one
+# retry on the other backend), so an unanswered request is a hang. (30 s was shorter than that: on a loaded
+# machine a 5-prompt completion on a starved CPU vLLM outlasted it while the gateway was still right to wait.)
+REQUEST_TIMEOUT = 90.0
 
 
 def test_no_generated_request_gets_a_5xx_or_hangs(start_gw: StartGateway, jwks: JwksServer) -> None:
