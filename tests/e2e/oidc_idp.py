@@ -8,18 +8,29 @@ does for a browser app; the mock itself sends none. Plain HTTP on loopback (AUTH
 oidc-provider-mock 0.3.4 takes the code only from confidential clients (client_secret_basic/post) and ignores
 PKCE: here its code grant also admits public clients (authlib's "none" method: a client id, no secret), as a
 provider configured for a browser app does. PKCE is therefore checked by the tests on the page's side (the
-challenge is the S256 of the verifier the page sends), not by this provider.
+challenge is the S256 of the verifier the page sends), not by this provider. Its ID tokens also name no `kid`
+while its JWKS does (every real provider puts it in the header, and the gateway selects the key by it): here
+they carry their key's id.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import flask_cors
 import oidc_provider_mock
 from oidc_provider_mock import _app as mock_app
+
+
+def _with_kid(get_jwt_config: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def get_jwt_config_with_kid(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        config = get_jwt_config(self, *args, **kwargs)
+        return config | {"kid": config["key"]["kid"]}
+    return get_jwt_config_with_kid
 
 
 def main() -> None:
@@ -30,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
     mock_app.AuthorizationCodeGrant.TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+    mock_app.OpenIDCode.get_jwt_config = _with_kid(mock_app.OpenIDCode.get_jwt_config)
     app = oidc_provider_mock.app(
         access_token_max_age=timedelta(seconds=args.token_max_age), issue_refresh_token=False)
     flask_cors.CORS(app, origins=[args.origin])
