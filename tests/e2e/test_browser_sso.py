@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from localstack.processes import ManagedProcess, free_port
 from localstack.settings import local_settings
@@ -35,8 +35,9 @@ CLIENT_ID = "qwen-chat"
 TOKEN_MAX_AGE = 45
 
 
-# Chromium, launched as the chat tests launch it (module fixtures, so this module gets its own).
-playwright, browser = chat.playwright, chat.browser
+# Chromium, pages (JavaScript errors fail the test) and the Redis client, as the chat tests have them; the page
+# opens on the SSO front (`endpoint` below).
+playwright, browser, page, store = chat.playwright, chat.browser, chat.page, chat.store
 
 
 class Sso:
@@ -79,20 +80,9 @@ def sso(local_stack: LocalStack) -> Iterator[Sso]:
 
 
 @pytest.fixture(scope="module")
-def store(local_stack: LocalStack) -> redis.Redis:
-    assert local_stack.redis is not None
-    return redis.Redis(port=local_stack.redis.port, password=local_stack.redis.password)
-
-
-@pytest.fixture
-def page(browser: Browser, sso: Sso) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760}, base_url=sso.endpoint.url)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+def endpoint(sso: Sso) -> Endpoint:
+    """The SSO front, for the chat tests' page fixture (its browser context's base URL)."""
+    return sso.endpoint
 
 
 def token(page: Page) -> dict[str, Any]:
