@@ -108,6 +108,10 @@ def sign_in(page: Page, sso: Sso, subject: str) -> dict[str, list[str]]:
     page.goto("/")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     expect(page.get_by_test_id("error")).to_contain_text("Sign in")  # asked to sign in, not shown a 401
+    # Short answers (kept in localStorage across the round trip): a turn must end well inside the token's first
+    # two thirds, before the page goes back to the provider, even on a busy machine.
+    page.get_by_test_id("max-tokens").fill("4")
+    page.get_by_test_id("max-tokens").dispatch_event("change")
     page.get_by_test_id("sign-in").click()
     params = authorize_at_provider(page, sso, subject)
     expect(page.get_by_test_id("account")).to_have_text(subject)
