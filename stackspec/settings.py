@@ -304,6 +304,14 @@ class Tls(_Section):
     secret_name: str = "qwen-serving-tls"
 
 
+class SsoSettings(_Section):
+    """The chat page's single sign-on: an OIDC public client (authorization code + PKCE, no secret). The
+    issuer and the audience are the gateway's (gateway.oidcIssuer / oidcAudience), so the page signs in where
+    the gateway verifies. Register `https://<edge.hostname>/` as the client's redirect URI at the provider."""
+    client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    scopes: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:/-]+$")], ...] = ("openid", "profile", "email")
+
+
 class EdgeSettings(_Section):
     hostname: str = Field(default="localhost", min_length=1)
     replicas: int = Field(default=2, ge=1)
@@ -311,6 +319,8 @@ class EdgeSettings(_Section):
     node_port: int | None = Field(default=None, ge=30000, le=32767)
     load_balancer_ip: str | None = None
     tls: Tls = Tls()
+    # Single sign-on on the chat page (README: single sign-on); unset = API keys only.
+    sso: SsoSettings | None = None
     # One limit for the edge and the gateway: nginx's client_max_body_size and the gateway's max_body_bytes.
     client_max_body_size: NginxSize = "1m"
     # Nginx's read/send timeouts towards the gateway; unset = the gateway's totalTimeout + 30 s. It must
@@ -709,6 +719,26 @@ def _key(path: str) -> str:
     return f"{PROJECT}:{path}"
 
 
+def _sso_problems(s: StackSettings) -> list[tuple[str, str]]:
+    """The page signs in at the gateway's issuer: SSO without the gateway's OIDC is a page that can sign in but
+    whose tokens every request would be refused with."""
+    sso, gw = s.edge.sso, s.gateway
+    if sso is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    if not gw.oidc_issuer:
+        problems.append((_key("gateway.oidcIssuer"), f"{_key('edge.sso.clientId')} is set, but the gateway verifies "
+                         "no OIDC tokens: set gateway.oidcIssuer/oidcAudience/oidcJwksUrl to the provider the page "
+                         "signs in with, or remove edge.sso"))
+    elif not re.fullmatch(r"https://[A-Za-z0-9.\-]+(:\d{1,5})?(/[A-Za-z0-9._~/\-]*)?", gw.oidc_issuer) and not \
+            re.fullmatch(r"http://(127\.0\.0\.1|localhost)(:\d{1,5})?(/[A-Za-z0-9._~/\-]*)?", gw.oidc_issuer):
+        problems.append((_key("gateway.oidcIssuer"), f"{gw.oidc_issuer!r}: the page's sign-in needs an https:// issuer "
+                         "URL (http only on 127.0.0.1/localhost), without query, quotes or spaces; fix the value"))
+    if "openid" not in sso.scopes:
+        problems.append((_key("edge.sso.scopes"), "must include 'openid' (the page signs in with OpenID Connect)"))
+    return problems
+
+
 def cross_field_problems(s: StackSettings) -> list[tuple[str, str]]:
     """Rules that span sections. Each problem names the key to change and how."""
     problems: list[tuple[str, str]] = []
@@ -789,6 +819,7 @@ def cross_field_problems(s: StackSettings) -> list[tuple[str, str]]:
             "would cut a stream before the gateway ends it with its error event; raise it (or remove it: the "
             "default is totalTimeout + 30)",
         ))
+    problems.extend(_sso_problems(s))
     if s.edge.service_type == "LoadBalancer" and s.edge.node_port is not None:
         problems.append((_key("edge.nodePort"), "only for serviceType NodePort; remove it"))
 

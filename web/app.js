@@ -16,6 +16,7 @@ const els = {
   apiKey: $("api-key"), maxTokens: $("max-tokens"), extraBody: $("extra-body"), error: $("error"), messages: $("messages"),
   composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
   toggleSessions: $("toggle-sessions"), sessions: $("sessions"), sessionList: $("session-list"),
+  signIn: $("sign-in"), signOut: $("sign-out"), account: $("account"),
   sessionsEmpty: $("sessions-empty"), moreSessions: $("more-sessions"), closeSessions: $("close-sessions"),
 };
 const SESSIONS_PAGE = 20;
@@ -41,7 +42,7 @@ function sessionId() {
 
 function headers(extra) {
   const h = { "X-Session-Id": sessionId(), ...extra };
-  const key = sessionStorage.getItem(KEY_STORE);
+  const key = bearer();
   if (key) h.Authorization = "Bearer " + key;
   return h;
 }
@@ -58,11 +59,21 @@ function showNotice(text) {
   els.error.classList.add("notice");
 }
 
+// The signed-in user's token (single sign-on, web/sso.js) first, else the API key typed under Settings.
+function bearer() {
+  return Sso.bearer() || sessionStorage.getItem(KEY_STORE);
+}
+
 function hasKey() {
-  return Boolean(sessionStorage.getItem(KEY_STORE));
+  return Boolean(bearer());
 }
 
 function askForKey() {
+  if (Sso.enabled()) {
+    showNotice("Sign in to start (or enter an API key under Settings).");
+    els.signIn.focus();
+    return;
+  }
   els.settings.hidden = false;
   els.toggleSettings.setAttribute("aria-expanded", "true");
   showNotice("Enter your API key under Settings to start (`make up` prints a development key).");
@@ -179,6 +190,9 @@ async function describeFailure(resp) {
     const data = await resp.json();
     detail = (data && data.error && data.error.message) || "";
   } catch (_) { /* not JSON (e.g. an Nginx error page) */ }
+  if ((resp.status === 401 || resp.status === 403) && Sso.enabled()) {
+    return "Not authorised (" + resp.status + "): sign in again." + (detail ? " (" + detail + ")" : "");
+  }
   if (resp.status === 401 || resp.status === 403) {
     return "Not authorised (" + resp.status + "): enter a valid API key under Settings. " +
       "`make up` prints a development key." + (detail ? " (" + detail + ")" : "");
@@ -639,7 +653,25 @@ els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORE, els
 els.maxTokens.addEventListener("change", () => localStorage.setItem(MAX_TOKENS_STORE, els.maxTokens.value));
 els.extraBody.addEventListener("change", () => localStorage.setItem(EXTRA_STORE, els.extraBody.value));
 
+els.signIn.addEventListener("click", () => Sso.signIn().catch((err) => showError("Sign-in failed: " + err.message)));
+els.signOut.addEventListener("click", () => Sso.signOut());
+
+// Single sign-on when the site has it (/config.json): finish a sign-in coming back from the provider, then
+// show who is signed in, or the button to sign in.
+async function startSso() {
+  try {
+    if (!(await Sso.start(() => document.body.dataset.state !== "idle"))) return;
+  } catch (err) {
+    showError("Single sign-on failed: " + err.message);
+  }
+  const signedIn = Boolean(Sso.bearer());
+  els.signIn.hidden = signedIn;
+  els.signOut.hidden = !signedIn;
+  els.account.textContent = signedIn ? Sso.subject() : "";
+}
+
 async function init() {
+  await startSso();
   els.apiKey.value = sessionStorage.getItem(KEY_STORE) || "";
   els.maxTokens.value = localStorage.getItem(MAX_TOKENS_STORE) || els.maxTokens.value;
   els.extraBody.value = localStorage.getItem(EXTRA_STORE) || "";

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from stackspec.render.page_config import issuer_origin, render_page_config
 from stackspec.settings import StackSettings
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -36,17 +37,23 @@ SSE_LOCATION = "/v1/"
 # page's sanitiser (web/markdown.js). Scripts and styles only from this origin, so no inline script and no
 # injected style attribute; fetch/XHR only to this origin (the gateway's /v1/); images from here or data:;
 # no plugins, no <base>, no form posting, never framed. The page itself has no inline script or style.
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'none'",
-    "frame-ancestors 'none'",
-))
+# With single sign-on (edge.sso), connect-src adds exactly the issuer's origin: the page fetches the provider's
+# discovery document and token endpoint; signing in and out are navigations, which connect-src does not govern.
+def content_security_policy(connect_extra: str | None = None) -> str:
+    return "; ".join((
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'" + (f" {connect_extra}" if connect_extra else ""),
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ))
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()  # a site without SSO
 
 _HOSTNAME_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
@@ -115,7 +122,8 @@ def render_nginx_conf(
         "tls_key": _check(tls_key or f"{K8S_TLS_DIR}/tls.key", _PATH_RE, "tls_key"),
         "status_allow": [_check(c, re.compile(r"^[0-9a-fA-F.:/]+$"), "status_allow") for c in status_allow],
         "mime_types": "/etc/nginx/mime.types",
-        "content_security_policy": CONTENT_SECURITY_POLICY,
+        "content_security_policy": content_security_policy(issuer_origin(settings)),
+        "page_config": render_page_config(settings),
     }
     if local_prefix is not None:
         prefix = _check(str(Path(local_prefix).resolve()), _PATH_RE, "local_prefix")

@@ -38,7 +38,7 @@ def test_the_page_loads_its_scripts_from_this_origin_only() -> None:
     html = (WEB / "index.html").read_text()
     scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.S)
     sources = [re.search(r'src="([^"]+)"', attrs).group(1) for attrs, _ in scripts]  # type: ignore[union-attr]
-    assert sources == ["vendor/marked.umd.js", "vendor/purify.min.js", "markdown.js", "app.js"]
+    assert sources == ["vendor/marked.umd.js", "vendor/purify.min.js", "markdown.js", "sso.js", "app.js"]
     assert all(body.strip() == "" for _, body in scripts), "inline script: the CSP forbids it"
     assert all((WEB / s).is_file() for s in sources)
     assert "http://" not in html and "https://" not in html and " style=" not in html
