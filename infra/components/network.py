@@ -31,12 +31,11 @@ def backup_endpoint_port(endpoint: str) -> int:
 def pod_security_level(settings: StackSettings) -> str:
     """The enforced Pod Security level.
 
-    gateway, edge and Redis meet `restricted`; vLLM does not (the official image runs as root), so the
-    namespace enforces `baseline`. A hostPath model cache is forbidden by `baseline` too: with
-    `inference.cache.kind: hostPath` the namespace must enforce `privileged`. `restricted` is still audited
-    and warned about either way, so drift in the other tiers shows up.
+    Every tier meets `restricted` (vLLM included: a non-root UID, read-only root). A hostPath model cache is
+    forbidden by `baseline` and `restricted` alike: with `inference.cache.kind: hostPath` the namespace must
+    enforce `privileged`. `restricted` is still audited and warned about either way, so drift shows up.
     """
-    return "privileged" if settings.inference.cache.kind == "hostPath" else "baseline"
+    return "privileged" if settings.inference.cache.kind == "hostPath" else "restricted"
 
 
 NetworkArgs = kube.SiteArgs  # the settings are all it takes

@@ -120,6 +120,7 @@ PLANTED = [
     ("gpus-only-on-the-gpu-pool", DEPLOYMENT, "vllm", drop_gpu_toleration),
     ("no-plain-secrets-in-env", DEPLOYMENT, "gateway", plain_password),
     ("runs-as-non-root", DEPLOYMENT, "edge", root_pod),
+    ("runs-as-non-root", DEPLOYMENT, "vllm", root_pod),  # no tier is exempt any more, vLLM included
     ("only-the-edge-is-exposed", "kubernetes:core/v1:Service", "redis-service", expose),
     ("every-workload-has-a-pdb", "kubernetes:policy/v1:PodDisruptionBudget", "gateway-pdb", no_pdb_selector),
     ("namespaces-deny-by-default", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "netpol-default-deny", allow_all),
