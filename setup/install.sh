@@ -34,6 +34,15 @@ if ((${#missing[@]})) && ((!PLAN_ONLY)); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# --- the unprivileged user the local vLLM runs as (localstack/unprivileged.py) ---------------------
+# Tests and `make up` run as root here; vLLM must not: it runs as this account (the cluster's VLLM_UID,
+# stackspec/images.py), with no home and no shell, owning only the directories it writes to. Not root:
+# vLLM runs as the invoking user, already unprivileged, and nothing is created.
+if ((!PLAN_ONLY)) && [[ $(id -u) -eq 0 ]] && ! id -u qs-vllm >/dev/null 2>&1; then
+  say "creating the unprivileged user qs-vllm (uid 10002) the local vLLM runs as"
+  useradd --uid 10002 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin qs-vllm
+fi
+
 # --- a venv whose installed set matches a hash of its requirement files --------------------------
 # usage: ensure_venv DIR STAMP_INPUTS... -- PIP_ARGS...
 ensure_venv() {
