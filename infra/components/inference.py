@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.gpu_pool import GpuNodePool
+from infra.components.model_manifest import model_manifest_cronjob
 from stackspec.images import VLLM_UID
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.scope import scope
@@ -27,7 +28,7 @@ from stackspec.render.vllm_args import (  # the pod environment is the contract'
     render_vllm_args,
     vllm_env,
 )
-from stackspec.settings import StackSettings
+from stackspec.settings import MODEL_MANIFEST_CRONJOB, StackSettings
 
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
 KEDA_API = "keda.sh/v1alpha1"
@@ -54,10 +55,21 @@ class KedaBackend:
     ready: list[pulumi.Resource]
 
 
+@dataclass(frozen=True)
+class ManifestBackend:
+    """What the model manifest CronJob needs from elsewhere: the backup image, the Secret holding the object
+    storage's credentials file (the Redis tier's), and what must exist first."""
+
+    image: pulumi.Input[str]
+    storage_secret: str
+    ready: list[pulumi.Resource]
+
+
 @dataclass
 class InferenceArgs(kube.ImageTierArgs):
     pool: GpuNodePool
     keda: KedaBackend | None = None  # required exactly when settings.keda_scales_vllm
+    manifest: ManifestBackend | None = None  # required exactly when redis.backup is set
 
 
 class Inference(kube.Tier):
@@ -104,7 +116,17 @@ class Inference(kube.Tier):
         if keda and args.keda is not None:
             self.max_replicas = keda_max_replicas(s)
             self.scaled_object = self._scaled_object(s, args.keda)
+        # The model manifest to object storage, beside the cache it reads, wherever backups are configured.
+        self.manifest: k8s.batch.v1.CronJob | None = None
+        if s.redis.backup is not None:
+            if args.manifest is None:
+                raise ValueError("redis.backup: the inference tier needs the ManifestBackend (image, storage Secret)")
+            self.manifest = model_manifest_cronjob(
+                s, namespace=ns, image=args.manifest.image, storage_secret=args.manifest.storage_secret,
+                cache_volume=cache_volume, pool=args.pool,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=args.manifest.ready))
         self.register_outputs({
+            "manifestCronJob": MODEL_MANIFEST_CRONJOB if self.manifest else None,
             "service": self.service_name, "port": self.port, "deployment": self.deployment_name,
             "backends_dns": self.backends_dns, "maxReplicas": self.max_replicas,
             "autoscaled": self.scaled_object is not None,

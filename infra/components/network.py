@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.labels import labels, metadata, selector_labels
-from stackspec.settings import BACKUP_CRONJOB, StackSettings
+from stackspec.settings import BACKUP_CRONJOB, MODEL_MANIFEST_CRONJOB, StackSettings
 
 # Ports the tiers listen on in their pods (the Services may map them).
 EDGE_HTTP_PORT = 8080
@@ -163,6 +163,10 @@ class Network(pulumi.ComponentResource):
             redis_ingress.append(ingress(from_=[self._peer(BACKUP)], ports=self._ports(REDIS_PORT)))
             policies.append(self._policy(BACKUP, BACKUP, egress=[
                 egress(to=[self._peer("redis")], ports=self._ports(REDIS_PORT)),
+                egress(to=anywhere, ports=self._ports(backup_endpoint_port(s.redis.backup.endpoint))),
+            ]))
+            # the model manifest CronJob writes to the same storage, and reaches nothing else
+            policies.append(self._policy(MODEL_MANIFEST_CRONJOB, MODEL_MANIFEST_CRONJOB, egress=[
                 egress(to=anywhere, ports=self._ports(backup_endpoint_port(s.redis.backup.endpoint))),
             ]))
         rep = s.redis.replication
