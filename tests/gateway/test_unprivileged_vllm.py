@@ -50,6 +50,7 @@ def test_every_vllm_process_runs_unprivileged_and_serves(fleet: Fleet) -> None:
 def test_vllm_cannot_write_to_its_venv_but_to_its_own_directories(fleet: Fleet) -> None:
     identity = vllm_identity()
     assert identity is not None, "the suite runs as root here: vLLM must have been switched to its own user"
+    assert cannot_run(identity, str(VLLM_PYTHON)) is None
     workdir = Path(f"/proc/{fleet.a.pid}/cwd").resolve()
     probe = ("import os, sys, vllm; "
              "print(os.access(os.path.dirname(vllm.__file__), os.W_OK), os.access(sys.prefix, os.W_OK), "
