@@ -50,7 +50,7 @@ from localstack.services import (
     start_gateway,
     start_redis,
     vllm_command,
-    vllm_env,
+    vllm_process,
 )
 from localstack.settings import key_hash, local_settings
 from localstack.stack import gateway_env
@@ -313,7 +313,7 @@ def start_small_vllm(work: Path, settings: StackSettings, model_dir: Path, kv_to
     cmd[cmd.index("--kv-cache-memory-bytes") + 1] = str(kv_tokens * KV_BYTES_PER_TOKEN)
     cmd[cmd.index("--max-model-len") + 1] = str(MAX_MODEL_LEN)
     work.mkdir(parents=True, exist_ok=True)
-    proc = ManagedProcess(name, cmd, work / "vllm.log", env=vllm_env(work), cwd=work).start()
+    proc = vllm_process(name, cmd, work).start()
     url = f"http://127.0.0.1:{port}"
     return VllmHandle(name, port, proc, lambda: http_ok(f"{url}/v1/models"), 300.0,
                       served_name=settings.model.served_name)

@@ -9,13 +9,13 @@ from infra.components.edge import Edge, EdgeArgs
 from infra.components.gateway import Gateway, GatewayArgs
 from infra.components.gpu_pool import GpuNodePool, GpuNodePoolArgs
 from infra.components.images import Images, ImagesArgs
-from infra.components.inference import Inference, InferenceArgs
+from infra.components.inference import Inference, InferenceArgs, ManifestBackend
 from infra.components.monitoring import Monitoring, MonitoringArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.redis import Redis, RedisArgs
 from infra.global_program import declare_global
 from stackspec.dns import DnsSettings, global_settings_from_config, is_global_config
-from stackspec.settings import PROJECT, StackSettings, settings_from_config
+from stackspec.settings import BACKUP_CRONJOB, PROJECT, StackSettings, settings_from_config
 
 
 def read_settings() -> StackSettings | DnsSettings:
@@ -72,7 +72,9 @@ def declare(settings: StackSettings) -> dict[str, object]:
     monitoring = Monitoring("monitoring", MonitoringArgs(settings=settings)) if settings.monitoring.enabled else None
     inference = Inference(
         "inference", InferenceArgs(settings=settings, namespace=ns, pool=pool, image=images.vllm_ref,
-                                   keda=monitoring.keda_backend if settings.keda_scales_vllm and monitoring else None),
+                                   keda=monitoring.keda_backend if settings.keda_scales_vllm and monitoring else None,
+                                   manifest=ManifestBackend(images.backup_ref, BACKUP_CRONJOB, [redis])
+                                   if settings.redis.backup is not None and images.backup_ref is not None else None),
         opts=pulumi.ResourceOptions(depends_on=[pool]),
     )
     gateway = Gateway(

@@ -117,6 +117,8 @@ class ManagedProcess:
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
     health_url: str | None = None
+    uid: int | None = None  # start as this user and group (needs root; None: as we are)
+    gid: int | None = None
     popen: subprocess.Popen[bytes] | None = None
     start_time: int | None = None
 
@@ -137,6 +139,7 @@ class ManagedProcess:
                     list(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=dict(self.env) if self.env is not None else None, cwd=self.cwd,
                     start_new_session=True,  # own process group: stop() reaches the workers too
+                    user=self.uid, group=self.gid, extra_groups=[] if self.uid is not None else None,
                 )
             except FileNotFoundError as err:
                 raise ProcessError(

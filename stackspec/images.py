@@ -15,9 +15,13 @@ from stackspec.settings import ImageSettings, StackSettings
 from stackspec.stackfile import REPO
 
 # Who the containers run as: the pods' securityContext (runAsUser/runAsGroup) and `docker run --user`.
+# Every one is >= 10000: above any UID a node's /etc/passwd hands out, so a container escape lands on no
+# host account (checkov CKV_K8S_40).
 GATEWAY_UID = 10001  # created by app/gateway/Dockerfile
-NGINX_UID = 101  # the `nginx` user of the official nginx image
+NGINX_UID = 10101  # web/Dockerfile's USER; nginx needs no passwd entry (its html is world-readable)
 BACKUP_UID = 10001  # created by dr/Dockerfile
+REDIS_UID = 10999  # the official Redis image runs as any UID; fsGroup makes its data volume writable
+VLLM_UID = 10002  # the official vLLM image runs as any UID once $HOME and its caches are writable
 
 # Each Python image's wheels, downloaded on the host (`pip download`, localstack/images.py) into the build
 # context and installed offline (`pip install --no-index --find-links`): no index is reached during a build.

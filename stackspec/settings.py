@@ -395,6 +395,9 @@ def cron_longest_gap_seconds(schedule: str) -> int:
 
 
 BACKUP_CRONJOB = "redis-backup"  # the Redis tier's CronJob (infra/components/redis.py); the backup alerts watch it
+# The model manifest's CronJob (infra/components/model_manifest.py): the one pod without GPUs that the policy
+# pack lets onto a GPU host (gpu-hosts-run-only-gpu-pods), to read the model cache there, read-only.
+MODEL_MANIFEST_CRONJOB = "model-manifest"
 
 
 class RedisBackup(_Section):

@@ -9,6 +9,7 @@ at another state directory).
 from __future__ import annotations
 
 import json
+import pwd
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,27 @@ def test_nginx_workers_do_not_run_as_root(host: Any, local: LocalTarget) -> None
     assert "0" not in workers, f"nginx workers run as root (euids {workers})"
 
 
-def test_recorded_processes_run_as_whoever_started_the_stack(host: Any, local: LocalTarget) -> None:
-    """Nothing gains privileges: every process's user is the stack owner's (root only if root started it)."""
+def _expected_uid(name: str, owner_uid: int) -> int:
+    """Every process runs as the stack's owner, except that vLLM never runs as root: a stack started by
+    root runs it as the unprivileged LOCAL_VLLM_USER (localstack/unprivileged.py), as the cluster does."""
+    from localstack.unprivileged import LOCAL_VLLM_USER
+
+    if name.startswith("vllm") and owner_uid == 0:
+        return pwd.getpwnam(LOCAL_VLLM_USER).pw_uid
+    return owner_uid
+
+
+def test_recorded_processes_run_as_whoever_started_the_stack_and_vllm_never_as_root(
+    host: Any, local: LocalTarget
+) -> None:
+    """Nothing gains privileges: every process's user is the stack owner's (root only if root started it),
+    and vLLM's, real and effective, is never root."""
     for name, pid in local.processes.items():
-        euid = int(host.check_output("ps -o euid= -p %s", str(pid)).strip())
-        assert euid == local.owner_uid, f"{name} (pid {pid}) runs as uid {euid}, the stack's owner is {local.owner_uid}"
+        ruid, euid = (int(v) for v in host.check_output("ps -o ruid=,euid= -p %s", str(pid)).split())
+        want = _expected_uid(name, local.owner_uid)
+        assert ruid == euid == want, f"{name} (pid {pid}) runs as uid {ruid}/{euid}, want {want}"
+        if name.startswith("vllm"):
+            assert euid != 0, f"{name} (pid {pid}) runs as root"
 
 
 def test_redis_refuses_clients_without_the_password(host: Any, local: LocalTarget) -> None:

@@ -74,6 +74,12 @@ def test_gateway_runs_as_non_root(workload: expect.Workload, pods: list[Any]) ->
         assert pod.check_output("id -u").strip() != "0", f"{pod.backend.hostname}: the gateway runs as root"
 
 
+@pytest.mark.workload("vllm")
+def test_vllm_runs_as_non_root(workload: expect.Workload, pods: list[Any]) -> None:
+    for pod in pods:
+        assert pod.check_output("id -u").strip() != "0", f"{pod.backend.hostname}: vLLM runs as root"
+
+
 @pytest.mark.workload("edge")
 def test_nginx_runs_as_non_root(workload: expect.Workload, pods: list[Any]) -> None:
     for pod in pods:

@@ -17,18 +17,23 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.gpu_pool import GpuNodePool
+from infra.components.model_manifest import model_manifest_cronjob
+from stackspec.images import VLLM_UID
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.scope import scope
 from stackspec.render.vllm_args import (  # the pod environment is the contract's (make verify checks it too)
     CACHE_MOUNT,
     ENTRYPOINT_MODULE,
+    HOME_MOUNT,
     render_vllm_args,
     vllm_env,
 )
-from stackspec.settings import StackSettings
+from stackspec.settings import MODEL_MANIFEST_CRONJOB, StackSettings
 
 DRAIN_SECONDS = 15  # preStop: long enough for the gateway's DNS re-resolve and endpoint removal
 KEDA_API = "keda.sh/v1alpha1"
+# torch.compile, Triton and FlashInfer caches of one model: hundreds of MB; the limit only bounds a runaway.
+HOME_SIZE = "4Gi"
 
 
 def keda_max_replicas(settings: StackSettings) -> int:
@@ -50,10 +55,21 @@ class KedaBackend:
     ready: list[pulumi.Resource]
 
 
+@dataclass(frozen=True)
+class ManifestBackend:
+    """What the model manifest CronJob needs from elsewhere: the backup image, the Secret holding the object
+    storage's credentials file (the Redis tier's), and what must exist first."""
+
+    image: pulumi.Input[str]
+    storage_secret: str
+    ready: list[pulumi.Resource]
+
+
 @dataclass
 class InferenceArgs(kube.ImageTierArgs):
     pool: GpuNodePool
     keda: KedaBackend | None = None  # required exactly when settings.keda_scales_vllm
+    manifest: ManifestBackend | None = None  # required exactly when redis.backup is set
 
 
 class Inference(kube.Tier):
@@ -100,7 +116,17 @@ class Inference(kube.Tier):
         if keda and args.keda is not None:
             self.max_replicas = keda_max_replicas(s)
             self.scaled_object = self._scaled_object(s, args.keda)
+        # The model manifest to object storage, beside the cache it reads, wherever backups are configured.
+        self.manifest: k8s.batch.v1.CronJob | None = None
+        if s.redis.backup is not None:
+            if args.manifest is None:
+                raise ValueError("redis.backup: the inference tier needs the ManifestBackend (image, storage Secret)")
+            self.manifest = model_manifest_cronjob(
+                s, namespace=ns, image=args.manifest.image, storage_secret=args.manifest.storage_secret,
+                cache_volume=cache_volume, pool=args.pool,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=args.manifest.ready))
         self.register_outputs({
+            "manifestCronJob": MODEL_MANIFEST_CRONJOB if self.manifest else None,
             "service": self.service_name, "port": self.port, "deployment": self.deployment_name,
             "backends_dns": self.backends_dns, "maxReplicas": self.max_replicas,
             "autoscaled": self.scaled_object is not None,
@@ -143,9 +169,12 @@ class Inference(kube.Tier):
     ) -> k8s.core.v1.VolumeArgs:
         cache = s.inference.cache
         if cache.kind == "hostPath":
-            # The NVMe on each GPU host: weights download once per host and survive pod restarts.
+            # The NVMe on each GPU host: weights download once per host and survive pod restarts. fsGroup does
+            # not reach a hostPath, so the host prepares it owned by VLLM_UID (README: GPU hosts); `Directory`,
+            # not `DirectoryOrCreate`: a host not prepared holds the pod in ContainerCreating with a named
+            # reason, instead of a root-owned directory vLLM cannot write and a crash at the first download.
             return k8s.core.v1.VolumeArgs(name="model-cache", host_path=k8s.core.v1.HostPathVolumeSourceArgs(
-                path=cache.host_path, type="DirectoryOrCreate"))
+                path=cache.host_path, type="Directory"))
         # One claim shared by every replica (replicas sit on different hosts): it must be ReadWriteMany.
         self.cache_claim = k8s.core.v1.PersistentVolumeClaim(
             "vllm-model-cache",
@@ -179,6 +208,9 @@ class Inference(kube.Tier):
             volume_mounts=[
                 k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
                 k8s.core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_MOUNT),
+                # The root filesystem is read-only: $HOME with every compile cache, and /tmp (ZeroMQ sockets).
+                k8s.core.v1.VolumeMountArgs(name="home", mount_path=HOME_MOUNT),
+                k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
             ],
             # Loading weights takes minutes: liveness and readiness wait for the startup probe's budget.
             startup_probe=kube.http_probe("/health", "http", period=10,
@@ -188,12 +220,9 @@ class Inference(kube.Tier):
             # Leave the Service (and the gateway's DNS view) before SIGTERM; in-flight streams then finish.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
                 exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(DRAIN_SECONDS)]))),
-            # The official image runs as root (hence `baseline`, not `restricted`); still no extra powers.
-            security_context=k8s.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                seccomp_profile=kube.RESTRICTED_SECCOMP,
-            ),
+            # Pod Security `restricted`: the official image runs as VLLM_UID (it owns nothing there; every
+            # write goes to the volumes above, named by vllm_env).
+            security_context=kube.restricted_container(),
         )
         return k8s.core.v1.PodSpecArgs(
             runtime_class_name=pool.runtime_class_name,
@@ -203,7 +232,8 @@ class Inference(kube.Tier):
             # A Service named `vllm` would inject VLLM_PORT=tcp://... which vLLM reads as its own setting.
             enable_service_links=False,
             automount_service_account_token=False,
-            security_context=k8s.core.v1.PodSecurityContextArgs(seccomp_profile=kube.RESTRICTED_SECCOMP),
+            # fsGroup makes a claimed model cache group-writable for VLLM_UID (a hostPath is prepared on the host).
+            security_context=kube.restricted_pod(VLLM_UID, fs_group=VLLM_UID),
             termination_grace_period_seconds=inf.termination_grace_seconds,
             containers=[container],
             volumes=[
@@ -211,5 +241,8 @@ class Inference(kube.Tier):
                 k8s.core.v1.VolumeArgs(name="dshm", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                     medium="Memory", size_limit=inf.shm_size)),
                 cache_volume,
+                k8s.core.v1.VolumeArgs(name="home", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                    size_limit=HOME_SIZE)),
+                k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")),
             ],
         )

@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from infra.components import labels as kube
 from infra.components.labels import labels, metadata, selector_labels
-from stackspec.settings import BACKUP_CRONJOB, StackSettings
+from stackspec.settings import BACKUP_CRONJOB, MODEL_MANIFEST_CRONJOB, StackSettings
 
 # Ports the tiers listen on in their pods (the Services may map them).
 EDGE_HTTP_PORT = 8080
@@ -31,12 +31,11 @@ def backup_endpoint_port(endpoint: str) -> int:
 def pod_security_level(settings: StackSettings) -> str:
     """The enforced Pod Security level.
 
-    gateway, edge and Redis meet `restricted`; vLLM does not (the official image runs as root), so the
-    namespace enforces `baseline`. A hostPath model cache is forbidden by `baseline` too: with
-    `inference.cache.kind: hostPath` the namespace must enforce `privileged`. `restricted` is still audited
-    and warned about either way, so drift in the other tiers shows up.
+    Every tier meets `restricted` (vLLM included: a non-root UID, read-only root). A hostPath model cache is
+    forbidden by `baseline` and `restricted` alike: with `inference.cache.kind: hostPath` the namespace must
+    enforce `privileged`. `restricted` is still audited and warned about either way, so drift shows up.
     """
-    return "privileged" if settings.inference.cache.kind == "hostPath" else "baseline"
+    return "privileged" if settings.inference.cache.kind == "hostPath" else "restricted"
 
 
 NetworkArgs = kube.SiteArgs  # the settings are all it takes
@@ -164,6 +163,10 @@ class Network(pulumi.ComponentResource):
             redis_ingress.append(ingress(from_=[self._peer(BACKUP)], ports=self._ports(REDIS_PORT)))
             policies.append(self._policy(BACKUP, BACKUP, egress=[
                 egress(to=[self._peer("redis")], ports=self._ports(REDIS_PORT)),
+                egress(to=anywhere, ports=self._ports(backup_endpoint_port(s.redis.backup.endpoint))),
+            ]))
+            # the model manifest CronJob writes to the same storage, and reaches nothing else
+            policies.append(self._policy(MODEL_MANIFEST_CRONJOB, MODEL_MANIFEST_CRONJOB, egress=[
                 egress(to=anywhere, ports=self._ports(backup_endpoint_port(s.redis.backup.endpoint))),
             ]))
         rep = s.redis.replication

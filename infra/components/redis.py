@@ -23,11 +23,10 @@ import pulumi_random as random
 
 from infra.components import labels as kube
 from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
-from stackspec.images import BACKUP_UID
+from stackspec.images import BACKUP_UID, REDIS_UID
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, replication_user_args
 from stackspec.settings import StackSettings, redis_size_bytes
 
-REDIS_UID = 999  # the `redis` user of the official image
 CONF_DIR = "/etc/redis"
 REPLICATION_SERVICE = "redis-replication"
 # Marks the one Service the policy pack lets face the outside besides the edge (policies/rules.py).

@@ -13,6 +13,8 @@ from stackspec.settings import StackSettings
 
 ENTRYPOINT_MODULE = "vllm.entrypoints.openai.api_server"
 CACHE_MOUNT = "/models"  # where the model cache (hostPath or PVC) is mounted in the vLLM container
+# vLLM's $HOME in the cluster: an emptyDir, since the root filesystem is read-only and the user has no home.
+HOME_MOUNT = "/home/vllm"
 
 
 def needs_p2p_disabled(settings: StackSettings) -> bool:
@@ -20,10 +22,31 @@ def needs_p2p_disabled(settings: StackSettings) -> bool:
     return settings.inference.tensor_parallel_size > 1 and "4090" in settings.gpu_pool.gpu_model
 
 
+def writable_dirs_env(home: str, cache: str, hf_home: str) -> dict[str, str]:
+    """Where vLLM and the libraries under it write, each named: with a read-only root filesystem and a UID
+    that owns nothing in the image, every write must land in `home` or `cache` (both writable by it), and
+    a default that slipped through (`~/.triton`, `~/.cache/flashinfer`, `/tmp/torchinductor_<user>`) would
+    fail at the first compile. The cluster (an emptyDir) and the local stack (a directory of its own) alike."""
+    return {
+        "HOME": home,
+        "XDG_CACHE_HOME": cache,
+        "XDG_CONFIG_HOME": f"{home}/.config",
+        "VLLM_CACHE_ROOT": f"{cache}/vllm",  # torch.compile artefacts, compiled-graph cache
+        "VLLM_CONFIG_ROOT": f"{home}/.config/vllm",
+        "TORCHINDUCTOR_CACHE_DIR": f"{cache}/torchinductor",
+        "TRITON_CACHE_DIR": f"{cache}/triton",
+        "FLASHINFER_WORKSPACE_BASE": cache,  # FlashInfer's JIT kernels
+        "CUDA_CACHE_PATH": f"{cache}/nv",  # the driver's PTX JIT cache
+        "NUMBA_CACHE_DIR": f"{cache}/numba",
+        "OUTLINES_CACHE_DIR": f"{cache}/outlines",
+        "HF_HOME": hf_home,
+    }
+
+
 def vllm_env(settings: StackSettings) -> dict[str, str]:
     """The vLLM container's environment (infra/components/inference.py; checked in the pods by `make verify`)."""
     env = {
-        "HF_HOME": CACHE_MOUNT,
+        **writable_dirs_env(HOME_MOUNT, f"{HOME_MOUNT}/.cache", CACHE_MOUNT),
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }

@@ -307,6 +307,37 @@ def test_the_cronjobs_command_line_backs_up_through_the_real_programs(
     assert report["snapshot"].startswith("qwen-serving/site-a/") and report["bytes"] > 0
 
 
+def test_the_manifest_cronjobs_command_line_records_the_model_cache_in_object_storage(
+    s3: ObjectStore, tmp_path: Path
+) -> None:
+    """The prod model-manifest CronJob's own arguments (from the program under the mocks), with only the
+    storage address and the mounted cache swapped for local ones, run as `python -m dr.backup`."""
+    from tests.program.conftest import stack_run  # the mocks only when this test runs
+
+    cron = stack_run("prod").one("kubernetes:batch/v1:CronJob", "model-manifest").inputs
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    cache = tmp_path / "models"  # the layout HF_HOME makes of the mounted cache
+    snapshot = cache / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    files = {"config.json": b'{"model_type": "qwen2"}', "model.safetensors": os.urandom(200_000)}
+    for rel, data in files.items():
+        (snapshot / rel).write_bytes(data)
+    args = list(container["args"])
+    for flag, value in (("--model-dir", str(cache)), ("--endpoint", s3.endpoint), ("--bucket", BUCKET)):
+        args[args.index(flag) + 1] = value
+    env = {**os.environ, "PYTHONPATH": str(Path(backup.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-m", "dr.backup", *args], capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert key.startswith("qwen-serving/site-a/") and key.endswith(".manifest.json"), key
+    manifest = json.loads(s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    prefix = snapshot.relative_to(cache).as_posix()
+    assert {f["path"]: f["sha256"] for f in manifest["files"]} == {
+        f"{prefix}/{rel}": hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    assert manifest["site"] == "site-a"
+
+
 def test_the_backup_image_carries_what_backup_py_imports_pinned_as_the_project() -> None:
     """dr/backup.py is a leaf (the standard library and boto3: what dr/Dockerfile installs); dr/requirements.txt
     is complete (installed with --no-deps) and pins exactly the versions constraints.txt has; the image is

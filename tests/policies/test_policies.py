@@ -75,6 +75,17 @@ def root_pod(inputs: dict[str, Any]) -> None:
         c.pop("securityContext", None)
 
 
+def writable_model_cache(inputs: dict[str, Any]) -> None:
+    for mount in first(inputs)["volumeMounts"]:
+        if mount["name"] == "model-cache":
+            mount["readOnly"] = False
+
+
+def another_name(inputs: dict[str, Any]) -> None:
+    owner = inputs["spec"]["jobTemplate"]["spec"]
+    owner["template"]["metadata"]["labels"]["app.kubernetes.io/name"] = "anything-else"
+
+
 def expose(inputs: dict[str, Any]) -> None:
     inputs["spec"]["type"] = "LoadBalancer"
 
@@ -120,6 +131,7 @@ PLANTED = [
     ("gpus-only-on-the-gpu-pool", DEPLOYMENT, "vllm", drop_gpu_toleration),
     ("no-plain-secrets-in-env", DEPLOYMENT, "gateway", plain_password),
     ("runs-as-non-root", DEPLOYMENT, "edge", root_pod),
+    ("runs-as-non-root", DEPLOYMENT, "vllm", root_pod),  # no tier is exempt any more, vLLM included
     ("only-the-edge-is-exposed", "kubernetes:core/v1:Service", "redis-service", expose),
     ("every-workload-has-a-pdb", "kubernetes:policy/v1:PodDisruptionBudget", "gateway-pdb", no_pdb_selector),
     ("namespaces-deny-by-default", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "netpol-default-deny", allow_all),
@@ -129,6 +141,9 @@ PLANTED = [
     ("no-plain-secrets-in-env", CRONJOB, "redis-backup", plain_storage_key),
     ("runs-as-non-root", CRONJOB, "redis-backup", root_pod),
     ("runs-as-non-root", "kubernetes:batch/v1:Job", "log-retention-setup", root_pod),
+    # The model manifest's pass onto a GPU host holds only for it, and only while it reads the cache read-only.
+    ("gpu-hosts-run-only-gpu-pods", CRONJOB, "model-manifest", writable_model_cache),
+    ("gpu-hosts-run-only-gpu-pods", CRONJOB, "model-manifest", another_name),
 ]
 
 
@@ -148,3 +163,10 @@ def test_the_replication_endpoint_exists_only_on_the_primary_and_passes() -> Non
 
 def test_every_policy_has_a_planted_case() -> None:
     assert {p.name for p in POLICIES} == {p[0] for p in PLANTED} | {p.policy for p in PLANTED_MORE}
+
+
+def test_the_packs_named_exception_is_the_programs_manifest_cronjob() -> None:
+    from policies.workloads import MODEL_MANIFEST
+    from stackspec.settings import MODEL_MANIFEST_CRONJOB
+
+    assert MODEL_MANIFEST == MODEL_MANIFEST_CRONJOB  # the pack keeps no import of ours: the two must agree

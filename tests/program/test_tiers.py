@@ -141,7 +141,7 @@ def test_vllm_is_addressed_per_pod_through_a_headless_service_and_has_a_pdb(stac
     assert pdb["selector"]["matchLabels"]["app.kubernetes.io/name"] == "vllm"
 
 
-def test_a_pvc_model_cache_is_one_shared_claim_and_keeps_the_namespace_at_baseline() -> None:
+def test_a_pvc_model_cache_is_one_shared_claim_and_lets_the_namespace_enforce_restricted() -> None:
     from infra.offline import run_stack
 
     base = stack_run("prod").settings.inference.model_dump(by_alias=True)
@@ -150,10 +150,13 @@ def test_a_pvc_model_cache_is_one_shared_claim_and_keeps_the_namespace_at_baseli
     claim = obj(run, "kubernetes:core/v1:PersistentVolumeClaim", "vllm-model-cache")["spec"]
     assert claim["accessModes"] == ["ReadWriteMany"]  # replicas on different hosts share it
     assert claim["resources"]["requests"]["storage"] == "200Gi" and claim["storageClassName"] == "cephfs"
-    volumes = {v["name"]: v for v in pod_spec(run, DEPLOYMENT, "vllm")["volumes"]}
+    vllm = pod_spec(run, DEPLOYMENT, "vllm")
+    volumes = {v["name"]: v for v in vllm["volumes"]}
     assert volumes["model-cache"] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "vllm-model-cache"}}
+    # Without a hostPath, vLLM (non-root, read-only root) meets `restricted` like every other tier.
+    assert _restricted_problems(vllm) == []
     labels = obj(run, NAMESPACE, "namespace")["metadata"]["labels"]
-    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 # --- gateway --------------------------------------------------------------------------------------
