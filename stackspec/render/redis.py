@@ -1,6 +1,7 @@
 """Settings -> redis.conf. AOF on, no eviction (sessions must not vanish silently), replica of the primary
-on a standby site. The password is never in this text: the pod passes it from the Secret on the command
-line (`--requirepass $(REDIS_PASSWORD)`), the local stack through an included file.
+on a standby site. The password is never in this text: it `include`s a private file of secret lines
+(render_redis_secrets), in a pod a key of the redis Secret's read-only mount, locally a 0600 file in the run
+directory.
 
 Cross-site replication (`redis.replication`, README: disaster recovery): every site of a DR pair listens
 with mutual TLS on `redis.replication.port` (certificates from the `tlsSecretName` Secret) and knows the
@@ -31,7 +32,7 @@ def replication_user_args(settings: StackSettings, password: str) -> list[str]:
 
 
 def render_redis_secrets(settings: StackSettings, *, password: str | None, replication_password: str | None) -> str:
-    """The secret lines of redis.conf (a private include file locally; arguments from the Secret in a pod)."""
+    """The secret lines of redis.conf (the included secrets file: a 0600 file locally, a key of the redis Secret in a pod)."""
     lines = []
     if password:
         lines.append(f'requirepass "{password}"')
