@@ -247,6 +247,12 @@ def field_problems(s: GatewaySettings) -> list[tuple[tuple[str, ...], str]]:
     return problems
 
 
+def secret_variables() -> list[str]:
+    """The variables that are secrets (the SecretStr fields): files of the secrets directory in a pod."""
+    return sorted(f"GATEWAY_{name.upper()}" for name, field in GatewaySettings.model_fields.items()
+                  if "SecretStr" in str(field.annotation))
+
+
 def secrets_dir() -> str | None:
     """The secrets directory, when it exists (pydantic-settings warns about a missing one: none locally)."""
     path = os.environ.get("GATEWAY_SECRETS_DIR") or DEFAULT_SECRETS_DIR

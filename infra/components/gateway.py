@@ -1,8 +1,9 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
 Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets (API-key hashes,
-Redis password) are files in a read-only Secret mount, never environment variables. With autoscaling on (`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside
-the Deployment: it needs the cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
+Redis password) are files in a read-only Secret mount, never environment variables. With autoscaling on
+(`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside the Deployment: it needs the
+cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
 
 Key rotation needs no manual restart: the pod template carries a hash of the API-key Secret's content and
 of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses

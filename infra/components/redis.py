@@ -15,7 +15,6 @@ backupSecretAccessKey)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pulumi
@@ -25,7 +24,12 @@ import pulumi_random as random
 from infra.components import labels as kube
 from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
 from stackspec.images import BACKUP_UID
-from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, render_redis_secrets
+from stackspec.render.redis import (
+    REPLICATION_TLS_DIR,
+    render_exporter_passwords,
+    render_redis_conf,
+    render_redis_secrets,
+)
 from stackspec.settings import StackSettings, redis_size_bytes
 
 REDIS_UID = 999  # the `redis` user of the official image
@@ -88,7 +92,7 @@ class Redis(kube.Tier):
         secret_data[SECRETS_CONF_KEY] = pulumi.Output.secret(pulumi.Output.all(password, args.replication_password)
             .apply(lambda pw: render_redis_secrets(s, password=pw[0], replication_password=pw[1])))
         secret_data[EXPORTER_PASSWORDS_KEY] = pulumi.Output.secret(pulumi.Output.from_input(password).apply(
-            lambda pw: json.dumps({f"redis://127.0.0.1:{REDIS_PORT}": pw})))
+            lambda pw: render_exporter_passwords(port=REDIS_PORT, password=pw)))
         self.secret = k8s.core.v1.Secret(
             "redis-secret",
             metadata=kube.metadata(s, "redis", "cache", namespace=ns),

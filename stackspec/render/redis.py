@@ -13,6 +13,7 @@ standby cannot come up as a second master).
 
 from __future__ import annotations
 
+import json
 import re
 
 from stackspec.settings import StackSettings
@@ -32,7 +33,8 @@ def replication_user_args(settings: StackSettings, password: str) -> list[str]:
 
 
 def render_redis_secrets(settings: StackSettings, *, password: str | None, replication_password: str | None) -> str:
-    """The secret lines of redis.conf (the included secrets file: a 0600 file locally, a key of the redis Secret in a pod)."""
+    """The secret lines of redis.conf: the file it includes (a 0600 file locally, a key of the redis Secret in
+    a pod)."""
     lines = []
     if password:
         lines.append(f'requirepass "{password}"')
@@ -40,6 +42,12 @@ def render_redis_secrets(settings: StackSettings, *, password: str | None, repli
         lines.append("user " + " ".join(replication_user_args(settings, replication_password)))
         lines.append(f'masterauth "{replication_password}"')
     return "".join(line + "\n" for line in lines)
+
+
+def render_exporter_passwords(*, port: int, password: str) -> str:
+    """redis_exporter's password file (`--redis.password-file`): a JSON map of address to password, for the
+    Redis beside it on 127.0.0.1 (the address must be the one it scrapes, REDIS_ADDR / -redis.addr)."""
+    return json.dumps({f"redis://127.0.0.1:{port}": password})
 
 
 def render_redis_conf(
