@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 
 from app.gateway.settings import secret_variables
 from localstack.processes import free_port
-from localstack.services import start_gateway, start_redis
+from localstack.services import VllmHandle, start_gateway, start_redis
 from localstack.settings import key_hash, local_settings
 from localstack.stack import gateway_env, secrets_as_files
 from tests.waiting import wait_until
@@ -46,8 +48,8 @@ def test_the_gateway_and_redis_read_their_secrets_from_private_files(workdir: Pa
         assert PASSWORD not in " ".join(redis.process.argv)
 
         # No vLLM here: authentication and the Redis link are what is checked (a free port as the backend).
-        env = gateway_env(settings, [], redis, api_key_hashes={key_hash(KEY): "files"})
-        env["GATEWAY_BACKENDS"] = f"127.0.0.1:{free_port()}"
+        nothing_listens = cast(VllmHandle, SimpleNamespace(port=free_port()))
+        env = gateway_env(settings, [nothing_listens], redis, api_key_hashes={key_hash(KEY): "files"})
         env = secrets_as_files(env, workdir / "gateway-secrets")
         assert not set(secret_variables()) & set(env)
         assert KEY not in str(env) and key_hash(KEY) not in str(env) and PASSWORD not in str(env)
