@@ -53,7 +53,9 @@ class PulumiSites:
     def _redis_cli(self, site: str, *args: str) -> str | None:
         s = self.sites[site]
         cmd = ["kubectl", "--context", s.kubernetes.context or site, "-n", s.kubernetes.namespace, "exec", "redis-0",
-               "-c", "redis", "--", "redis-cli", *args]  # REDISCLI_AUTH is set in the container (the Secret)
+               "-c", "redis", "--", "sh", "-c",
+               # The password is a file of the mounted redis Secret (infra/components/redis.py), not an env var.
+               'REDISCLI_AUTH="$(cat /var/run/secrets/redis/password)" exec redis-cli "$@"', "redis-cli", *args]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
         except (OSError, subprocess.TimeoutExpired):

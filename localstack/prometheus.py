@@ -18,6 +18,7 @@ from localstack.settings import LOCAL_YAML, read_stack_file
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.rules import render_rules
 from stackspec.monitoring.scrape import RULE_FILE, render_prometheus_config
+from stackspec.render.redis import render_exporter_passwords
 from stackspec.settings import StackSettings, parse_settings
 
 LOCAL_SCRAPE_INTERVAL = "1s"  # short, so rules evaluate a few times within a test
@@ -96,13 +97,19 @@ def start_nginx_exporter(workdir: Path, *, status_url: str, port: int | None = N
 
 def start_redis_exporter(workdir: Path, *, redis_port: int, password: str | None = None,
                          port: int | None = None, timeout: float = 15.0) -> ServiceHandle:
-    """redis_exporter for the local Redis; the password goes through the environment, not argv."""
+    """redis_exporter for the local Redis; the password in a 0600 file, as the pod's from its Secret (neither
+    argv nor the environment)."""
     program = require_program("prometheus-redis-exporter", "/usr/bin/prometheus-redis-exporter")
     port = port or free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    if password:
-        env["REDIS_PASSWORD"] = password
     cmd = [program, f"-redis.addr=redis://127.0.0.1:{redis_port}", f"-web.listen-address=127.0.0.1:{port}"]
+    if password:
+        workdir.mkdir(parents=True, exist_ok=True)
+        passwords = workdir.resolve() / "redis-exporter-passwords.json"
+        fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(render_exporter_passwords(port=redis_port, password=password))
+        cmd.append(f"-redis.password-file={passwords}")
     proc = ManagedProcess("redis-exporter", cmd, workdir.resolve() / "redis-exporter.log", env=env).start()
     handle = ServiceHandle("redis-exporter", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),
                            timeout)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.gateway.settings import secret_variables
 from app.inference.tiny_model import PACED_MODEL, TEST_MODELS, ensure_test_model, is_built, model_dir
 from localstack.processes import (
     ProgressFn,
@@ -232,6 +233,8 @@ class LocalStack:
             self.timings["images"] = time.monotonic() - t
             t = time.monotonic()
         env = gateway_env(settings, vllm, redis, api_key_hashes={key_hash(api_key): "local-dev"})
+        if not cfg.images:  # as in a pod: the secrets are files of a private directory, not env vars
+            env = secrets_as_files(env, root / "gateway-secrets")
         for i in range(settings.gateway.replicas):
             self.gateways.append(self._start_gateway(root / f"gateway-{i}", env, f"gateway-{i}", images))
             self._record()
@@ -408,6 +411,23 @@ def gateway_env(
     return env
 
 
+def secrets_as_files(env: Mapping[str, str], directory: Path) -> dict[str, str]:
+    """`env` with its secret variables moved into files of `directory` (mode 0600, the directory 0700), which
+    the gateway reads as its secrets directory (pydantic-settings' secrets_dir, GATEWAY_SECRETS_DIR): what
+    the Deployment's read-only Secret mount gives a pod."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    rest = dict(env)
+    for name in secret_variables():
+        path = directory / name
+        if name in rest:
+            _write_private_text(path, rest.pop(name) + "\n")
+        else:
+            path.unlink(missing_ok=True)  # a secret of an earlier run must not linger
+    rest["GATEWAY_SECRETS_DIR"] = str(directory.resolve())
+    return rest
+
+
 def nginx_conf(settings: StackSettings, *, port: int, gateways: list[GatewayHandle], prefix: Path) -> str:
     upstreams = [f"127.0.0.1:{g.port}" for g in gateways]
     return render_nginx_conf(
@@ -444,6 +464,14 @@ def _persistent_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
     return value
+
+
+def _write_private_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 def _write_private_json(path: Path, data: Any) -> None:

@@ -98,14 +98,19 @@ def gpus_only_on_the_gpu_pool(args: ResourceValidationArgs, report: ReportViolat
 
 
 def no_plain_secrets_in_env(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Secrets reach a pod as files of a mounted Secret: an environment variable leaks into child processes,
+    crash dumps and `kubectl describe` (checkov CKV_K8S_35), whether a plain value or a secretKeyRef."""
     pod = _workload(args)
     for c in _containers(pod or {}):
         for env in c.get("env") or []:
             name = str(env.get("name", ""))
+            if ((env.get("valueFrom") or {}).get("secretKeyRef")):
+                report(f"container '{c.get('name')}' reads {name} from a Secret through the environment: mount "
+                       "the Secret as a read-only volume and read the file", None)
             # `*_FILE` names a path to a mounted secret (AWS_SHARED_CREDENTIALS_FILE): the way it should be done
-            if SECRETISH.search(name) and not name.endswith("_FILE") and "value" in env and "valueFrom" not in env:
-                report(f"container '{c.get('name')}' sets {env['name']} as a plain value: read it from a "
-                       "Secret (valueFrom.secretKeyRef)", None)
+            elif SECRETISH.search(name) and not name.endswith("_FILE") and "value" in env:
+                report(f"container '{c.get('name')}' sets {name} as a plain value: mount a Secret as a read-only "
+                       "volume and read the file", None)
 
 
 def runs_as_non_root(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -238,7 +243,7 @@ POLICIES: list[Policy] = [
                              workloads_have_probes, MANDATORY),
     ResourceValidationPolicy("gpus-only-on-the-gpu-pool", "GPU pods select and tolerate the GPU pool",
                              gpus_only_on_the_gpu_pool, MANDATORY),
-    ResourceValidationPolicy("no-plain-secrets-in-env", "Secret-looking env vars come from Secrets",
+    ResourceValidationPolicy("no-plain-secrets-in-env", "No secret in any env var: Secrets are mounted files",
                              no_plain_secrets_in_env, MANDATORY),
     ResourceValidationPolicy("runs-as-non-root", "Every container runs as non-root without escalation",
                              runs_as_non_root, MANDATORY),

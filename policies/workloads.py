@@ -88,31 +88,48 @@ def _redis_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [c for c in containers(pod) if (command_line(c) or [""])[0] == "redis-server"]
 
 
-def _from_secret(container: Mapping[str, Any], reference: str) -> bool:
-    match = re.fullmatch(r"\$\((\w+)\)", reference)
-    if not match:
-        return False
-    return any(e.get("name") == match.group(1) and ((e.get("valueFrom") or {}).get("secretKeyRef"))
-               for e in container.get("env") or [])
+def _mounted_config_maps(pod: Mapping[str, Any], mounts: Mapping[str, str]) -> list[str]:
+    return [str((v.get("configMap") or {}).get("name")) for v in pod.get("volumes") or []
+            if v.get("configMap") and v.get("name") in mounts]
 
 
-def redis_requires_a_password(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type not in WORKLOADS:
-        return
-    for c in _redis_containers(pod_spec(args.props)):
-        line = command_line(c)
-        values = [line[i + 1] for i, t in enumerate(line[:-1]) if t == "--requirepass"]
-        if not values:
-            report(f"redis-server in '{args.name}' runs without --requirepass: sessions and rate limits would be "
-                   "open to any pod; pass --requirepass $(REDIS_PASSWORD) from the redis Secret", None)
-        elif not all(_from_secret(c, v) for v in values):
-            report(f"redis-server in '{args.name}' takes its password from the command line, not a Secret: use "
-                   "--requirepass $(REDIS_PASSWORD) with REDIS_PASSWORD from valueFrom.secretKeyRef", None)
+def _secret_mount_paths(pod: Mapping[str, Any], mounts: Mapping[str, str]) -> list[str]:
+    """Where the container mounts a Secret (a secret volume, or a projected one of Secrets only)."""
+    def is_secret(v: Mapping[str, Any]) -> bool:
+        sources = (v.get("projected") or {}).get("sources") or []
+        return bool(v.get("secret")) or (bool(sources) and all(s.get("secret") for s in sources))
+    return [mounts[str(v.get("name"))] for v in pod.get("volumes") or [] if v.get("name") in mounts and is_secret(v)]
+
+
+def redis_requires_a_password(args: StackValidationArgs, report: ReportViolation) -> None:
+    """redis.conf includes its secret lines (requirepass) from a file of a mounted Secret; never argv."""
+    config_maps = _config_maps(args)
+    for r in args.resources:
+        if r.resource_type not in WORKLOADS:
+            continue
+        pod = pod_spec(r.props)
+        for c in _redis_containers(pod):
+            if "--requirepass" in command_line(c):
+                report(f"redis-server in '{r.name}' takes its password on the command line (visible in the pod "
+                       "spec and `ps`): put requirepass in a file of the redis Secret that redis.conf includes", r.urn)
+            mounts = {str(m.get("name")): str(m.get("mountPath")) for m in c.get("volumeMounts") or []}
+            text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
+                             for value in config_maps.get(name, {}).values())
+            includes = re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.MULTILINE)
+            secret_dirs = _secret_mount_paths(pod, mounts)
+            if not any(path.startswith(d.rstrip("/") + "/") for path in includes for d in secret_dirs):
+                report(f"redis-server in '{r.name}' includes no secrets file from a mounted Secret: sessions and "
+                       "rate limits would be open to any pod; render redis.conf with password_file_include under "
+                       "the redis Secret's mount (infra/components/redis.py)", r.urn)
+
+
+def _config_maps(args: StackValidationArgs) -> dict[str, Mapping[str, Any]]:
+    return {str((r.props.get("metadata") or {}).get("name") or r.name): r.props.get("data") or {}
+            for r in args.resources if r.resource_type == "kubernetes:core/v1:ConfigMap"}
 
 
 def redis_persists_its_data(args: StackValidationArgs, report: ReportViolation) -> None:
-    config_maps = {str((r.props.get("metadata") or {}).get("name") or r.name): r.props.get("data") or {}
-                   for r in args.resources if r.resource_type == "kubernetes:core/v1:ConfigMap"}
+    config_maps = _config_maps(args)
     for r in args.resources:
         if r.resource_type not in WORKLOADS:
             continue
@@ -125,9 +142,8 @@ def redis_persists_its_data(args: StackValidationArgs, report: ReportViolation) 
             if not claims & set(mounts):
                 report(f"redis-server in '{r.name}' has no persistent volume mounted: a restart loses every "
                        "session; mount a volumeClaimTemplate at its data directory (redis.storageSize)", r.urn)
-            conf_maps = [str((v.get("configMap") or {}).get("name")) for v in pod.get("volumes") or []
-                         if v.get("configMap") and v.get("name") in mounts]
-            text = "\n".join(str(value) for name in conf_maps for value in config_maps.get(name, {}).values())
+            text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
+                             for value in config_maps.get(name, {}).values())
             if not re.search(r"^\s*appendonly\s+yes\s*$", text, re.MULTILINE):
                 report(f"redis-server in '{r.name}' runs without 'appendonly yes' in its mounted redis.conf: "
                        "acknowledged session turns could be lost on restart; render it with "
@@ -172,8 +188,8 @@ WORKLOAD_POLICIES: list[Policy] = [
                                                                       "gpuTaintKey": "string"})),
     ResourceValidationPolicy("workloads-declare-recommended-labels", "Workloads, Jobs and Services carry the "
                              "app.kubernetes.io/* labels", workloads_declare_recommended_labels, MANDATORY),
-    ResourceValidationPolicy("redis-requires-a-password", "redis-server runs with --requirepass from a Secret",
-                             redis_requires_a_password, MANDATORY),
+    StackValidationPolicy("redis-requires-a-password", "redis.conf includes requirepass from a mounted Secret",
+                          redis_requires_a_password, MANDATORY),
     StackValidationPolicy("redis-persists-its-data", "redis-server has a persistent volume and appendonly yes",
                           redis_persists_its_data, MANDATORY),
     ResourceValidationPolicy("jobs-are-bounded", "Jobs set CPU/memory requests and limits and a backoffLimit",

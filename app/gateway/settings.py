@@ -6,13 +6,17 @@ other tiers (backends, Redis URL, the served model name, the body limit the edge
 settings contract (stackspec/) builds a `GatewaySettings` from each stack at `make plan`, so every check
 below runs before any resource exists, and renders the environment from that instance field by field.
 
-Secrets (`GATEWAY_REDIS_PASSWORD`, `GATEWAY_API_KEY_HASHES`) come from a Kubernetes Secret; they are
+Secrets (`GATEWAY_REDIS_PASSWORD`, `GATEWAY_API_KEY_HASHES`) are files named like the variables in the
+secrets directory (`GATEWAY_SECRETS_DIR`, default /var/run/secrets/gateway: the Kubernetes Secret's read-only
+mount), read by pydantic-settings' `secrets_dir` source; an environment variable of the same name still wins
+(pydantic-settings ranks the environment above the secrets directory), for local overrides. They are
 `SecretStr` so they never show up in reprs or logs. This module imports nothing else of the repository.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import cached_property
 from typing import Literal
@@ -26,6 +30,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # What one core of gateway carries before its event loop lags (`make bench`'s paced streams: 1,000 on one core
 # ran at 30-50 % of direct, i.e. ~300-500 at full pace); the default in-flight bound per core of CPU request.
 IN_FLIGHT_PER_CORE = 400
+# Where the Deployment mounts the gateway's Secrets (infra/components/gateway.py); GATEWAY_SECRETS_DIR moves it.
+DEFAULT_SECRETS_DIR = "/var/run/secrets/gateway"
 
 
 class GatewaySettingsError(ValueError):
@@ -241,10 +247,23 @@ def field_problems(s: GatewaySettings) -> list[tuple[tuple[str, ...], str]]:
     return problems
 
 
+def secret_variables() -> list[str]:
+    """The variables that are secrets (the SecretStr fields): files of the secrets directory in a pod."""
+    return sorted(f"GATEWAY_{name.upper()}" for name, field in GatewaySettings.model_fields.items()
+                  if "SecretStr" in str(field.annotation))
+
+
+def secrets_dir() -> str | None:
+    """The secrets directory, when it exists (pydantic-settings warns about a missing one: none locally)."""
+    path = os.environ.get("GATEWAY_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+    return path if os.path.isdir(path) else None
+
+
 def load_settings() -> GatewaySettings:
-    """Settings from the environment, or a GatewaySettingsError naming each bad variable."""
+    """Settings from the environment and the secrets directory, or a GatewaySettingsError naming each bad
+    variable."""
     try:
-        return GatewaySettings()
+        return GatewaySettings(_secrets_dir=secrets_dir())
     except ValidationError as err:
         lines = []
         for e in err.errors():

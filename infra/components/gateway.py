@@ -1,8 +1,9 @@
 """The gateway (FastAPI, OpenAI API): Deployment, Service, PDB, and the Secret with the API-key hashes.
 
-Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets come in by
-secretKeyRef. With autoscaling on (`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside
-the Deployment: it needs the cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
+Its environment is rendered from settings (stackspec/render/gateway_env.py); the two secrets (API-key hashes,
+Redis password) are files in a read-only Secret mount, never environment variables. With autoscaling on
+(`StackSettings.hpa_scales_gateway`) its HPA on CPU is declared here, beside the Deployment: it needs the
+cluster's metrics API, not the monitoring tier, so turning monitoring off keeps it.
 
 Key rotation needs no manual restart: the pod template carries a hash of the API-key Secret's content and
 of the environment, so changing `apiKeyHashes` (revoking a key) rolls the gateways. A rolling restart loses
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from app.gateway.settings import DEFAULT_SECRETS_DIR
 from infra.components import labels as kube
 from stackspec.images import GATEWAY_UID
 from stackspec.render.gateway_env import render_gateway_env
@@ -87,10 +89,18 @@ class Gateway(kube.Tier):
     def _deployment(self, s: StackSettings, args: GatewayArgs, opts: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         gw = s.gateway
         env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(self.env.items())]
-        env += [
-            kube.secret_env("GATEWAY_API_KEY_HASHES", self.secret_name, API_KEYS_KEY),
-            kube.secret_env("GATEWAY_REDIS_PASSWORD", args.redis_secret_name, args.redis_password_key),
-        ]
+        # The secrets are files named like the settings' variables (pydantic-settings' secrets_dir), from both
+        # Secrets in one read-only projected volume: no secret value in the environment (checkov CKV_K8S_35).
+        secrets = k8s.core.v1.VolumeArgs(name="secrets", projected=k8s.core.v1.ProjectedVolumeSourceArgs(
+            default_mode=kube.SECRET_FILE_MODE,
+            sources=[
+                k8s.core.v1.VolumeProjectionArgs(secret=k8s.core.v1.SecretProjectionArgs(
+                    name=self.secret_name,
+                    items=[k8s.core.v1.KeyToPathArgs(key=API_KEYS_KEY, path="GATEWAY_API_KEY_HASHES")])),
+                k8s.core.v1.VolumeProjectionArgs(secret=k8s.core.v1.SecretProjectionArgs(
+                    name=args.redis_secret_name,
+                    items=[k8s.core.v1.KeyToPathArgs(key=args.redis_password_key, path="GATEWAY_REDIS_PASSWORD")])),
+            ]))
         container = k8s.core.v1.ContainerArgs(
             name="gateway",
             image=args.image,
@@ -103,20 +113,23 @@ class Gateway(kube.Tier):
             startup_probe=kube.http_probe("/healthz", "http", period=2, failures=30),
             liveness_probe=kube.http_probe("/healthz", "http", period=10, failures=3),
             readiness_probe=kube.http_probe("/readyz", "http", period=5, failures=2),
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                           k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=DEFAULT_SECRETS_DIR, read_only=True)],
             security_context=kube.restricted_container(),
             # Keep serving while the pod leaves the endpoints; SIGTERM (the gateway's drain) comes after.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
                 exec_=k8s.core.v1.ExecActionArgs(command=["sleep", str(PRE_STOP_SECONDS)]))),
         )
         template = kube.pod_template(
-            s, "gateway", "api", uid=GATEWAY_UID, containers=[container],
-            volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())],
+            # fsGroup: the secret files are root-owned, group-readable (mode 0440) by the gateway's group only.
+            s, "gateway", "api", uid=GATEWAY_UID, fs_group=GATEWAY_UID, containers=[container],
+            volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()), secrets],
             # preStop, then the gateway drains itself on SIGTERM (readiness off, requests finish within the
             # grace, derived from totalTimeout unless set); `make plan` states the sum.
             grace_seconds=gw.termination_grace_seconds,
             affinity=kube.spread_by_host(s, "gateway", required=False),
-            # Rotating keys (the Secret) or any setting rolls the pods: env from a Secret is read at start only.
+            # Rotating keys (the Secret) or any setting rolls the pods: the gateway reads its settings at start
+            # only (the kubelet refreshes the mounted files, the process does not reread them).
             annotations={"qwen-serving.io/config-hash": kube.content_hash(
                 json.dumps(s.api_key_hashes, sort_keys=True), json.dumps(self.env, sort_keys=True))},
         )

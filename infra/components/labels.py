@@ -252,6 +252,10 @@ def service(
     )
 
 
+# Mounted secret files: root-owned, readable by the pod's fsGroup only, never writable.
+SECRET_FILE_MODE = 0o440
+
+
 def secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
     """An environment variable filled by the kubelet from a Secret's key (never in the manifest)."""
     return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
@@ -266,6 +270,7 @@ def exporter_sidecar(
     memory_request: str,
     args: list[str] | None = None,
     env: list[k8s.core.v1.EnvVarArgs] | None = None,
+    volume_mounts: list[k8s.core.v1.VolumeMountArgs] | None = None,
 ) -> k8s.core.v1.ContainerArgs:
     """A Prometheus exporter beside the server it reads: a TCP-probed `metrics` port, small, restricted."""
     return k8s.core.v1.ContainerArgs(
@@ -273,6 +278,7 @@ def exporter_sidecar(
         image=image,
         args=args,
         env=env,
+        volume_mounts=volume_mounts,
         ports=[k8s.core.v1.ContainerPortArgs(name="metrics", container_port=port)],
         liveness_probe=tcp_probe("metrics", period=20, failures=3),
         readiness_probe=tcp_probe("metrics", period=10, failures=3),

@@ -24,7 +24,12 @@ import pulumi_random as random
 from infra.components import labels as kube
 from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
 from stackspec.images import BACKUP_UID, REDIS_UID
-from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, replication_user_args
+from stackspec.render.redis import (
+    REPLICATION_TLS_DIR,
+    render_exporter_passwords,
+    render_redis_conf,
+    render_redis_secrets,
+)
 from stackspec.settings import StackSettings, redis_size_bytes
 
 CONF_DIR = "/etc/redis"
@@ -32,7 +37,13 @@ REPLICATION_SERVICE = "redis-replication"
 # Marks the one Service the policy pack lets face the outside besides the edge (policies/rules.py).
 REPLICATION_ENDPOINT_LABEL = "qwen-serving.io/endpoint"
 
-BACKUP_REDIS_SECRET_DIR = "/var/run/secrets/redis"
+SECRET_DIR = "/var/run/secrets/redis"  # the redis Secret's read-only mount, in every pod that reads it
+BACKUP_REDIS_SECRET_DIR = SECRET_DIR
+SECRETS_CONF_KEY = "redis-secrets.conf"
+EXPORTER_PASSWORDS_KEY = "exporter-passwords.json"
+# redis-cli reads REDISCLI_AUTH; set for the one command, from the mounted file, so it is in no pod's env.
+CLI_AUTH = f'REDISCLI_AUTH="$(cat {SECRET_DIR}/password)"'
+
 BACKUP_STORAGE_SECRET_DIR = "/var/run/secrets/object-storage"
 
 
@@ -74,6 +85,13 @@ class Redis(kube.Tier):
             if args.replication_password is None:  # the settings check this before any resource
                 raise ValueError("qwen-serving:redisReplicationPassword is required with redis.replication")
             secret_data[self.replication_password_key] = pulumi.Output.secret(args.replication_password)
+        # Redis and its exporter read the password from files of this Secret: redis.conf includes the secret
+        # lines (requirepass, and on a DR pair the replication user and masterauth), the exporter reads its
+        # password file (a JSON map of address to password), the probes `cat` the password file.
+        secret_data[SECRETS_CONF_KEY] = pulumi.Output.secret(pulumi.Output.all(password, args.replication_password)
+            .apply(lambda pw: render_redis_secrets(s, password=pw[0], replication_password=pw[1])))
+        secret_data[EXPORTER_PASSWORDS_KEY] = pulumi.Output.secret(pulumi.Output.from_input(password).apply(
+            lambda pw: render_exporter_passwords(port=REDIS_PORT, password=pw)))
         self.secret = k8s.core.v1.Secret(
             "redis-secret",
             metadata=kube.metadata(s, "redis", "cache", namespace=ns),
@@ -81,7 +99,8 @@ class Redis(kube.Tier):
             string_data=secret_data,
             opts=child,
         )
-        conf = render_redis_conf(s, port=REDIS_PORT, bind="0.0.0.0", data_dir="/data")
+        conf = render_redis_conf(s, port=REDIS_PORT, bind="0.0.0.0", data_dir="/data",
+                                 password_file_include=f"{SECRET_DIR}/{SECRETS_CONF_KEY}")
         self.config = k8s.core.v1.ConfigMap(
             "redis-config",
             metadata=kube.metadata(s, "redis", "cache", namespace=ns, object_name="redis-config"),
@@ -145,10 +164,10 @@ class Redis(kube.Tier):
         )
         volumes = [
             k8s.core.v1.VolumeArgs(name="redis-password", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=self.secret_name, default_mode=0o440,
+                secret_name=self.secret_name, default_mode=kube.SECRET_FILE_MODE,
                 items=[k8s.core.v1.KeyToPathArgs(key=self.password_key, path="password")])),
             k8s.core.v1.VolumeArgs(name="object-storage", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=BACKUP, default_mode=0o440,
+                secret_name=BACKUP, default_mode=kube.SECRET_FILE_MODE,
                 items=[k8s.core.v1.KeyToPathArgs(key="credentials", path="credentials")])),
             k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=scratch)),
         ]
@@ -200,42 +219,39 @@ class Redis(kube.Tier):
             opts=opts,
         )
 
-    def _secret_env(self, name: str) -> k8s.core.v1.EnvVarArgs:
-        return kube.secret_env(name, self.secret_name, self.password_key)
-
     def _stateful_set(
         self, s: StackSettings, ns: pulumi.Input[str], conf: str, opts: pulumi.ResourceOptions
     ) -> k8s.apps.v1.StatefulSet:
-        ping = ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {REDIS_PORT} ping | grep -q PONG"]
+        ping = ["sh", "-c", f"{CLI_AUTH} redis-cli -h 127.0.0.1 -p {REDIS_PORT} ping | grep -q PONG"]
         rep = s.redis.replication
-        # $(REDIS_PASSWORD) is expanded by the kubelet from the Secret: never in the ConfigMap or image.
-        args = [f"{CONF_DIR}/redis.conf", "--requirepass", "$(REDIS_PASSWORD)"]
-        env = [self._secret_env("REDIS_PASSWORD"), self._secret_env("REDISCLI_AUTH")]
+        # The password and the replication user come from the included secrets file (redis.conf's `include`).
+        args = [f"{CONF_DIR}/redis.conf"]
         ports = [k8s.core.v1.ContainerPortArgs(name="redis", container_port=REDIS_PORT)]
+        secret_mount = k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=SECRET_DIR, read_only=True)
         mounts = [
             k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data"),
             k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONF_DIR, read_only=True),
+            secret_mount,
         ]
-        volumes = [k8s.core.v1.VolumeArgs(
-            name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config"))]
-        if rep is None:
-            args += ["--masterauth", "$(REDIS_PASSWORD)"]
-        else:
-            # The replication-only ACL user, and a replica authenticates as it (masteruser in redis.conf).
-            env.append(kube.secret_env("REDIS_REPLICATION_PASSWORD", self.secret_name, self.replication_password_key))
-            args += ["--user", *replication_user_args(s, "$(REDIS_REPLICATION_PASSWORD)"),
-                     "--masterauth", "$(REDIS_REPLICATION_PASSWORD)"]
+        volumes = [
+            k8s.core.v1.VolumeArgs(
+                name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name="redis-config")),
+            k8s.core.v1.VolumeArgs(name="secrets", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=self.secret_name, default_mode=kube.SECRET_FILE_MODE,
+                items=[k8s.core.v1.KeyToPathArgs(key=k, path=k)
+                       for k in (self.password_key, SECRETS_CONF_KEY, EXPORTER_PASSWORDS_KEY)])),
+        ]
+        if rep is not None:
             ports.append(k8s.core.v1.ContainerPortArgs(name="redis-tls", container_port=rep.port))
             mounts.append(k8s.core.v1.VolumeMountArgs(name="replication-tls", mount_path=REPLICATION_TLS_DIR,
                                                       read_only=True))
             volumes.append(k8s.core.v1.VolumeArgs(name="replication-tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=rep.tls_secret_name, default_mode=0o440)))
+                secret_name=rep.tls_secret_name, default_mode=kube.SECRET_FILE_MODE)))
         server = k8s.core.v1.ContainerArgs(
             name="redis",
             image=s.images.redis,
             command=["redis-server"],
             args=args,
-            env=env,
             ports=ports,
             volume_mounts=mounts,
             # Loading a large AOF takes a while: liveness only starts once Redis answers.
@@ -254,10 +270,9 @@ class Redis(kube.Tier):
         )
         exporter = kube.exporter_sidecar(
             "redis-exporter", s.images.redis_exporter, port=REDIS_METRICS_PORT, memory_request="32Mi",
-            env=[
-                k8s.core.v1.EnvVarArgs(name="REDIS_ADDR", value=f"redis://127.0.0.1:{REDIS_PORT}"),
-                self._secret_env("REDIS_PASSWORD"),
-            ],
+            args=[f"--redis.password-file={SECRET_DIR}/{EXPORTER_PASSWORDS_KEY}"],
+            env=[k8s.core.v1.EnvVarArgs(name="REDIS_ADDR", value=f"redis://127.0.0.1:{REDIS_PORT}")],
+            volume_mounts=[secret_mount],
         )
         claim = k8s.core.v1.PersistentVolumeClaimArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=kube.labels(s, "redis", "cache")),

@@ -1,6 +1,7 @@
 """Settings -> redis.conf. AOF on, no eviction (sessions must not vanish silently), replica of the primary
-on a standby site. The password is never in this text: the pod passes it from the Secret on the command
-line (`--requirepass $(REDIS_PASSWORD)`), the local stack through an included file.
+on a standby site. The password is never in this text: it `include`s a private file of secret lines
+(render_redis_secrets), in a pod a key of the redis Secret's read-only mount, locally a 0600 file in the run
+directory.
 
 Cross-site replication (`redis.replication`, README: disaster recovery): every site of a DR pair listens
 with mutual TLS on `redis.replication.port` (certificates from the `tlsSecretName` Secret) and knows the
@@ -12,6 +13,7 @@ standby cannot come up as a second master).
 
 from __future__ import annotations
 
+import json
 import re
 
 from stackspec.settings import StackSettings
@@ -31,7 +33,8 @@ def replication_user_args(settings: StackSettings, password: str) -> list[str]:
 
 
 def render_redis_secrets(settings: StackSettings, *, password: str | None, replication_password: str | None) -> str:
-    """The secret lines of redis.conf (a private include file locally; arguments from the Secret in a pod)."""
+    """The secret lines of redis.conf: the file it includes (a 0600 file locally, a key of the redis Secret in
+    a pod)."""
     lines = []
     if password:
         lines.append(f'requirepass "{password}"')
@@ -39,6 +42,12 @@ def render_redis_secrets(settings: StackSettings, *, password: str | None, repli
         lines.append("user " + " ".join(replication_user_args(settings, replication_password)))
         lines.append(f'masterauth "{replication_password}"')
     return "".join(line + "\n" for line in lines)
+
+
+def render_exporter_passwords(*, port: int, password: str) -> str:
+    """redis_exporter's password file (`--redis.password-file`): a JSON map of address to password, for the
+    Redis beside it on 127.0.0.1 (the address must be the one it scrapes, REDIS_ADDR / -redis.addr)."""
+    return json.dumps({f"redis://127.0.0.1:{port}": password})
 
 
 def render_redis_conf(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,28 @@ def test_secrets_do_not_show_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert "hunter2" not in repr(settings) and "a" * 64 not in repr(settings)
     assert settings.key_hashes == {"a" * 64: "svc"}
+
+
+def test_secrets_come_from_the_secrets_directory_and_an_env_var_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Deployment mounts the Secrets as files named like the variables (pydantic-settings' secrets_dir);
+    a variable of the same name in the environment overrides its file (a local override)."""
+    for key in list(GatewaySettings.model_fields):
+        monkeypatch.delenv(f"GATEWAY_{key.upper()}", raising=False)
+    monkeypatch.setenv("GATEWAY_BACKENDS", "a:1")
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(tmp_path))
+    (tmp_path / "GATEWAY_API_KEY_HASHES").write_text('{"' + "b" * 64 + '": "from-file"}\n')
+    (tmp_path / "GATEWAY_REDIS_PASSWORD").write_text("file-password\n")
+    settings = load_settings()
+    assert settings.key_hashes == {"b" * 64: "from-file"}
+    assert settings.redis_password is not None and settings.redis_password.get_secret_value() == "file-password"
+    monkeypatch.setenv("GATEWAY_REDIS_PASSWORD", "env-password")
+    overridden = load_settings().redis_password
+    assert overridden is not None and overridden.get_secret_value() == "env-password"
+    monkeypatch.setenv("GATEWAY_SECRETS_DIR", str(tmp_path / "absent"))  # no directory: no secrets, no warning
+    monkeypatch.delenv("GATEWAY_REDIS_PASSWORD")
+    monkeypatch.setenv("GATEWAY_AUTH_ENABLED", "false")  # no key hashes either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_settings().redis_password is None

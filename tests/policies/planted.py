@@ -82,8 +82,13 @@ def drop_instance_label(inputs: dict[str, Any]) -> None:
     del inputs["metadata"]["labels"]["app.kubernetes.io/instance"]
 
 
-def no_requirepass(inputs: dict[str, Any]) -> None:
-    first(inputs)["args"] = ["/etc/redis/redis.conf"]
+def no_secrets_include(inputs: dict[str, Any]) -> None:
+    inputs["data"] = {k: "\n".join(line for line in v.splitlines() if not line.startswith("include"))
+                      for k, v in inputs["data"].items()}
+
+
+def requirepass_on_the_command_line(inputs: dict[str, Any]) -> None:
+    first(inputs)["args"] = [*first(inputs)["args"], "--requirepass", "hunter2"]
 
 
 def append_off(inputs: dict[str, Any]) -> None:
@@ -127,7 +132,10 @@ PLANTED_MORE: list[Plant] = [
     Plant("gpu-hosts-run-only-gpu-pods", "prod", DEPLOYMENT, "gateway", tolerate_gpus, "remove the toleration"),
     Plant("workloads-declare-recommended-labels", "prod", STATEFULSET, "redis", drop_instance_label,
           "app.kubernetes.io/instance"),
-    Plant("redis-requires-a-password", "prod", STATEFULSET, "redis", no_requirepass, "--requirepass"),
+    Plant("redis-requires-a-password", "prod", CONFIGMAP, "redis-config", no_secrets_include,
+          "password_file_include"),
+    Plant("redis-requires-a-password", "prod", STATEFULSET, "redis", requirepass_on_the_command_line,
+          "on the command line"),
     Plant("redis-persists-its-data", "prod", CONFIGMAP, "redis-config", append_off, "appendonly yes"),
     Plant("jobs-are-bounded", "prod", JOB, "log-retention-setup", unbounded_job, "limits.cpu"),
     Plant("service-account-tokens-only-where-needed", "prod", DEPLOYMENT, "gateway", mount_token,

@@ -65,6 +65,12 @@ def plain_password(inputs: dict[str, Any]) -> None:
     first(inputs).setdefault("env", []).append({"name": "GATEWAY_REDIS_PASSWORD", "value": "hunter2"})
 
 
+def secret_in_env(inputs: dict[str, Any]) -> None:
+    """The way the gateway read its Redis password before issue 22: from the Secret, but through the env."""
+    first(inputs).setdefault("env", []).append(
+        {"name": "GATEWAY_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}}})
+
+
 def plain_storage_key(inputs: dict[str, Any]) -> None:
     first(inputs).setdefault("env", []).append({"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"})
 
@@ -130,6 +136,7 @@ PLANTED = [
     ("workloads-have-probes", DEPLOYMENT, "vllm", set_key("readinessProbe", None)),
     ("gpus-only-on-the-gpu-pool", DEPLOYMENT, "vllm", drop_gpu_toleration),
     ("no-plain-secrets-in-env", DEPLOYMENT, "gateway", plain_password),
+    ("no-plain-secrets-in-env", DEPLOYMENT, "gateway", secret_in_env),
     ("runs-as-non-root", DEPLOYMENT, "edge", root_pod),
     ("runs-as-non-root", DEPLOYMENT, "vllm", root_pod),  # no tier is exempt any more, vLLM included
     ("only-the-edge-is-exposed", "kubernetes:core/v1:Service", "redis-service", expose),

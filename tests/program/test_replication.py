@@ -49,15 +49,16 @@ def test_a_replication_only_user_with_its_own_password_and_tls_from_the_secret(s
     rep = run.settings.redis.replication
     assert rep is not None
     server = _container(stack)
-    args = server["args"]
-    user = args[args.index("--user") + 1:args.index("--masterauth")]
-    assert user == [rep.user, "reset", "on", ">$(REDIS_REPLICATION_PASSWORD)", *REPLICATION_ACL]
-    assert args[args.index("--masterauth") + 1] == "$(REDIS_REPLICATION_PASSWORD)"
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
-    assert env["REDIS_REPLICATION_PASSWORD"] == {"name": "redis", "key": "replication-password"}
+    assert server["args"] == ["/etc/redis/redis.conf"] and "env" not in server  # the secrets are in a file
     secret = obj(run, SECRET, "redis-secret")
-    assert set(secret["stringData"]) == {"password", "replication-password"}
-    assert secret["stringData"]["password"] != secret["stringData"]["replication-password"]
+    data = secret["stringData"]
+    assert set(data) == {"password", "replication-password", "redis-secrets.conf", "exporter-passwords.json"}
+    assert data["password"] != data["replication-password"]
+    # The included file: the replication user and masterauth carry the replication password, never the main one.
+    lines = data["redis-secrets.conf"].splitlines()
+    assert lines == [f'requirepass "{data["password"]}"',
+                     " ".join(["user", rep.user, "reset", "on", f'>{data["replication-password"]}', *REPLICATION_ACL]),
+                     f'masterauth "{data["replication-password"]}"']
     volumes = {v["name"]: v for v in pod_spec(run, STATEFUL_SET, "redis")["volumes"]}
     assert volumes["replication-tls"]["secret"]["secretName"] == rep.tls_secret_name
     assert {"name": "redis-tls", "containerPort": rep.port} in server["ports"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.gateway.settings import DEFAULT_SECRETS_DIR
 from infra.components.network import pod_security_level
 from stackspec.images import BACKUP_WHEELS
 from stackspec.render.nginx import render_nginx_conf
@@ -167,16 +168,22 @@ def test_gateway_env_is_rendered_and_secrets_come_by_reference(stack: str) -> No
     run = stack_run(stack)
     s = run.settings
     gw = container(pod_spec(run, DEPLOYMENT, "gateway"), "gateway")
-    plain = {e["name"]: e["value"] for e in gw["env"] if "value" in e}
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gw["env"] if "valueFrom" in e}
+    plain = {e["name"]: e["value"] for e in gw["env"]}
     assert plain == render_gateway_env(
         s, backends_dns=f"vllm.{s.kubernetes.namespace}.svc.cluster.local:{s.inference.port}",
         redis_url="redis://redis:6379/0",
     )
-    assert refs == {
-        "GATEWAY_API_KEY_HASHES": {"name": "gateway-api-keys", "key": "api-key-hashes"},
-        "GATEWAY_REDIS_PASSWORD": {"name": "redis", "key": "password"},
-    }
+    # The secrets are files named like the settings' variables, in pydantic-settings' secrets directory.
+    mount = next(m for m in gw["volumeMounts"] if m["name"] == "secrets")
+    assert mount == {"name": "secrets", "mountPath": DEFAULT_SECRETS_DIR, "readOnly": True}
+    pod = pod_spec(run, DEPLOYMENT, "gateway")
+    projected = next(v for v in pod["volumes"] if v["name"] == "secrets")["projected"]
+    assert projected["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == pod["securityContext"][
+        "runAsUser"]
+    files = {item["path"]: (src["secret"]["name"], item["key"])
+             for src in projected["sources"] for item in src["secret"]["items"]}
+    assert files == {"GATEWAY_API_KEY_HASHES": ("gateway-api-keys", "api-key-hashes"),
+                     "GATEWAY_REDIS_PASSWORD": ("redis", "password")}
     assert obj(run, SECRET, "gateway-secret")["metadata"]["name"] == "gateway-api-keys"
     assert obj(run, SECRET, "redis-secret")["metadata"]["name"] == "redis"
 
@@ -288,16 +295,24 @@ def test_redis_is_a_stateful_set_with_aof_on_a_pvc_and_the_password_from_the_sec
     assert claim["resources"]["requests"]["storage"] == s.redis.storage_size
     assert claim.get("storageClassName") == s.redis.storage_class
     conf = obj(run, CONFIG_MAP, "redis-config")["data"]["redis.conf"]
-    assert conf == render_redis_conf(s, port=6379, bind="0.0.0.0", data_dir="/data")
+    assert conf == render_redis_conf(s, port=6379, bind="0.0.0.0", data_dir="/data",
+                                     password_file_include="/var/run/secrets/redis/redis-secrets.conf")
     server = container(sts["template"]["spec"], "redis")
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
-    assert env["REDIS_PASSWORD"] == {"name": "redis", "key": "password"}
+    # The password is in no argument and no env var: redis.conf includes it from the mounted Secret.
+    assert server["args"] == ["/etc/redis/redis.conf"] and "env" not in server
+    secrets = next(v for v in sts["template"]["spec"]["volumes"] if v["name"] == "secrets")["secret"]
+    assert secrets["secretName"] == "redis" and secrets["defaultMode"] == 0o440
+    assert {i["key"] for i in secrets["items"]} == {"password", "redis-secrets.conf", "exporter-passwords.json"}
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in server["volumeMounts"]}
+    assert mounts["/var/run/secrets/redis"] is True
     if s.redis.replication is None:
-        assert server["args"][1:] == ["--requirepass", "$(REDIS_PASSWORD)", "--masterauth", "$(REDIS_PASSWORD)"]
-        assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis"}
+        assert set(mounts) == {"/data", "/etc/redis", "/var/run/secrets/redis"}
     else:  # tests/program/test_replication.py looks at the replication link in detail
-        assert server["args"][1:3] == ["--requirepass", "$(REDIS_PASSWORD)"]
-        assert {m["mountPath"] for m in server["volumeMounts"]} == {"/data", "/etc/redis", "/etc/redis/tls"}
+        assert set(mounts) == {"/data", "/etc/redis", "/etc/redis/tls", "/var/run/secrets/redis"}
+    exporter = container(sts["template"]["spec"], "redis-exporter")
+    assert exporter["args"] == ["--redis.password-file=/var/run/secrets/redis/exporter-passwords.json"]
+    assert [e["name"] for e in exporter["env"]] == ["REDIS_ADDR"]
+    assert 'REDISCLI_AUTH="$(cat /var/run/secrets/redis/password)"' in server["readinessProbe"]["exec"]["command"][-1]
     assert server["readinessProbe"]["exec"]["command"][-1].endswith("grep -q PONG")
     ports = {p["name"]: p["port"] for p in obj(run, SERVICE, "redis-service")["spec"]["ports"]}
     assert ports == {"redis": 6379, "metrics": 9121}
