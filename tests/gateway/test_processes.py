@@ -21,7 +21,16 @@ import httpx
 import redis
 
 from localstack.services import RedisHandle
-from tests.gateway.conftest import Fleet, Gateway, StartGateway, auth, chat_body, vllm_metric
+from tests.gateway.conftest import (
+    Fleet,
+    Gateway,
+    StartGateway,
+    assert_whole_stream,
+    auth,
+    chat_body,
+    refuses_new_connections,
+    vllm_metric,
+)
 from tests.waiting import metric, samples, wait_until, wait_until_async
 
 CHAT = "/v1/chat/completions"
@@ -182,24 +191,13 @@ async def test_one_sigterm_drains_both_processes(start_gw: StartGateway, fleet: 
                 await wait_until_async(draining, f"process {pid} drains on the pod's SIGTERM", within=10)
         os.kill(gw.handle.pid, signal.SIGTERM)  # a second signal ends the drain now, in both
 
-        async def refuses_new_connections() -> bool:
-            try:
-                async with httpx.AsyncClient(base_url=gw.url) as fresh:
-                    await fresh.get("/healthz")
-            except httpx.ConnectError:
-                return True
-            return False
-
-        await wait_until_async(refuses_new_connections, "the listener closes after the drain", within=30)
+        await wait_until_async(lambda: refuses_new_connections(gw.url), "the listener closes after the drain",
+                               within=30)
         running = await asyncio.to_thread(vllm_metric, paced, "vllm:num_requests_running")
         assert running >= 1  # precondition: vLLM is still generating when the listener closes
         await asyncio.gather(*(stream.read_rest() for stream in streams))
     for stream in streams:
-        events = [e.removeprefix("data: ") for e in stream.received.split("\n\n") if e.strip()]
-        assert events[-1] == "[DONE]"
-        assert not any('"error"' in e for e in events)
-        usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
-        assert usage and usage[-1]["completion_tokens"] == 400  # the whole answer, not a cut
+        assert_whole_stream(stream.received, 400)
     popen = gw.handle.process.popen
     assert popen is not None
     assert await asyncio.to_thread(popen.wait, 60) == 0
