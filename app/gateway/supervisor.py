@@ -29,6 +29,7 @@ when it exits (metrics.py).
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -56,6 +57,7 @@ def run_process(sock: socket.socket) -> None:
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # as a single process does (__main__.py)
     if not serve(settings, sockets=[sock]):
         raise SystemExit(STARTUP_FAILURE)
 
