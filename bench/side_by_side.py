@@ -501,7 +501,10 @@ def summary_table(results: dict[str, Any]) -> str:
     for e in sw.get("nonstream_16tok_0ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             extra = "" if name == "direct" else (
                 f", {fmt(r['proxy_cpu_ms_per_request'], '.3f')} ms CPU/req, +p50 "
                 f"{fmt(e['added_latency_p50_ms'][name], '.2f')} ms")
@@ -510,14 +513,20 @@ def summary_table(results: dict[str, Any]) -> str:
     for e in sw.get("stream_64tok_0ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             extra = "" if name == "direct" else f", {fmt(r['proxy_cpu_us_per_chunk'], '.1f')} µs CPU/chunk"
             cells.append(f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}")
         lines.append(f"| streaming, 64 chunks, c={e['concurrency']} | " + " | ".join(cells) + " |")
     for e in sw.get("stream_64tok_20ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             if name == "direct":
                 cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms, {fmt(r['chunks_per_s'], '.0f')} chunks/s")
             else:
