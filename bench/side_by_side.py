@@ -8,7 +8,10 @@ under test (gateway, Nginx) is pinned to core 0; emitter, Redis, vLLM and this l
 Every point runs the three paths back to back — direct to the backend, through the gateway, through Nginx +
 gateway — so drift in the machine's load hits all alike: non-streaming req/s and latency percentiles;
 streaming chunks/s, TTFT and end-to-end percentiles; the proxy's CPU per request and per chunk (from
-/proc/<pid>/stat); a concurrency sweep (1, 16, 64, 256, 1000) at 0 and 20 ms per token. Then `make plan`
+/proc/<pid>/stat); a concurrency sweep (1, 16, 64, 256, 1000) at 0 and 20 ms per token. Then the overload
+point (twice what one gateway process admits), and the two-process point: 1,000 paced streams through a gateway
+of two processes (GATEWAY_PROCESSES=2, one per core of this machine, the pair spread over both cores while
+emitter, Redis and load generator stay on core 1; `results.json` states the placement). Then `make plan`
 time per stack. Results: a table on stdout, build/bench/results.json, build/bench/sweep.png.
 """
 
@@ -65,14 +68,16 @@ BENCH_OVERRIDES = {"edge": {"rateLimitPerSecond": 10_000_000, "rateLimitBurst": 
 
 # ---- processes: pinning and CPU time -------------------------------------------------------------
 
-def pin(pid: int, core: int) -> None:
-    """Pin every thread of every process in `pid`'s process group (Nginx workers, vLLM's engine) to `core`."""
+def pin(pid: int, core: int | set[int]) -> None:
+    """Pin every thread of every process in `pid`'s process group (Nginx workers, vLLM's engine, a gateway's
+    processes) to `core` (or to a set of cores)."""
     if (os.cpu_count() or 1) < 2:
         return
+    cores = {core} if isinstance(core, int) else core
     for member in group_members(pid) or [pid]:
         for task in Path(f"/proc/{member}/task").glob("*"):
             try:
-                os.sched_setaffinity(int(task.name), {core})
+                os.sched_setaffinity(int(task.name), cores)
             except (ProcessLookupError, PermissionError, OSError):
                 pass
 
@@ -280,6 +285,37 @@ def overload_point(direct: Path_, gw: Path_, log_path: Path, model: str, capacit
     return entry
 
 
+TWO_PROCESSES_PLACEMENT = (f"gateway: 2 processes (GATEWAY_PROCESSES=2), both free to run on cores {PROXY_CORE} and "
+                           f"{LOAD_CORE}; emitter, Redis and the load generator pinned to core {LOAD_CORE}")
+
+
+def two_processes_point(direct: Path_, gw: Path_, model: str, concurrency: int, duration: float) -> dict[str, Any]:
+    """Paced streams through a gateway of two processes (one per core), direct then gateway, as the sweep's
+    paced point measures them; the placement is stated with the figures."""
+    import uvloop
+
+    rows = {p.name: uvloop.run(measure(p, model=model, stream=True, tokens=64, delay_ms=PACED_MS,
+                                       concurrency=concurrency, duration=duration)) for p in (direct, gw)}
+    direct_rate = rows["direct"]["chunks_per_s"] or 0
+    entry: dict[str, Any] = {
+        "concurrency": concurrency, "processes": 2, "placement": TWO_PROCESSES_PLACEMENT, "paths": rows,
+        "loadavg": loadavg(), "added_ttft_p50_ms": added(rows, "ttft_ms"),
+        "pct_of_direct": {"gateway": round(100 * rows["gateway"]["chunks_per_s"] / direct_rate, 1)
+                          if direct_rate else None},
+    }
+    print_row("two_processes_paced", entry, True)
+    return entry
+
+
+def wait_for_processes(gw: GatewayHandle, count: int, timeout: float = 60.0) -> None:
+    """Until `count` gateway processes serve (their startup logged): the supervisor answers with the first."""
+    deadline = time.monotonic() + timeout
+    while gw.process.log_path.read_text(errors="replace").count("Application startup complete") < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{gw.name}: {count} processes not serving within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -382,6 +418,12 @@ def goals_report(results: dict[str, Any]) -> dict[str, Any]:
         out["paced1000_added_ttft_p50_ms"] = {"value": ttft, "goal": "<= 50",
                                               "met": ttft is not None and ttft <= 50}
         out["paced1000_errors"] = {"value": errors, "goal": "0", "met": errors == 0}
+    two = results.get("two_processes")
+    if two and two["concurrency"] == 1000:
+        pct_v, ttft = two["pct_of_direct"]["gateway"], two["added_ttft_p50_ms"].get("gateway")
+        out["paced1000_two_processes_pct_of_direct"] = {"value": pct_v, "goal": ">= 90", "met": (pct_v or 0) >= 90}
+        out["paced1000_two_processes_added_ttft_p50_ms"] = {"value": ttft, "goal": "<= 50",
+                                                            "met": ttft is not None and ttft <= 50}
     over = results.get("overload")
     if over:
         ttft, shed99 = over["admitted_ttft_p95_over_direct_ms"], over["shed_p99_ms"]
@@ -402,6 +444,7 @@ def failed_points(results: dict[str, Any]) -> list[str]:
     entries = [(name, e) for name, series in results.get("sweep", {}).items() for e in series]
     entries += [("vllm_stream_16tok", e) for e in results.get("vllm", [])]
     entries += [("overload", results["overload"])] if results.get("overload") else []
+    entries += [("two_processes", results["two_processes"])] if results.get("two_processes") else []
     for name, e in entries:
         for path, row in e["paths"].items():
             if row.get("failed") or row.get("errors"):
@@ -458,7 +501,10 @@ def summary_table(results: dict[str, Any]) -> str:
     for e in sw.get("nonstream_16tok_0ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             extra = "" if name == "direct" else (
                 f", {fmt(r['proxy_cpu_ms_per_request'], '.3f')} ms CPU/req, +p50 "
                 f"{fmt(e['added_latency_p50_ms'][name], '.2f')} ms")
@@ -467,14 +513,20 @@ def summary_table(results: dict[str, Any]) -> str:
     for e in sw.get("stream_64tok_0ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             extra = "" if name == "direct" else f", {fmt(r['proxy_cpu_us_per_chunk'], '.1f')} µs CPU/chunk"
             cells.append(f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}")
         lines.append(f"| streaming, 64 chunks, c={e['concurrency']} | " + " | ".join(cells) + " |")
     for e in sw.get("stream_64tok_20ms", []):
         cells = []
         for name in ("direct", "gateway", "nginx+gateway"):
-            r = e["paths"][name]
+            r = e["paths"].get(name)
+            if r is None:  # a path left out (--no-nginx): an empty cell
+                cells.append("-")
+                continue
             if name == "direct":
                 cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms, {fmt(r['chunks_per_s'], '.0f')} chunks/s")
             else:
@@ -490,6 +542,13 @@ def summary_table(results: dict[str, Any]) -> str:
             extra = "" if name == "direct" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
             cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms{extra}")
         lines.append(f"| real vLLM (CPU, tiny-qwen2), 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
+    two = results.get("two_processes")
+    if two:
+        r = two["paths"]["gateway"]
+        lines.append(
+            f"| {two['concurrency']} streams paced 20 ms/token, gateway of 2 processes (both cores) | TTFT p50 "
+            f"{fmt(two['paths']['direct']['ttft_ms']['p50'], '.1f')} ms | {fmt(two['pct_of_direct']['gateway'], '.1f')}"
+            f" % of direct, +TTFT p50 {fmt(two['added_ttft_p50_ms']['gateway'], '.1f')} ms, {r['errors']} errors | |")
     over = results.get("overload")
     if over:
         g, d = over["paths"]["gateway"], over["paths"]["direct"]
@@ -574,6 +633,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--overload-capacity", type=int, default=400,
                         help="the overload point: a gateway admitting this many, under twice as many paced streams "
                              "(0: skip it)")
+    parser.add_argument("--two-processes-streams", type=int, default=1000,
+                        help="the two-process point: this many paced streams through a gateway of 2 processes "
+                             "(one per core) (0: skip it)")
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help="instead of the sweep: py-spy on the gateway under one load, to build/bench/profile-*")
     parser.add_argument("--profile-concurrency", type=int, default=0, help="override the profile's concurrency")
@@ -602,7 +664,7 @@ def main(argv: list[str]) -> int:
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
     def gateway_for(backend: VllmHandle, redis: Any, name: str, *, models_from_backend: bool = False,
-                    max_in_flight: int = 100_000) -> GatewayHandle:
+                    max_in_flight: int = 100_000, processes: int = 1) -> GatewayHandle:
         env = gateway_env(settings, [backend], redis, api_key_hashes={key_hash(API_KEY): "bench"})
         if models_from_backend:  # the emitter serves one model name per pacing: accept what it lists
             env["GATEWAY_MODEL"] = ""
@@ -610,9 +672,11 @@ def main(argv: list[str]) -> int:
         env["GATEWAY_MAX_IN_FLIGHT"] = str(max_in_flight)
         env.update({"GATEWAY_RATE_LIMIT_RPM": "1000000000", "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "1",
                     "GATEWAY_RATE_LIMIT_CONCURRENT": "1000000"})
+        if processes > 1:  # a pod given that many cores: one process per core (each its share of the bound)
+            env.update({"GATEWAY_PROCESSES": str(processes), "GATEWAY_CPU_CORES": str(processes)})
         gw = start_gateway(work / name, env=env, name=name)
         started.append(gw)
-        pin(gw.pid, PROXY_CORE)
+        pin(gw.pid, PROXY_CORE if processes == 1 else {PROXY_CORE, LOAD_CORE})
         return gw
 
     def nginx_for(gw: GatewayHandle, name: str) -> ServiceHandle:
@@ -660,6 +724,20 @@ def main(argv: list[str]) -> int:
             results["overload"] = overload_point(
                 paths[0], Path_("gateway", over.port, [over.pid], headers), over.process.log_path, model,
                 args.overload_capacity, args.duration + 1.5)
+            save(results, Path(args.out))
+            over.stop()
+            started.remove(over)
+        if args.two_processes_streams:
+            if gw in started:
+                gw.stop()
+                started.remove(gw)
+            # Processes start after the supervisor is up: wait for both, then pin the group (all its members).
+            pair = gateway_for(emitter, redis, "gateway-2p", models_from_backend=True, processes=2)
+            wait_for_processes(pair, 2)
+            pin(pair.pid, {PROXY_CORE, LOAD_CORE})
+            results["two_processes"] = two_processes_point(
+                paths[0], Path_("gateway", pair.port, [pair.pid], headers), model, args.two_processes_streams,
+                args.duration + 1.5)
             save(results, Path(args.out))
         emitter.stop()
         started.remove(emitter)

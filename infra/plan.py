@@ -77,6 +77,7 @@ def describe(run: OfflineRun) -> str:
     return (f"site {s.site.name}, role {s.site.role}\n"
             f"capacity per vLLM replica: {s.capacity.describe()}\n"
             f"{s.gateway.describe_shutdown()}\n"
+            f"{s.describe_gateway_processes()}\n"
             f"replicas owned by: vLLM {'KEDA' if s.keda_scales_vllm else 'inference.replicas'}, "
             f"gateway {'the HPA' if s.hpa_scales_gateway else 'gateway.replicas'}\n"
             f"gateway routing: {routing.policy} (load factor {routing.load_factor:g}, blocks of "

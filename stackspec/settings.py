@@ -35,8 +35,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from app.gateway.settings import IN_FLIGHT_PER_CORE, GatewaySettingsProblems, GatewayTuning, cores_rounded_up
 from app.gateway.settings import GatewaySettings as GatewayRuntime
-from app.gateway.settings import GatewaySettingsProblems, GatewayTuning
 from stackspec.capacity import QWEN25_7B, Capacity, ModelShape, replica_capacity
 from stackspec.versions import VLLM_IMAGE, vllm_image_problem
 
@@ -604,11 +604,31 @@ class StackSettings(_Section):
             "session_replica_wait_ms": (_key("redis.replication.waitForReplicaMs"), self.session_replica_wait_ms),
             # What one gateway process may carry at once (unless gateway.maxInFlight says) follows its CPU request.
             "cpu_cores": (_key("gateway.cpuRequest"), cpu_cores(self.gateway.cpu_request)),
+            # Processes per pod, resolved (one per core of the request unless gateway.processes says): the
+            # Deployment's environment states the number that runs.
+            "processes": (_key("gateway.processes"), self.gateway_processes),
             # What the router remembers per backend: the KV cache one replica holds (the capacity model),
             # unless the stack sets gateway.routing.cacheTokens itself.
             "routing": (_key("gateway.routing"), self.gateway.routing.model_copy(update={
                 "cache_tokens": self.gateway.routing.cache_tokens or max(self.capacity.kv_tokens, 1)})),
         }
+
+    @property
+    def gateway_processes(self) -> int:
+        """Gateway processes per pod: `gateway.processes`, or one per core of `gateway.cpuRequest`, rounded up."""
+        return self.gateway.processes or cores_rounded_up(cpu_cores(self.gateway.cpu_request))
+
+    def describe_gateway_processes(self) -> str:
+        """What each gateway pod runs and how the limits are shared out, as `make plan` states it."""
+        gw, runtime = self.gateway, self.gateway_runtime()
+        source = ("gateway.processes" if gw.processes
+                  else f"one per core of gateway.cpuRequest {gw.cpu_request}, rounded up")
+        pod_bound = (f"gateway.maxInFlight {gw.max_in_flight}" if gw.max_in_flight
+                     else f"{IN_FLIGHT_PER_CORE} x {runtime.cpu_cores:g} cores")
+        return (f"gateway processes per pod: {runtime.process_count} ({source}); each admits "
+                f"{runtime.in_flight_limit} generation requests in flight (the pod's {pod_bound}, shared out); "
+                f"with Redis unavailable each enforces 1/{runtime.local_limit_divisor} of the rate limits "
+                f"(gateway.maxReplicas {gw.max_replicas} x {runtime.process_count} processes)")
 
     @property
     def session_replica_wait_ms(self) -> int:

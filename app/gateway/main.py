@@ -120,7 +120,7 @@ def build_context(settings: GatewaySettings, metrics: Metrics, client: aiohttp.C
             concurrent=settings.rate_limit_concurrent,
             fail_open=settings.rate_limit_fail_open,
             slot_ttl_seconds=slot_lifetime(settings),
-            replicas=settings.rate_limit_replicas,
+            replicas=settings.local_limit_divisor,  # every process of every replica, on its own
         ),
         sessions=SessionStore(redis, ttl_seconds=settings.session_ttl_seconds,
                               replica_wait_ms=settings.session_replica_wait_ms,

@@ -1,8 +1,26 @@
-"""Prometheus metrics, on a registry per app so several apps can live in one process (tests)."""
+"""Prometheus metrics, on a registry per app so several apps can live in one process (tests).
+
+Several gateway processes in one pod (GATEWAY_PROCESSES, supervisor.py) share one /metrics: prometheus_client's
+multiprocess mode. The supervisor sets PROMETHEUS_MULTIPROC_DIR (the pod's emptyDir) before the processes
+start; each process writes its values to files there (prometheus_client decides this when it is imported), and
+whichever process answers a scrape reads all of them (`exposition()`). Counters and histograms add up over the
+processes; each gauge says how its processes' values combine (`multiprocess_mode`, live* = the processes
+running now): counts in flight add up, a health or readiness verdict is the worst process's, and so is lag.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name for it
+
+
+def multiprocess_dir() -> str | None:
+    """The directory the processes of this pod share their metrics in, or None (one process)."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
@@ -29,15 +47,17 @@ class Metrics:
             ["direction", "model"], registry=r,
         )
         self.backend_healthy = Gauge(
-            "gateway_backend_healthy", "1 if the backend passes health checks", ["backend"], registry=r
+            "gateway_backend_healthy", "1 if the backend passes health checks", ["backend"], registry=r,
+            multiprocess_mode="livemin",
         )
         self.backend_outstanding = Gauge(
-            "gateway_backend_outstanding_requests", "Requests in flight per backend", ["backend"], registry=r
+            "gateway_backend_outstanding_requests", "Requests in flight per backend", ["backend"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.backend_queued_prefill = Gauge(
             "gateway_backend_queued_prefill_tokens",
             "Estimated prompt tokens routed to the backend whose prefill is not over (routing's load)", ["backend"],
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
         self.routing_decisions = Counter(
             "gateway_routing_decisions_total",
@@ -70,7 +90,8 @@ class Metrics:
         self.rate_limit_fail_open = Counter(
             "gateway_rate_limit_fail_open_total", "Requests let through because Redis was unavailable", registry=r
         )
-        self.active_streams = Gauge("gateway_active_streams", "Streaming responses in progress", registry=r)
+        self.active_streams = Gauge("gateway_active_streams", "Streaming responses in progress", registry=r,
+                                    multiprocess_mode="livesum")
         self.redis_errors = Counter(
             "gateway_redis_errors_total", "Redis operations that failed", ["operation"], registry=r
         )
@@ -78,7 +99,8 @@ class Metrics:
             "gateway_session_turns_not_stored_total",
             "Session turns answered but not saved (Redis unavailable); the client was told", registry=r,
         )
-        self.redis_up = Gauge("gateway_redis_up", "1 if the last Redis operation succeeded", registry=r)
+        self.redis_up = Gauge("gateway_redis_up", "1 if the last Redis operation succeeded", registry=r,
+                              multiprocess_mode="livemin")
         self.auth_failures = Counter(
             "gateway_auth_failures_total", "Rejected credentials by reason", ["reason"], registry=r
         )
@@ -88,12 +110,14 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "gateway_event_loop_lag_seconds", "How late the event loop runs a timer (worst of the last second)",
-            registry=r,
+            registry=r, multiprocess_mode="livemax",
         )
-        self.in_flight = Gauge("gateway_in_flight_requests", "Generation requests being served", registry=r)
+        self.in_flight = Gauge("gateway_in_flight_requests", "Generation requests being served", registry=r,
+                               multiprocess_mode="livesum")
         self.in_flight_limit = Gauge(
             "gateway_in_flight_limit",
-            "Generation requests this process admits at once now (lowered while its event loop lags)", registry=r
+            "Generation requests admitted at once now (each process's bound, lowered while its event loop lags)",
+            registry=r, multiprocess_mode="livesum",
         )
         self.overload_rejected = Counter(
             "gateway_overload_rejected_total", "Generation requests refused with 503 overloaded, by reason",
@@ -109,4 +133,13 @@ class Metrics:
             "Redis calls refused because no pool connection freed up in time (overload, not an outage)",
             ["redis"], registry=r,
         )
-        self.ready = Gauge("gateway_ready", "1 when the gateway would pass its readiness probe", registry=r)
+        self.ready = Gauge("gateway_ready", "1 when the gateway would pass its readiness probe", registry=r,
+                           multiprocess_mode="livemin")
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this registry, or with several processes every process's values combined."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)
+        return generate_latest(combined)

@@ -16,6 +16,7 @@ mount), read by pydantic-settings' `secrets_dir` source; an environment variable
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from functools import cached_property
@@ -132,9 +133,13 @@ class GatewayTuning(BaseModel):
     max_tools_bytes: int = Field(default=262_144, ge=256)
     max_schema_depth: int = Field(default=16, ge=2, le=26)
 
+    # Gateway processes per pod (0: one per core of the pod's CPU request, rounded up). One event loop uses
+    # one core; the processes share one listening socket (supervisor.py), each drains itself on SIGTERM.
+    processes: int = Field(default=0, ge=0, le=64)
     # Overload, refused before the work (admission.py): at most `max_in_flight` generation requests in flight
-    # per gateway process (0: IN_FLIGHT_PER_CORE x the pod's CPU request), and none admitted while the event
-    # loop runs later than `overload_loop_lag_seconds`; refused = 503 `overloaded` with Retry-After.
+    # per gateway pod (0: IN_FLIGHT_PER_CORE x the pod's CPU request), shared out among its processes, and
+    # none admitted while an event loop runs later than `overload_loop_lag_seconds`; refused = 503
+    # `overloaded` with Retry-After.
     max_in_flight: int = Field(default=0, ge=0, le=100_000)
     overload_loop_lag_seconds: float = Field(default=0.5, gt=0, le=60)
     overload_retry_after_seconds: int = Field(default=1, ge=1, le=600)
@@ -189,13 +194,31 @@ class GatewaySettings(GatewayTuning, BaseSettings):
         return dict(json.loads(self.api_key_hashes.get_secret_value() or "{}"))
 
     @property
+    def process_count(self) -> int:
+        """Gateway processes in this pod: `processes`, or one per core of the CPU request (rounded up)."""
+        return self.processes or cores_rounded_up(self.cpu_cores)
+
+    @property
     def in_flight_limit(self) -> int:
-        """Generation requests one process serves at once: max_in_flight, or derived from the CPU request."""
-        return self.max_in_flight or max(1, round(IN_FLIGHT_PER_CORE * self.cpu_cores))
+        """Generation requests one process serves at once: the pod's bound (max_in_flight, or derived from the
+        CPU request) shared out among its processes, rounded up."""
+        pod = self.max_in_flight or max(1, round(IN_FLIGHT_PER_CORE * self.cpu_cores))
+        return max(1, math.ceil(pod / self.process_count))
+
+    @property
+    def local_limit_divisor(self) -> int:
+        """What the local fallback divides the shared limits by: every process of every replica enforces its
+        share on its own while Redis is unavailable."""
+        return self.rate_limit_replicas * self.process_count
 
     @property
     def oidc_enabled(self) -> bool:
         return bool(self.oidc_jwks_url)
+
+
+def cores_rounded_up(cores: float) -> int:
+    """Whole cores a CPU request spans (0.5 -> 1, 2 -> 2, 2.5 -> 3): how many event loops it can keep busy."""
+    return max(1, math.ceil(round(cores, 3)))
 
 
 def settings_problems(s: GatewaySettings) -> list[str]:
@@ -241,6 +264,11 @@ def field_problems(s: GatewaySettings) -> list[tuple[tuple[str, ...], str]]:
             "GATEWAY_AUTH_ENABLED is true but there are no GATEWAY_API_KEY_HASHES and no OIDC; "
             "add keys, configure OIDC, or set GATEWAY_AUTH_ENABLED=false (local development only)",
         ))
+    if s.processes > cores_rounded_up(s.cpu_cores):
+        problems.append((("processes", "cpu_cores"),
+                         f"GATEWAY_PROCESSES {s.processes} is more than the {cores_rounded_up(s.cpu_cores)} core(s) "
+                         f"of the CPU request ({s.cpu_cores:g}): each process would get less than a core; raise "
+                         "the CPU request or lower the processes (0: one per core)"))
     if s.first_token_timeout > s.total_timeout:
         problems.append((("first_token_timeout", "total_timeout"),
                          "GATEWAY_FIRST_TOKEN_TIMEOUT exceeds GATEWAY_TOTAL_TIMEOUT; lower it"))

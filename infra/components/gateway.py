@@ -30,6 +30,10 @@ from stackspec.settings import GATEWAY_PRE_STOP_SECONDS, StackSettings
 SERVICE_PORT = 8080  # what other tiers and ServiceMonitors address; the container port comes from settings
 API_KEYS_KEY = "api-key-hashes"
 PRE_STOP_SECONDS = GATEWAY_PRE_STOP_SECONDS  # endpoints and kube-proxy catch up with a terminating pod within this
+# With several gateway processes per pod, where they share their metrics (prometheus_client's multiprocess
+# files; app/gateway/metrics.py): a memory-backed emptyDir, one per pod, emptied by the gateway at start.
+METRICS_DIR = "/run/gateway-metrics"
+METRICS_DIR_SIZE = "64Mi"  # a few MiB of mmap files per process
 
 
 @dataclass
@@ -101,6 +105,14 @@ class Gateway(kube.Tier):
                     name=args.redis_secret_name,
                     items=[k8s.core.v1.KeyToPathArgs(key=args.redis_password_key, path="GATEWAY_REDIS_PASSWORD")])),
             ]))
+        volumes = [k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()), secrets]
+        mounts = [k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                  k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=DEFAULT_SECRETS_DIR, read_only=True)]
+        if s.gateway_processes > 1:  # one /metrics for the pod's processes (their shared files)
+            env.append(k8s.core.v1.EnvVarArgs(name="PROMETHEUS_MULTIPROC_DIR", value=METRICS_DIR))
+            volumes.append(k8s.core.v1.VolumeArgs(name="metrics", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                medium="Memory", size_limit=METRICS_DIR_SIZE)))
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="metrics", mount_path=METRICS_DIR))
         container = k8s.core.v1.ContainerArgs(
             name="gateway",
             image=args.image,
@@ -113,8 +125,7 @@ class Gateway(kube.Tier):
             startup_probe=kube.http_probe("/healthz", "http", period=2, failures=30),
             liveness_probe=kube.http_probe("/healthz", "http", period=10, failures=3),
             readiness_probe=kube.http_probe("/readyz", "http", period=5, failures=2),
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                           k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=DEFAULT_SECRETS_DIR, read_only=True)],
+            volume_mounts=mounts,
             security_context=kube.restricted_container(),
             # Keep serving while the pod leaves the endpoints; SIGTERM (the gateway's drain) comes after.
             lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
@@ -123,7 +134,7 @@ class Gateway(kube.Tier):
         template = kube.pod_template(
             # fsGroup: the secret files are root-owned, group-readable (mode 0440) by the gateway's group only.
             s, "gateway", "api", uid=GATEWAY_UID, fs_group=GATEWAY_UID, containers=[container],
-            volumes=[k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()), secrets],
+            volumes=volumes,
             # preStop, then the gateway drains itself on SIGTERM (readiness off, requests finish within the
             # grace, derived from totalTimeout unless set); `make plan` states the sum.
             grace_seconds=gw.termination_grace_seconds,

@@ -40,8 +40,10 @@ def test_rendered_env_parses_into_the_gateway_settings(stack: str, monkeypatch: 
     # (The shutdown grace as derived: totalTimeout unless the stack sets shutdownGraceSeconds.)
     tuning = s.gateway.tuning()
     for name, value in tuning.items():
-        if name != "routing":
+        if name not in ("routing", "processes"):
             assert getattr(gw, name) == value, name
+    # Processes per pod as resolved: the setting, or one per core of the CPU request.
+    assert gw.processes == gw.process_count == s.gateway_processes == (s.gateway.processes or 1)  # 500m: one
     assert set(tuning) == set(GatewayTuning.model_fields)
     assert gw.shutdown_grace_seconds == s.gateway.shutdown_grace
     # Routing as the stack sets it, remembering per backend the KV cache the capacity model gives a replica.

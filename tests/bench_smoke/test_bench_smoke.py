@@ -47,7 +47,7 @@ def test_side_by_side_every_path_answers(workdir: Path) -> None:
     """One short point per series (non-streamed, streamed, paced) on each path: direct, gateway, Nginx + gateway."""
     out = workdir / "results.json"
     run = bench("--duration", "0.3", "--levels", "2", "--nonstream-levels", "2", "--no-vllm", "--no-plan",
-                "--overload-capacity", "2", "--out", str(out))
+                "--overload-capacity", "2", "--two-processes-streams", "2", "--out", str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert failed_points(results) == []
@@ -67,6 +67,12 @@ def test_side_by_side_every_path_answers(workdir: Path) -> None:
         assert over["paths"][path]["errors"] == 0 and over["paths"][path]["requests"] > 0, over["paths"][path]
     assert over["backend_verdicts_against"] == 0 and over["backends_unhealthy_after"] == 0
     assert over["limits_decided_locally"] == 0
+    two = results["two_processes"]  # paced streams through a gateway of two processes, placement stated
+    assert two["concurrency"] == 2 and two["processes"] == 2 and "GATEWAY_PROCESSES=2" in two["placement"]
+    for path in ("direct", "gateway"):
+        row = two["paths"][path]
+        assert row["errors"] == 0 and row["requests"] > 0 and row["chunks_per_s"] > 0, row
+    assert two["paths"]["gateway"]["proxy_cpu_s"] > 0  # the pair's CPU (supervisor and both processes) measured
 
 
 def test_a_point_with_errors_fails_the_run() -> None:

@@ -340,6 +340,25 @@ def vllm_metric(handle: VllmHandle, name: str, **labels: str) -> float:
     return metric(handle.url, name, **labels)
 
 
+async def refuses_new_connections(url: str) -> bool:
+    """A new connection to `url` is refused: the gateway's listener has closed (the drain is over)."""
+    try:
+        async with httpx.AsyncClient(base_url=url) as fresh:
+            await fresh.get("/healthz")
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def assert_whole_stream(received: str, completion_tokens: int) -> None:
+    """A streamed answer that ended as it should: every token, the usage, `[DONE]`, no error event."""
+    events = [e.removeprefix("data: ") for e in received.split("\n\n") if e.strip()]
+    assert events[-1] == "[DONE]"
+    assert not any('"error"' in e for e in events)
+    usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
+    assert usage and usage[-1]["completion_tokens"] == completion_tokens  # the whole answer, not a cut
+
+
 def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8,
             "temperature": 0, **extra}

@@ -57,3 +57,20 @@ def test_lag_is_reported_but_refuses_nothing_below_the_floor() -> None:
     a._adapt(MAX_LAG * 10)
     assert a.overload() is None and a.lagging() is False  # the monitor never ran: no lag measured
     assert a.lagging_with_work() is False
+
+
+def test_the_pods_bounds_are_shared_out_among_its_processes() -> None:
+    """N processes per pod: each admits the pod's in-flight bound / N (rounded up), and while Redis is
+    unavailable each enforces the limits divided by every process of every replica."""
+    from app.gateway.settings import IN_FLIGHT_PER_CORE, GatewaySettings
+
+    def settings(**values: object) -> GatewaySettings:
+        return GatewaySettings.model_validate({"backends": "127.0.0.1:1", "auth_enabled": False, **values})
+
+    two_cores = settings(cpu_cores=2, rate_limit_replicas=3)
+    assert two_cores.process_count == 2  # derived: one per core
+    assert two_cores.in_flight_limit == IN_FLIGHT_PER_CORE  # 2 cores' worth, in two halves
+    assert two_cores.local_limit_divisor == 6
+    assert settings(cpu_cores=2.5).process_count == 3 and settings(cpu_cores=0.5).process_count == 1
+    assert settings(cpu_cores=2, processes=1).in_flight_limit == 2 * IN_FLIGHT_PER_CORE  # one process: all of it
+    assert settings(cpu_cores=2, max_in_flight=5).in_flight_limit == 3  # 5 over two, rounded up

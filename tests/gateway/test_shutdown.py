@@ -4,7 +4,6 @@ still unanswered when the grace ends gets a 503 in OpenAI's shape, not uvicorn's
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -18,9 +17,11 @@ from tests.gateway.conftest import (
     Fleet,
     ModelListing,
     StartGateway,
+    assert_whole_stream,
     auth,
     chat_body,
     gateway_process,
+    refuses_new_connections,
     serve,
     vllm_metric,
 )
@@ -56,24 +57,13 @@ async def test_graceful_shutdown_drains(start_gw: StartGateway, fleet: Fleet) ->
             assert (await probe.get("/healthz")).status_code == 200  # alive while draining
             os.kill(gw.handle.pid, signal.SIGTERM)  # a second signal ends the drain now
 
-            async def refuses_new_connections() -> bool:
-                try:
-                    async with httpx.AsyncClient(base_url=gw.url) as fresh:
-                        await fresh.get("/healthz")
-                except httpx.ConnectError:
-                    return True
-                return False
-
-            await wait_until_async(refuses_new_connections, "the listener closes after the drain", within=30)
+            await wait_until_async(lambda: refuses_new_connections(gw.url), "the listener closes after the drain",
+                                   within=30)
             running = await asyncio.to_thread(vllm_metric, paced, "vllm:num_requests_running")
             assert running >= 1  # precondition: vLLM is still generating the answer when the listener closes
             async for text in chunks:
                 received += text
-    events = [e.removeprefix("data: ") for e in received.split("\n\n") if e.strip()]
-    assert events[-1] == "[DONE]"
-    assert not any('"error"' in e for e in events)
-    usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
-    assert usage and usage[-1]["completion_tokens"] == 400  # the whole answer, not a cut
+    assert_whole_stream(received, 400)
     popen = gw.handle.process.popen
     assert popen is not None
     assert await asyncio.to_thread(popen.wait, 60) == 0

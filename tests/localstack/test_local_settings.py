@@ -88,3 +88,19 @@ def test_real_weights_are_served_under_their_directory_name(workdir: Path) -> No
     s = local_settings("sk-local-x", overrides=settings_overrides(cfg))
     assert s.model.served_name == "Qwen2.5-7B-Instruct"
     assert s.inference.replicas == 2 and s.gpu_pool.total_gpus == 2
+
+
+def test_the_local_gateways_run_the_processes_their_settings_give() -> None:
+    """`make up` starts each gateway with the rendered environment: the same processes per pod as a cluster."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from localstack.stack import gateway_env
+
+    vllm: Any = SimpleNamespace(port=8000)  # gateway_env reads a backend's port and Redis's url and password
+    redis: Any = SimpleNamespace(url="redis://127.0.0.1:6379/0", password=None)
+    one = gateway_env(local_settings("sk-local-x"), [vllm], redis, api_key_hashes={})
+    assert one["GATEWAY_PROCESSES"] == "1"  # local.yaml's request (500m): one process
+    two = gateway_env(local_settings("sk-local-x", overrides={"gateway": {"cpuRequest": "2"}}), [vllm], redis,
+                      api_key_hashes={})
+    assert two["GATEWAY_PROCESSES"] == "2" and float(two["GATEWAY_CPU_CORES"]) == 2

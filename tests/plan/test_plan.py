@@ -24,6 +24,9 @@ def test_plan_prod_prints_the_tree_and_writes_valid_manifests(capsys: pytest.Cap
     kinds = {m["kind"] for m in manifests}
     assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "StatefulSet", "Namespace"} <= kinds
     assert f"{len(manifests)} objects" in out
+    # The gateway's processes per pod and how the limits are shared out among them are stated.
+    assert ("gateway processes per pod: 1 (one per core of gateway.cpuRequest 500m, rounded up); each admits 200 "
+            "generation requests in flight") in out
     assert all(check_manifest(m, "1.33.0") in (None, "no-schema") for m in manifests)
 
 

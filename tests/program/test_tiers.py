@@ -247,6 +247,47 @@ def test_rotating_api_keys_rolls_the_gateway_pods() -> None:
     assert template_hash(f'{{"{two}": "bob", "{one}": "alice"}}') == both  # same keys, same pods
 
 
+def test_gateway_processes_per_pod_reach_the_deployment_with_a_shared_metrics_dir() -> None:
+    """gateway.processes (default: one per core of cpuRequest) is the Deployment's GATEWAY_PROCESSES; with more
+    than one, the pod's processes share their metrics in a memory-backed emptyDir named by
+    PROMETHEUS_MULTIPROC_DIR; with one there is nothing to share."""
+    from infra.offline import run_stack
+    from tests.stacks import stack_sections
+
+    def gateway_pod(**gateway: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        section = {**stack_sections("staging").get("gateway", {}), **gateway}
+        run = run_stack("staging", overrides={f"{PROJECT}:gateway": section})
+        spec = obj(run, DEPLOYMENT, "gateway")["spec"]["template"]["spec"]
+        return spec, container(spec, "gateway")
+
+    def env(c: dict[str, Any]) -> dict[str, Any]:
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    spec, gw = gateway_pod(cpuRequest="2")  # derived: one process per core
+    assert env(gw)["GATEWAY_PROCESSES"] == "2" and float(env(gw)["GATEWAY_CPU_CORES"]) == 2
+    metrics_dir = env(gw)["PROMETHEUS_MULTIPROC_DIR"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "metrics")
+    assert volume["emptyDir"]["medium"] == "Memory"
+    assert {"name": "metrics", "mountPath": metrics_dir} in gw["volumeMounts"]
+
+    _, three = gateway_pod(cpuRequest="2500m")  # 2.5 cores: three loops keep them busy
+    assert env(three)["GATEWAY_PROCESSES"] == "3"
+    spec, one = gateway_pod(cpuRequest="2", processes=1)  # set: the setting wins
+    assert env(one)["GATEWAY_PROCESSES"] == "1"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env(one) and all(v["name"] != "metrics" for v in spec["volumes"])
+
+
+def test_more_gateway_processes_than_cores_is_refused_naming_both_keys() -> None:
+    from stackspec.settings import SettingsError
+    from tests.stacks import settings_with
+
+    with pytest.raises(SettingsError) as err:
+        settings_with("staging", gateway={"cpuRequest": "1", "processes": 2})
+    message = str(err.value)
+    assert f"{PROJECT}:gateway.processes / {PROJECT}:gateway.cpuRequest" in message
+    assert "raise the CPU request or lower the processes" in message
+
+
 # --- edge -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
 def test_edge_serves_the_rendered_nginx_conf_from_a_configmap(stack: str) -> None:

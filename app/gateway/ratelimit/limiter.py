@@ -11,8 +11,9 @@
 
 The limits have their own Redis pool and breaker (GATEWAY_RATE_LIMIT_REDIS_URL, or the sessions' Redis
 through a pool of their own). When that Redis is unreachable, out of memory, or a read-only standby
-replica, each process enforces the limits itself, divided by the number of gateway replicas
-(`LocalLimits`; counted in gateway_rate_limit_fail_open_total), or refuses with 503 if fail-open is off.
+replica, each process enforces the limits itself, divided by the number of gateway processes (replicas x
+processes per pod: `GatewaySettings.local_limit_divisor`; `LocalLimits`; counted in
+gateway_rate_limit_fail_open_total), or refuses with 503 if fail-open is off.
 A busy pool is not that: an admission queues for a connection (redis_client.py) and, if none frees up in
 time, is refused with 503 `overloaded`; a limit is never decided locally because this process is overloaded.
 """
@@ -109,7 +110,8 @@ class Slot:
 
 class LocalLimits:
     """This process's own limits while the shared ones are unavailable: the rpm and concurrency divided by
-    the number of gateway replicas (rounded up), per identity, over the same sliding window."""
+    the number of gateway processes of every replica (`replicas`, rounded up), per identity, over the same
+    sliding window."""
 
     def __init__(self, *, rpm: int, concurrent: int, window_seconds: float, replicas: int):
         self.rpm = max(1, math.ceil(rpm / replicas))
