@@ -35,6 +35,7 @@ import httpx
 
 from bench.emitter import paced_model
 from bench.loadgen import PointResult, request_bytes, run_point
+from bench.routing import start_router
 from localstack.processes import ManagedProcess, free_port, group_members, http_ok
 from localstack.services import (
     PROJECT_PYTHON,
@@ -53,6 +54,7 @@ from localstack.stack import gateway_env, nginx_conf
 OUT = REPO_ROOT / "build" / "bench"
 API_KEY = "sk-bench-0123456789abcdef"
 PROXY_CORE, LOAD_CORE = 0, 1
+ROUTER_PATH = "vllm-router"  # the anchor path: the Rust router (round robin) on the gateway's core
 PACED_MS = 20.0  # the paced sweep's per-token delay (a GPU-like 50 tokens/s)
 LEVELS = (1, 16, 64, 256, 1000)
 NONSTREAM_LEVELS = (1, 16, 64, 256)
@@ -497,10 +499,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def summary_table(results: dict[str, Any]) -> str:
     sw = results["sweep"]
-    lines = ["", "| load | direct | gateway | nginx + gateway |", "|---|---|---|---|"]
+    lines = ["", f"| load | direct | gateway | nginx + gateway | {ROUTER_PATH} (anchor) |", "|---|---|---|---|---|"]
     for e in sw.get("nonstream_16tok_0ms", []):
         cells = []
-        for name in ("direct", "gateway", "nginx+gateway"):
+        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
             r = e["paths"].get(name)
             if r is None:  # a path left out (--no-nginx): an empty cell
                 cells.append("-")
@@ -512,7 +514,7 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"| non-streaming, 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
     for e in sw.get("stream_64tok_0ms", []):
         cells = []
-        for name in ("direct", "gateway", "nginx+gateway"):
+        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
             r = e["paths"].get(name)
             if r is None:  # a path left out (--no-nginx): an empty cell
                 cells.append("-")
@@ -522,7 +524,7 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"| streaming, 64 chunks, c={e['concurrency']} | " + " | ".join(cells) + " |")
     for e in sw.get("stream_64tok_20ms", []):
         cells = []
-        for name in ("direct", "gateway", "nginx+gateway"):
+        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
             r = e["paths"].get(name)
             if r is None:  # a path left out (--no-nginx): an empty cell
                 cells.append("-")
@@ -535,7 +537,7 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"| {e['concurrency']} streams paced 20 ms/token | " + " | ".join(cells) + " |")
     for e in results.get("vllm", []):
         cells = []
-        for name in ("direct", "gateway", "nginx+gateway"):
+        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
             r = e["paths"].get(name)
             if r is None:
                 continue
@@ -627,6 +629,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="streaming concurrency levels")
     parser.add_argument("--nonstream-levels", default=",".join(map(str, NONSTREAM_LEVELS)))
     parser.add_argument("--no-nginx", action="store_true", help="skip the Nginx + gateway path")
+    parser.add_argument("--no-router", action="store_true",
+                        help="skip the anchor: vllm-router (PyPI, Rust, round robin) in front of the same emitter")
     parser.add_argument("--no-vllm", action="store_true", help="skip the real-vLLM row")
     parser.add_argument("--no-plan", action="store_true", help="skip the make plan timings")
     parser.add_argument("--no-sweep", action="store_true", help="skip the emitter sweep")
@@ -700,6 +704,12 @@ def main(argv: list[str]) -> int:
         if not args.no_nginx:
             ng = nginx_for(gw, "nginx")
             paths.append(Path_("nginx+gateway", ng.port, [gw.pid, ng.pid], headers))
+        if not args.no_router and not args.profile:
+            # The anchor, measured in the same run on the same core as the gateway: the Rust router from PyPI.
+            router = start_router(work, [emitter], "round_robin", [])
+            started.append(router)
+            pin(router.pid, PROXY_CORE)
+            paths.append(Path_(ROUTER_PATH, router.port, [router.pid], {}))
 
         if args.profile:
             errors = profile(gw.pid, paths[1], model, args.profile, args.profile_concurrency, args.duration)
