@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
-from localstack.unprivileged import Identity, cannot_run, hand_over, vllm_identity
+from localstack.unprivileged import LOCAL_VLLM_USER, Identity, cannot_run, closed_to, hand_over, vllm_identity
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, render_redis_secrets
 from stackspec.render.vllm_args import render_vllm_args, writable_dirs_env
 from stackspec.settings import StackSettings
@@ -230,6 +230,9 @@ def vllm_process(name: str, cmd: Sequence[str], workdir: Path) -> ManagedProcess
     identity = vllm_identity()
     if identity is not None and cannot_run(identity, str(VLLM_PYTHON)):
         identity = None  # the machine does not allow it yet (see cannot_run): the claim's tests fail, not the stack
+    if identity is not None and (closed := closed_to(identity, workdir)) is not None:
+        raise ProcessError(f"{name} runs as {LOCAL_VLLM_USER}, who may not enter {closed}: give it a work "
+                           "directory it can reach (under build/)")
     return ManagedProcess(
         name, cmd, workdir / "vllm.log", env=vllm_env(workdir, identity), cwd=workdir,
         uid=identity.uid if identity else None, gid=identity.gid if identity else None,

@@ -56,6 +56,18 @@ def hand_over(path: Path, identity: Identity | None) -> None:
         os.chown(entry, identity.uid, identity.gid, follow_symlinks=False)
 
 
+def closed_to(identity: Identity, path: Path) -> Path | None:
+    """The first directory on the way to `path` that `identity` may not enter (neither its owner nor open to
+    others: e.g. pytest's 0700 temp tree), or None."""
+    for directory in reversed((path.resolve(), *path.resolve().parents)):
+        if not directory.exists():
+            break
+        st = directory.stat()
+        if st.st_uid != identity.uid and not st.st_mode & 0o001:
+            return directory
+    return None
+
+
 @functools.cache
 def cannot_run(identity: Identity, program: str) -> str | None:
     """Why `identity` cannot start `program` (e.g. a directory on its path it may not traverse), or None."""

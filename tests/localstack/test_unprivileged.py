@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from localstack.services import REPO_ROOT, VLLM_PYTHON, vllm_env
-from localstack.unprivileged import LOCAL_VLLM_USER, cannot_run, hand_over, vllm_identity
+from localstack.unprivileged import LOCAL_VLLM_USER, cannot_run, closed_to, hand_over, vllm_identity
 from stackspec.images import VLLM_UID
 
 
@@ -42,3 +42,11 @@ def test_vllm_env_hands_every_writable_dir_to_the_user_even_what_a_root_run_left
         assert Path(env[name]).is_relative_to(tmp_path / "cache"), name
     hand_over(tmp_path / "mine", None)  # not root: nothing changes hands
     assert (tmp_path / "mine").stat().st_uid == os.geteuid()
+
+
+def test_a_work_directory_the_user_cannot_reach_is_named(tmp_path: Path) -> None:
+    identity = vllm_identity()
+    assert identity is not None
+    closed = closed_to(identity, tmp_path / "vllm")  # pytest's own temp tree is private (0700) to root
+    assert closed is not None and tmp_path.is_relative_to(closed) and not closed.stat().st_mode & 0o001
+    assert closed_to(identity, REPO_ROOT / "build" / "test-drill" / "vllm") is None  # where the tests put vLLM

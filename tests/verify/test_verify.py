@@ -37,7 +37,7 @@ def test_host_and_pod_suites_are_collected_for_every_stack_and_host() -> None:
     ids = _collect()
     host_tests = {re.sub(r"\[.*", "", i) for i in ids if i.startswith("verify/test_hosts.py")}
     pod_tests = {re.sub(r"\[.*", "", i) for i in ids if i.startswith("verify/test_pods.py")}
-    assert len(host_tests) == 5 and len(pod_tests) == 6
+    assert len(host_tests) == 5 and len(pod_tests) == 7
     for stack in SITE_STACKS:
         settings = stack_settings(stack)
         for h in settings.gpu_pool.hosts:
