@@ -13,7 +13,7 @@ import pytest
 
 from localstack.docker import Docker
 from localstack.processes import free_port
-from localstack.services import GatewayHandle, NginxHandle, VllmHandle
+from localstack.services import GatewayHandle, NginxHandle, RedisHandle, VllmHandle
 from localstack.stack import Endpoint, LocalConfig, LocalStack
 from tests.conftest import BUILD
 from tests.e2e.conftest import client, http  # noqa: F401  (the e2e clients, on this package's endpoint)
@@ -25,6 +25,7 @@ class ContainerFront:
 
     stack: LocalStack
     vllm: list[VllmHandle]
+    redis: RedisHandle  # the session stack's, which the containers use
 
     @property
     def gateways(self) -> list[GatewayHandle]:
@@ -51,7 +52,7 @@ def containers_in_front(local_stack: LocalStack) -> Iterator[ContainerFront]:
     try:
         stack.start_front(local_stack.settings, api_key=local_stack.endpoint.api_key, redis=local_stack.redis,
                           vllm=local_stack.vllm)
-        yield ContainerFront(stack, local_stack.vllm)
+        yield ContainerFront(stack, local_stack.vllm, local_stack.redis)
     finally:
         stack.stop()  # the containers, then the dockerd it started; never the session stack's Redis or vLLM
 
