@@ -7,12 +7,13 @@ Collected by `policies/rules.py`; every rule says what is wrong and what to chan
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
     Policy,
+    PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -101,26 +102,32 @@ def _secret_mount_paths(pod: Mapping[str, Any], mounts: Mapping[str, str]) -> li
     return [mounts[str(v.get("name"))] for v in pod.get("volumes") or [] if v.get("name") in mounts and is_secret(v)]
 
 
+def _redis_workloads(args: StackValidationArgs
+                     ) -> Iterator[tuple[PolicyResource, Mapping[str, Any], Mapping[str, Any]]]:
+    """Every redis-server container of the stack, with its workload and pod spec."""
+    for r in args.resources:
+        if r.resource_type in WORKLOADS:
+            pod = pod_spec(r.props)
+            for c in _redis_containers(pod):
+                yield r, pod, c
+
+
 def redis_requires_a_password(args: StackValidationArgs, report: ReportViolation) -> None:
     """redis.conf includes its secret lines (requirepass) from a file of a mounted Secret; never argv."""
     config_maps = _config_maps(args)
-    for r in args.resources:
-        if r.resource_type not in WORKLOADS:
-            continue
-        pod = pod_spec(r.props)
-        for c in _redis_containers(pod):
-            if "--requirepass" in command_line(c):
-                report(f"redis-server in '{r.name}' takes its password on the command line (visible in the pod "
-                       "spec and `ps`): put requirepass in a file of the redis Secret that redis.conf includes", r.urn)
-            mounts = {str(m.get("name")): str(m.get("mountPath")) for m in c.get("volumeMounts") or []}
-            text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
-                             for value in config_maps.get(name, {}).values())
-            includes = re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.MULTILINE)
-            secret_dirs = _secret_mount_paths(pod, mounts)
-            if not any(path.startswith(d.rstrip("/") + "/") for path in includes for d in secret_dirs):
-                report(f"redis-server in '{r.name}' includes no secrets file from a mounted Secret: sessions and "
-                       "rate limits would be open to any pod; render redis.conf with password_file_include under "
-                       "the redis Secret's mount (infra/components/redis.py)", r.urn)
+    for r, pod, c in _redis_workloads(args):
+        if "--requirepass" in command_line(c):
+            report(f"redis-server in '{r.name}' takes its password on the command line (visible in the pod "
+                   "spec and `ps`): put requirepass in a file of the redis Secret that redis.conf includes", r.urn)
+        mounts = {str(m.get("name")): str(m.get("mountPath")) for m in c.get("volumeMounts") or []}
+        text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
+                         for value in config_maps.get(name, {}).values())
+        includes = re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.MULTILINE)
+        secret_dirs = _secret_mount_paths(pod, mounts)
+        if not any(path.startswith(d.rstrip("/") + "/") for path in includes for d in secret_dirs):
+            report(f"redis-server in '{r.name}' includes no secrets file from a mounted Secret: sessions and "
+                   "rate limits would be open to any pod; render redis.conf with password_file_include under "
+                   "the redis Secret's mount (infra/components/redis.py)", r.urn)
 
 
 def _config_maps(args: StackValidationArgs) -> dict[str, Mapping[str, Any]]:
@@ -130,24 +137,20 @@ def _config_maps(args: StackValidationArgs) -> dict[str, Mapping[str, Any]]:
 
 def redis_persists_its_data(args: StackValidationArgs, report: ReportViolation) -> None:
     config_maps = _config_maps(args)
-    for r in args.resources:
-        if r.resource_type not in WORKLOADS:
-            continue
-        pod = pod_spec(r.props)
-        for c in _redis_containers(pod):
-            claims = {str((t.get("metadata") or {}).get("name"))
-                      for t in (r.props.get("spec") or {}).get("volumeClaimTemplates") or []}
-            claims |= {str(v.get("name")) for v in pod.get("volumes") or [] if v.get("persistentVolumeClaim")}
-            mounts = {str(m.get("name")): str(m.get("mountPath")) for m in c.get("volumeMounts") or []}
-            if not claims & set(mounts):
-                report(f"redis-server in '{r.name}' has no persistent volume mounted: a restart loses every "
-                       "session; mount a volumeClaimTemplate at its data directory (redis.storageSize)", r.urn)
-            text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
-                             for value in config_maps.get(name, {}).values())
-            if not re.search(r"^\s*appendonly\s+yes\s*$", text, re.MULTILINE):
-                report(f"redis-server in '{r.name}' runs without 'appendonly yes' in its mounted redis.conf: "
-                       "acknowledged session turns could be lost on restart; render it with "
-                       "stackspec/render/redis.py", r.urn)
+    for r, pod, c in _redis_workloads(args):
+        claims = {str((t.get("metadata") or {}).get("name"))
+                  for t in (r.props.get("spec") or {}).get("volumeClaimTemplates") or []}
+        claims |= {str(v.get("name")) for v in pod.get("volumes") or [] if v.get("persistentVolumeClaim")}
+        mounts = {str(m.get("name")): str(m.get("mountPath")) for m in c.get("volumeMounts") or []}
+        if not claims & set(mounts):
+            report(f"redis-server in '{r.name}' has no persistent volume mounted: a restart loses every "
+                   "session; mount a volumeClaimTemplate at its data directory (redis.storageSize)", r.urn)
+        text = "\n".join(str(value) for name in _mounted_config_maps(pod, mounts)
+                         for value in config_maps.get(name, {}).values())
+        if not re.search(r"^\s*appendonly\s+yes\s*$", text, re.MULTILINE):
+            report(f"redis-server in '{r.name}' runs without 'appendonly yes' in its mounted redis.conf: "
+                   "acknowledged session turns could be lost on restart; render it with "
+                   "stackspec/render/redis.py", r.urn)
 
 
 def jobs_are_bounded(args: ResourceValidationArgs, report: ReportViolation) -> None:
