@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from app.gateway.settings import IN_FLIGHT_PER_CORE, GatewaySettingsProblems, GatewayTuning, cores_rounded_up
+from app.gateway.settings import IN_FLIGHT_PER_CORE, GatewaySettingsProblems, GatewayTuning, process_count
 from app.gateway.settings import GatewaySettings as GatewayRuntime
 from stackspec.capacity import QWEN25_7B, Capacity, ModelShape, replica_capacity
 from stackspec.versions import VLLM_IMAGE, vllm_image_problem
@@ -616,7 +616,7 @@ class StackSettings(_Section):
     @property
     def gateway_processes(self) -> int:
         """Gateway processes per pod: `gateway.processes`, or one per core of `gateway.cpuRequest`, rounded up."""
-        return self.gateway.processes or cores_rounded_up(cpu_cores(self.gateway.cpu_request))
+        return process_count(self.gateway.processes, cpu_cores(self.gateway.cpu_request))
 
     def describe_gateway_processes(self) -> str:
         """What each gateway pod runs and how the limits are shared out, as `make plan` states it."""

@@ -195,8 +195,7 @@ class GatewaySettings(GatewayTuning, BaseSettings):
 
     @property
     def process_count(self) -> int:
-        """Gateway processes in this pod: `processes`, or one per core of the CPU request (rounded up)."""
-        return self.processes or cores_rounded_up(self.cpu_cores)
+        return process_count(self.processes, self.cpu_cores)
 
     @property
     def in_flight_limit(self) -> int:
@@ -219,6 +218,11 @@ class GatewaySettings(GatewayTuning, BaseSettings):
 def cores_rounded_up(cores: float) -> int:
     """Whole cores a CPU request spans (0.5 -> 1, 2 -> 2, 2.5 -> 3): how many event loops it can keep busy."""
     return max(1, math.ceil(round(cores, 3)))
+
+
+def process_count(processes: int, cores: float) -> int:
+    """Gateway processes in a pod: `processes`, or one per core of its CPU request (rounded up)."""
+    return processes or cores_rounded_up(cores)
 
 
 def settings_problems(s: GatewaySettings) -> list[str]:
