@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localstack.files import write_private
 from localstack.processes import ManagedProcess, ProcessError, free_port, http_ok
 from localstack.services import ServiceHandle, require_program
 from localstack.settings import LOCAL_YAML, read_stack_file
@@ -104,11 +105,8 @@ def start_redis_exporter(workdir: Path, *, redis_port: int, password: str | None
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     cmd = [program, f"-redis.addr=redis://127.0.0.1:{redis_port}", f"-web.listen-address=127.0.0.1:{port}"]
     if password:
-        workdir.mkdir(parents=True, exist_ok=True)
         passwords = workdir.resolve() / "redis-exporter-passwords.json"
-        fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(render_exporter_passwords(port=redis_port, password=password))
+        write_private(passwords, render_exporter_passwords(port=redis_port, password=password))
         cmd.append(f"-redis.password-file={passwords}")
     proc = ManagedProcess("redis-exporter", cmd, workdir.resolve() / "redis-exporter.log", env=env).start()
     handle = ServiceHandle("redis-exporter", port, proc, lambda: http_ok(f"http://127.0.0.1:{port}/metrics"),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localstack.files import write_private
 from localstack.processes import ManagedProcess, ProcessError, ProgressFn, free_port, http_ok, port_in_use
 from localstack.unprivileged import LOCAL_VLLM_USER, Identity, cannot_run, closed_to, hand_over, vllm_identity
 from stackspec.render.redis import REPLICATION_TLS_DIR, render_redis_conf, render_redis_secrets
@@ -119,13 +120,6 @@ class NginxHandle(ServiceHandle):
     pass
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def _redis_ping(port: int, password: str | None) -> Callable[[], bool]:
     import redis
 
@@ -166,7 +160,7 @@ def start_redis(
     secrets_text = render_redis_secrets(settings, password=password, replication_password=replication_password)
     if secrets_text:
         include = workdir / "redis-secret.conf"
-        _write_secret(include, secrets_text)
+        write_private(include, secrets_text)
     conf = workdir / "redis.conf"
     conf.write_text(render_redis_conf(
         settings, port=port, bind="127.0.0.1", data_dir=str(data_dir),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from localstack.files import write_private
 from stackspec.settings import PROJECT, StackSettings, parse_settings
 
 LOCAL_YAML = Path(__file__).with_name("local.yaml")
@@ -30,11 +30,8 @@ def ensure_api_key(state_dir: Path) -> str:
         key = path.read_text().strip()
         if key.startswith(API_KEY_PREFIX):
             return key
-    state_dir.mkdir(parents=True, exist_ok=True)
     key = API_KEY_PREFIX + secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    write_private(path, key + "\n")
     return key
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from app.gateway.settings import secret_variables
 from app.inference.tiny_model import PACED_MODEL, TEST_MODELS, ensure_test_model, is_built, model_dir
+from localstack.files import write_private
 from localstack.processes import (
     ProgressFn,
     group_members,
@@ -421,7 +422,7 @@ def secrets_as_files(env: Mapping[str, str], directory: Path) -> dict[str, str]:
     for name in secret_variables():
         path = directory / name
         if name in rest:
-            _write_private_text(path, rest.pop(name) + "\n")
+            write_private(path, rest.pop(name) + "\n")
         else:
             path.unlink(missing_ok=True)  # a secret of an earlier run must not linger
     rest["GATEWAY_SECRETS_DIR"] = str(directory.resolve())
@@ -459,28 +460,12 @@ def _persistent_secret(path: Path) -> str:
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     value = secrets.token_hex(16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    write_private(path, value + "\n")
     return value
 
 
-def _write_private_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
 def _write_private_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    tmp.replace(path)
+    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 _progress_active = False
