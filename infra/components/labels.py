@@ -254,12 +254,28 @@ def service(
 
 # Mounted secret files: root-owned, readable by the pod's fsGroup only, never writable.
 SECRET_FILE_MODE = 0o440
+OBJECT_STORAGE_DIR = "/var/run/secrets/object-storage"
 
 
-def secret_env(name: str, secret: str, key: str) -> k8s.core.v1.EnvVarArgs:
-    """An environment variable filled by the kubelet from a Secret's key (never in the manifest)."""
-    return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
-        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)))
+@dataclass(frozen=True)
+class SecretFile:
+    """One key of a Secret as a read-only file in a container: the pod's volume and the container's mount."""
+
+    volume: k8s.core.v1.VolumeArgs
+    mount: k8s.core.v1.VolumeMountArgs
+
+
+def object_storage_credentials(secret: str) -> tuple[SecretFile, k8s.core.v1.EnvVarArgs]:
+    """The object storage's shared-credentials file (the Secret's key `credentials`), and the variable that
+    names it to boto3: what the backup and model-manifest CronJobs read their keys from."""
+    name = "object-storage"
+    file = SecretFile(
+        k8s.core.v1.VolumeArgs(name=name, secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name=secret, default_mode=SECRET_FILE_MODE,
+            items=[k8s.core.v1.KeyToPathArgs(key="credentials", path="credentials")])),
+        k8s.core.v1.VolumeMountArgs(name=name, mount_path=OBJECT_STORAGE_DIR, read_only=True),
+    )
+    return file, k8s.core.v1.EnvVarArgs(name="AWS_SHARED_CREDENTIALS_FILE", value=f"{OBJECT_STORAGE_DIR}/credentials")
 
 
 def exporter_sidecar(

@@ -18,7 +18,6 @@ from stackspec.settings import MODEL_MANIFEST_CRONJOB, StackSettings
 
 # Hashing a 7B model's ~15 GB reads the NVMe for about a minute: once a day is enough to notice drift.
 MANIFEST_SCHEDULE = "43 3 * * *"
-STORAGE_SECRET_DIR = "/var/run/secrets/object-storage"
 
 
 def manifest_command(settings: StackSettings) -> list[str]:
@@ -42,25 +41,21 @@ def model_manifest_cronjob(
 ) -> k8s.batch.v1.CronJob:
     """The CronJob; `storage_secret` holds the object storage's shared-credentials file (key `credentials`)."""
     name = MODEL_MANIFEST_CRONJOB
+    storage, storage_env = kube.object_storage_credentials(storage_secret)
     container = k8s.core.v1.ContainerArgs(
         name="manifest",
         image=image,
         args=manifest_command(settings),
-        env=[k8s.core.v1.EnvVarArgs(name="AWS_SHARED_CREDENTIALS_FILE", value=f"{STORAGE_SECRET_DIR}/credentials")],
+        env=[storage_env],
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_MOUNT, read_only=True),
-            k8s.core.v1.VolumeMountArgs(name="object-storage", mount_path=STORAGE_SECRET_DIR, read_only=True),
+            storage.mount,
         ],
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": "50m", "memory": "64Mi"}, limits={"cpu": "500m", "memory": "128Mi"}),
         security_context=kube.restricted_container(),
     )
-    volumes = [
-        cache_volume,
-        k8s.core.v1.VolumeArgs(name="object-storage", secret=k8s.core.v1.SecretVolumeSourceArgs(
-            secret_name=storage_secret, default_mode=0o440,
-            items=[k8s.core.v1.KeyToPathArgs(key="credentials", path="credentials")])),
-    ]
+    volumes = [cache_volume, storage.volume]
     template = kube.pod_template(settings, name, "backup", uid=VLLM_UID, fs_group=VLLM_UID, containers=[container],
                                  grace_seconds=30, volumes=volumes, restart_policy="Never")
     # On a GPU host (where the hostPath cache is), with no GPU and no runtime class: it only reads files.

@@ -20,7 +20,7 @@ from pulumi import Output, ResourceOptions
 
 from infra.components.helm import helm_release
 from infra.components.inference import KedaBackend
-from infra.components.labels import labels
+from infra.components.labels import SECRET_FILE_MODE, labels
 from stackspec.monitoring import logs as log_pipeline
 from stackspec.monitoring import promql as m
 from stackspec.monitoring.alertmanager import render_alertmanager
@@ -352,7 +352,7 @@ class Monitoring(pulumi.ComponentResource):
                             k8s.core.v1.VolumeArgs(name="policy", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
                                 name="log-retention-policy")),
                             k8s.core.v1.VolumeArgs(name="log-sink", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                secret_name="log-sink", default_mode=0o440,
+                                secret_name="log-sink", default_mode=SECRET_FILE_MODE,
                                 items=[k8s.core.v1.KeyToPathArgs(key="password", path="password")])),
                         ],
                     ),

@@ -38,13 +38,10 @@ REPLICATION_SERVICE = "redis-replication"
 REPLICATION_ENDPOINT_LABEL = "qwen-serving.io/endpoint"
 
 SECRET_DIR = "/var/run/secrets/redis"  # the redis Secret's read-only mount, in every pod that reads it
-BACKUP_REDIS_SECRET_DIR = SECRET_DIR
 SECRETS_CONF_KEY = "redis-secrets.conf"
 EXPORTER_PASSWORDS_KEY = "exporter-passwords.json"
 # redis-cli reads REDISCLI_AUTH; set for the one command, from the mounted file, so it is in no pod's env.
 CLI_AUTH = f'REDISCLI_AUTH="$(cat {SECRET_DIR}/password)"'
-
-BACKUP_STORAGE_SECRET_DIR = "/var/run/secrets/object-storage"
 
 
 def memory_limit(maxmemory: str) -> str:
@@ -140,22 +137,20 @@ class Redis(kube.Tier):
             string_data={"credentials": pulumi.Output.secret(credentials)},
             opts=self.child,
         )
-        command = ["snapshot", "--redis-url", self.url, "--password-file", f"{BACKUP_REDIS_SECRET_DIR}/password",
+        command = ["snapshot", "--redis-url", self.url, "--password-file", f"{SECRET_DIR}/password",
                    "--endpoint", b.endpoint, "--bucket", b.bucket, "--prefix", b.prefix, "--site", s.site.name,
                    "--region", b.region, "--retention-days", str(b.retention_days)]
         # The RDB is written to /tmp before upload: an RDB is smaller than the data set, bounded by maxmemory.
         scratch = memory_limit(s.redis.maxmemory)
+        storage, storage_env = kube.object_storage_credentials(BACKUP)
         container = k8s.core.v1.ContainerArgs(
             name="backup",
             image=args.backup_image,
             args=command,
-            env=[k8s.core.v1.EnvVarArgs(name="AWS_SHARED_CREDENTIALS_FILE",
-                                        value=f"{BACKUP_STORAGE_SECRET_DIR}/credentials"),
-                 k8s.core.v1.EnvVarArgs(name="TMPDIR", value="/tmp")],
+            env=[storage_env, k8s.core.v1.EnvVarArgs(name="TMPDIR", value="/tmp")],
             volume_mounts=[
-                k8s.core.v1.VolumeMountArgs(name="redis-password", mount_path=BACKUP_REDIS_SECRET_DIR, read_only=True),
-                k8s.core.v1.VolumeMountArgs(name="object-storage", mount_path=BACKUP_STORAGE_SECRET_DIR,
-                                            read_only=True),
+                k8s.core.v1.VolumeMountArgs(name="redis-password", mount_path=SECRET_DIR, read_only=True),
+                storage.mount,
                 k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
             ],
             resources=k8s.core.v1.ResourceRequirementsArgs(
@@ -166,9 +161,7 @@ class Redis(kube.Tier):
             k8s.core.v1.VolumeArgs(name="redis-password", secret=k8s.core.v1.SecretVolumeSourceArgs(
                 secret_name=self.secret_name, default_mode=kube.SECRET_FILE_MODE,
                 items=[k8s.core.v1.KeyToPathArgs(key=self.password_key, path="password")])),
-            k8s.core.v1.VolumeArgs(name="object-storage", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=BACKUP, default_mode=kube.SECRET_FILE_MODE,
-                items=[k8s.core.v1.KeyToPathArgs(key="credentials", path="credentials")])),
+            storage.volume,
             k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=scratch)),
         ]
         template = kube.pod_template(s, BACKUP, "backup", uid=BACKUP_UID, fs_group=BACKUP_UID,
