@@ -25,7 +25,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -497,53 +497,59 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+TABLE_PATHS = ("direct", "gateway", "nginx+gateway", ROUTER_PATH)
+Cell = Callable[[dict[str, Any], str, dict[str, Any]], str]  # (the point, the path's name, its row) -> the cell
+
+
+def row_cells(e: dict[str, Any], cell: Cell, *, missing: str | None = "-") -> str:
+    """A point's cells, one per path of the table; a path the run left out (--no-nginx, --no-router) is
+    `missing`, or no cell at all when None."""
+    cells = []
+    for name in TABLE_PATHS:
+        r = e["paths"].get(name)
+        if r is not None:
+            cells.append(cell(e, name, r))
+        elif missing is not None:
+            cells.append(missing)
+    return " | ".join(cells)
+
+
+def _nonstream_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
+    extra = "" if name == "direct" else (
+        f", {fmt(r['proxy_cpu_ms_per_request'], '.3f')} ms CPU/req, +p50 "
+        f"{fmt(e['added_latency_p50_ms'][name], '.2f')} ms")
+    return f"{fmt(r['req_per_s'], '.0f')} req/s{extra}"
+
+
+def _stream_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
+    extra = "" if name == "direct" else f", {fmt(r['proxy_cpu_us_per_chunk'], '.1f')} µs CPU/chunk"
+    return f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}"
+
+
+def _paced_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
+    if name == "direct":
+        return f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms, {fmt(r['chunks_per_s'], '.0f')} chunks/s"
+    return (f"{fmt(e['pct_of_direct'][name], '.1f')} % of direct, +TTFT p50 "
+            f"{fmt(e['added_ttft_p50_ms'][name], '.1f')} ms, {r['errors']} errors")
+
+
+def _vllm_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
+    extra = "" if name == "direct" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
+    return f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms{extra}"
+
+
 def summary_table(results: dict[str, Any]) -> str:
     sw = results["sweep"]
     lines = ["", f"| load | direct | gateway | nginx + gateway | {ROUTER_PATH} (anchor) |", "|---|---|---|---|---|"]
     for e in sw.get("nonstream_16tok_0ms", []):
-        cells = []
-        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
-            r = e["paths"].get(name)
-            if r is None:  # a path left out (--no-nginx): an empty cell
-                cells.append("-")
-                continue
-            extra = "" if name == "direct" else (
-                f", {fmt(r['proxy_cpu_ms_per_request'], '.3f')} ms CPU/req, +p50 "
-                f"{fmt(e['added_latency_p50_ms'][name], '.2f')} ms")
-            cells.append(f"{fmt(r['req_per_s'], '.0f')} req/s{extra}")
-        lines.append(f"| non-streaming, 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
+        lines.append(f"| non-streaming, 16 tokens, c={e['concurrency']} | {row_cells(e, _nonstream_cell)} |")
     for e in sw.get("stream_64tok_0ms", []):
-        cells = []
-        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
-            r = e["paths"].get(name)
-            if r is None:  # a path left out (--no-nginx): an empty cell
-                cells.append("-")
-                continue
-            extra = "" if name == "direct" else f", {fmt(r['proxy_cpu_us_per_chunk'], '.1f')} µs CPU/chunk"
-            cells.append(f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}")
-        lines.append(f"| streaming, 64 chunks, c={e['concurrency']} | " + " | ".join(cells) + " |")
+        lines.append(f"| streaming, 64 chunks, c={e['concurrency']} | {row_cells(e, _stream_cell)} |")
     for e in sw.get("stream_64tok_20ms", []):
-        cells = []
-        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
-            r = e["paths"].get(name)
-            if r is None:  # a path left out (--no-nginx): an empty cell
-                cells.append("-")
-                continue
-            if name == "direct":
-                cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms, {fmt(r['chunks_per_s'], '.0f')} chunks/s")
-            else:
-                cells.append(f"{fmt(e['pct_of_direct'][name], '.1f')} % of direct, +TTFT p50 "
-                             f"{fmt(e['added_ttft_p50_ms'][name], '.1f')} ms, {r['errors']} errors")
-        lines.append(f"| {e['concurrency']} streams paced 20 ms/token | " + " | ".join(cells) + " |")
+        lines.append(f"| {e['concurrency']} streams paced 20 ms/token | {row_cells(e, _paced_cell)} |")
     for e in results.get("vllm", []):
-        cells = []
-        for name in ("direct", "gateway", "nginx+gateway", ROUTER_PATH):
-            r = e["paths"].get(name)
-            if r is None:
-                continue
-            extra = "" if name == "direct" else f" (+{fmt(e['added_ttft_p50_ms'].get(name), '.1f')} ms)"
-            cells.append(f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms{extra}")
-        lines.append(f"| real vLLM (CPU, tiny-qwen2), 16 tokens, c={e['concurrency']} | " + " | ".join(cells) + " |")
+        lines.append(f"| real vLLM (CPU, tiny-qwen2), 16 tokens, c={e['concurrency']} | "
+                     f"{row_cells(e, _vllm_cell, missing=None)} |")
     two = results.get("two_processes")
     if two:
         r = two["paths"]["gateway"]
