@@ -15,6 +15,7 @@ from typing import Any
 
 from dr.failover import GLOBAL, FailoverRefused, ReplicaStatus, Step, plan, run
 from stackspec.dns import DnsSettings, global_settings_from_config, site_stack_name
+from stackspec.render.redis import CLI_AUTH
 from stackspec.settings import StackSettings, settings_from_config
 from stackspec.stackfile import REPO, read_stack_config, stack_file, with_placeholders
 
@@ -55,7 +56,7 @@ class PulumiSites:
         cmd = ["kubectl", "--context", s.kubernetes.context or site, "-n", s.kubernetes.namespace, "exec", "redis-0",
                "-c", "redis", "--", "sh", "-c",
                # The password is a file of the mounted redis Secret (infra/components/redis.py), not an env var.
-               'REDISCLI_AUTH="$(cat /var/run/secrets/redis/password)" exec redis-cli "$@"', "redis-cli", *args]
+               f'{CLI_AUTH} exec redis-cli "$@"', "redis-cli", *args]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
         except (OSError, subprocess.TimeoutExpired):

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import testinfra
 
+from stackspec.render.redis import CLI_AUTH
 from verify import expect, nginx_t
-
-REDIS_PASSWORD_FILE = "/var/run/secrets/redis/password"  # the redis Secret's mount (infra/components/redis.py)
 
 
 def _kubectl(workload: expect.Workload) -> list[str]:
@@ -102,7 +101,7 @@ def test_redis_requires_its_password_and_appends(workload: expect.Workload, pods
     """The password is a file of the mounted redis Secret, read into REDISCLI_AUTH for one command: it is in no
     env var of the container and never reaches argv."""
     expected = expect.redis(_settings(workload))
-    cli = f'REDISCLI_AUTH="$(cat {REDIS_PASSWORD_FILE})" redis-cli --no-auth-warning'
+    cli = f"{CLI_AUTH} redis-cli --no-auth-warning"
     for pod in pods:
         anonymous = pod.run("env -u REDISCLI_AUTH redis-cli PING")
         assert "NOAUTH" in anonymous.stdout + anonymous.stderr, f"{pod.backend.hostname}: Redis answers without auth"

@@ -25,7 +25,10 @@ from infra.components import labels as kube
 from infra.components.network import BACKUP, REDIS_METRICS_PORT, REDIS_PORT
 from stackspec.images import BACKUP_UID, REDIS_UID
 from stackspec.render.redis import (
+    CLI_AUTH,
+    PASSWORD_FILE,
     REPLICATION_TLS_DIR,
+    SECRET_DIR,
     render_exporter_passwords,
     render_redis_conf,
     render_redis_secrets,
@@ -37,11 +40,8 @@ REPLICATION_SERVICE = "redis-replication"
 # Marks the one Service the policy pack lets face the outside besides the edge (policies/rules.py).
 REPLICATION_ENDPOINT_LABEL = "qwen-serving.io/endpoint"
 
-SECRET_DIR = "/var/run/secrets/redis"  # the redis Secret's read-only mount, in every pod that reads it
 SECRETS_CONF_KEY = "redis-secrets.conf"
 EXPORTER_PASSWORDS_KEY = "exporter-passwords.json"
-# redis-cli reads REDISCLI_AUTH; set for the one command, from the mounted file, so it is in no pod's env.
-CLI_AUTH = f'REDISCLI_AUTH="$(cat {SECRET_DIR}/password)"'
 
 
 def memory_limit(maxmemory: str) -> str:
@@ -137,7 +137,7 @@ class Redis(kube.Tier):
             string_data={"credentials": pulumi.Output.secret(credentials)},
             opts=self.child,
         )
-        command = ["snapshot", "--redis-url", self.url, "--password-file", f"{SECRET_DIR}/password",
+        command = ["snapshot", "--redis-url", self.url, "--password-file", PASSWORD_FILE,
                    "--endpoint", b.endpoint, "--bucket", b.bucket, "--prefix", b.prefix, "--site", s.site.name,
                    "--region", b.region, "--retention-days", str(b.retention_days)]
         # The RDB is written to /tmp before upload: an RDB is smaller than the data set, bounded by maxmemory.

@@ -18,6 +18,12 @@ import re
 
 from stackspec.settings import StackSettings
 
+# The redis Secret's read-only mount in every pod that reads it (the server, its exporter and probes, the backup
+# CronJob), and the redis-cli prefix that authenticates one command from it: the password is in no environment.
+SECRET_DIR = "/var/run/secrets/redis"
+PASSWORD_FILE = f"{SECRET_DIR}/password"
+CLI_AUTH = f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})"'
+
 _PATH_RE = re.compile(r"^[^\s\"']+$")
 REPLICATION_TLS_DIR = "/etc/redis/tls"  # the pod's mount of redis.replication.tlsSecretName
 # What the replication user may do: the replication handshake and nothing else (no keys, no other command).
