@@ -8,10 +8,12 @@ Every server runs in its own session (process group), so stopping it also stops 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,11 +28,39 @@ class ProcessError(RuntimeError):
     """A managed process failed to start, exited early, or never became healthy."""
 
 
+# Shared by every process of this user on the host (per user: a file another user made may be read-only).
+PORT_COUNTER = Path(tempfile.gettempdir()) / f"qwen-serving-ports-{os.getuid()}"
+
+
+def _port_range() -> range:
+    """Ports the kernel never hands out by itself: below (or, failing that, above) its ephemeral range.
+
+    A port from bind(port 0) is released before its server binds it, and a vLLM binds ~30 s later; in
+    that window the kernel could give the same port to another test worker's bind(0) or to an outgoing
+    connection, and a health check would then pass against the wrong server."""
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(10000, low) if low - 10000 >= 4096 else range(high + 1, 65536)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and handed to no other caller on this host for a while.
+
+    A host-wide counter under a file lock hands out the ports of _port_range() in turn, so concurrent
+    callers (pytest workers, a bench beside a suite) never get the same one until the range wraps."""
+    ports = _port_range()
+    fd = os.open(PORT_COUNTER, os.O_RDWR | os.O_CREAT, 0o666)
+    with os.fdopen(fd, "r+") as counter:
+        fcntl.flock(counter, fcntl.LOCK_EX)
+        text = counter.read().strip()
+        index = int(text) if text.isdigit() else os.getpid()
+        for step in range(1, len(ports) + 1):
+            port = ports[(index + step) % len(ports)]
+            if not port_in_use(port):
+                counter.seek(0)
+                counter.truncate()
+                counter.write(str((index + step) % len(ports)))
+                return port
+    raise OSError(f"no free TCP port in {ports.start}-{ports.stop - 1}")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -8,10 +8,13 @@ these same functions, so what they check is what `make up` runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +121,21 @@ class GatewayHandle(ServiceHandle):
 @dataclass
 class NginxHandle(ServiceHandle):
     pass
+
+
+def serves_model(url: str, served_name: str) -> Callable[[], bool]:
+    """Healthy when /v1/models lists `served_name`: a check by name, not just by port, so a vLLM never
+    counts as up because some other server answers on its port."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                models = json.load(resp).get("data", [])
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return any(isinstance(m, dict) and m.get("id") == served_name for m in models)
+
+    return check
 
 
 def _redis_ping(port: int, password: str | None) -> Callable[[], bool]:
@@ -246,7 +264,7 @@ def start_vllm(
     wait: bool = True,
     name: str = "vllm",
 ) -> VllmHandle:
-    """One vLLM (CPU build) replica serving `model_dir`; healthy when /v1/models answers."""
+    """One vLLM (CPU build) replica serving `model_dir`; healthy when /v1/models lists its served name."""
     if not VLLM_PYTHON.exists():
         raise ProcessError(f"{VLLM_PYTHON} is missing; run `make setup` (installs the CPU build of vLLM)")
     workdir = workdir.resolve()
@@ -258,7 +276,7 @@ def start_vllm(
     proc = vllm_process(name, cmd, workdir).start()
     url = f"http://127.0.0.1:{port}"
     handle = VllmHandle(
-        name, port, proc, lambda: http_ok(f"{url}/v1/models"), timeout, served_name=served_name,
+        name, port, proc, serves_model(url, served_name), timeout, served_name=served_name,
     )
     if wait:
         handle.wait_ready(progress)

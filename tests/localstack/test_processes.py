@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from localstack.processes import (
     port_in_use,
     process_start_time,
 )
+from localstack.services import serves_model
 
 
 def _server(tmp: Path, port: int, *, with_child: bool = True) -> ManagedProcess:
@@ -37,6 +40,19 @@ def test_free_port_is_bindable_and_port_in_use_sees_a_listener(workdir: Path) ->
     finally:
         proc.stop()
     assert not port_in_use(port)
+
+
+def test_concurrent_processes_never_get_the_same_port_nor_an_ephemeral_one(workdir: Path) -> None:
+    """Pytest workers start servers side by side: a port handed to one must not reach another before its
+    server binds it (a vLLM binds ~30 s later), nor be one the kernel gives to bind(0) or a connection."""
+    script = "from localstack.processes import free_port; print(*(free_port() for _ in range(200)))"
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2]) for _ in range(4)]
+    handed = [int(p) for run in runs for p in run.communicate(timeout=60)[0].split()]
+    assert all(run.returncode == 0 for run in runs)
+    assert len(handed) == 800 and len(set(handed)) == 800
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert not any(low <= port <= high for port in handed)
 
 
 def test_stop_ends_the_whole_process_group(workdir: Path) -> None:
@@ -104,3 +120,19 @@ def test_progress_reports_elapsed_time_and_the_last_log_line(workdir: Path) -> N
     assert time.monotonic() >= deadline - 0.1
     assert seen and seen[-1][0] >= 1.0
     assert seen[-1][1] == "loading weights"
+
+
+def test_a_vllm_is_up_only_when_its_own_name_answers_on_its_port(workdir: Path) -> None:
+    """Another server answering /v1/models on a vLLM's port (a port clash) must not count as that vLLM."""
+    (workdir / "v1").mkdir()
+    (workdir / "v1" / "models").write_text(json.dumps({"object": "list", "data": [{"id": "paced-qwen2"}]}))
+    port = free_port()
+    proc = _server(workdir, port, with_child=False).start()
+    try:
+        proc.wait_ready(timeout=20)
+        url = f"http://127.0.0.1:{port}"
+        assert serves_model(url, "paced-qwen2")()
+        assert not serves_model(url, "tiny-qwen2")()
+    finally:
+        proc.stop()
+    assert not serves_model(url, "paced-qwen2")()
