@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -19,7 +20,6 @@ from app.gateway.auth.identity import Identity
 from app.gateway.errors import ApiError
 from app.gateway.logging import log, request_id_var
 from app.gateway.proxy import StreamAccount, UpstreamClientError, UpstreamStream
-from app.gateway.ratelimit.limiter import Slot
 from app.gateway.redis_client import RedisUnavailable
 from app.gateway.schemas import ChatCompletionRequest, CompletionRequest, request_body
 from app.gateway.sessions.history import answer_message, compose, content_text, message_chars
@@ -116,8 +116,11 @@ async def _generate(
     session: Session | None,
     new_messages: list[dict[str, Any]],
     system: str | None,
-    slot: Slot,
+    held: AsyncExitStack,
 ) -> Any:
+    """Relay the request to vLLM. `held` holds the caller's concurrency slots: its owner (the route's
+    `async with`) releases them however this ends, unless a stream takes them over (then the stream's end
+    releases them)."""
     request.state.model = model
     headers = {"X-Request-Id": request_id_var.get(), "Content-Type": "application/json"}
     route = ctx.proxy.router.route(body, session.id if session else None)
@@ -146,11 +149,9 @@ async def _generate(
             ctx.metrics.tokens.labels("completion", model).inc(int(usage.get("completion_tokens") or 0))
 
     if not stream:
-        try:
-            answered, result = await unless_client_leaves(
-                request.receive, ctx.proxy.complete(path, upstream_body(body), headers, route))
-        finally:
-            await slot.release()
+        answered, result = await unless_client_leaves(
+            request.receive, ctx.proxy.complete(path, upstream_body(body), headers, route))
+        await held.aclose()  # vLLM is done: storing the turn need not hold the caller's slots
         if result is None or not answered:
             log.info("client disconnected before the answer: request cancelled")
             return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the access log and metrics do
@@ -167,21 +168,16 @@ async def _generate(
     client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     account = StreamAccount(collect_text=session is not None, forward_usage_chunk=client_wants_usage)
-    try:
-        answered, opened = await unless_client_leaves(
-            request.receive, ctx.proxy.open_stream(path, upstream_body(body), headers, route, account))
-    except BaseException:
-        await slot.release()
-        raise
+    answered, opened = await unless_client_leaves(
+        request.receive, ctx.proxy.open_stream(path, upstream_body(body), headers, route, account))
     if opened is None or not answered:  # gone while vLLM queued or prefilled: nothing was sent yet
-        await slot.release()
         log.info("client disconnected before the first token: request cancelled")
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(opened, UpstreamClientError):
-        await slot.release()
         return JSONResponse(opened.body, status_code=opened.status, headers=response_headers)
     ctx.metrics.ttft.labels(model).observe(opened.first_token_at - opened.started)
     ctx.metrics.active_streams.inc()
+    streaming = held.pop_all()  # the slots now live as long as the stream, not the route
 
     async def store_before_done() -> bytes | None:
         """The answer is complete: store the turn before `[DONE]`; if that fails, say so in the stream."""
@@ -192,7 +188,7 @@ async def _generate(
 
     async def finish(done: UpstreamStream) -> None:
         ctx.metrics.active_streams.dec()
-        await slot.release()
+        await streaming.aclose()
         count_usage(done.account.usage)
         if not done.completed:
             log.info("stream ended before completion", extra={"backend": done.backend.address})
@@ -235,8 +231,8 @@ async def chat_completions(request: Request) -> Any:
     sequences = check_sequences(ctx, parsed.n, "n")
     model = resolve_model(ctx, parsed.model)
 
-    slot = await ctx.limiter.admit(identity.subject, sequences)
-    try:
+    async with AsyncExitStack() as held:
+        held.push_async_callback((await ctx.limiter.admit(identity.subject, sequences)).release)
         session: Session | None = None
         sent = messages
         system = next((content_text(m) for m in messages if m["role"] in ("system", "developer")), None)
@@ -256,13 +252,10 @@ async def chat_completions(request: Request) -> Any:
                     budget=ctx.settings.history_token_budget,
                 )
         body = {**raw, "model": model, "messages": sent}
-    except BaseException:
-        await slot.release()
-        raise
-    return await _generate(
-        request, ctx, identity, path="/v1/chat/completions", body=body, model=model, stream=parsed.stream,
-        session=session, new_messages=new_messages, system=system, slot=slot,
-    )
+        return await _generate(
+            request, ctx, identity, path="/v1/chat/completions", body=body, model=model, stream=parsed.stream,
+            session=session, new_messages=new_messages, system=system, held=held,
+        )
 
 
 @router.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
@@ -281,9 +274,9 @@ async def completions(request: Request) -> Any:
     always_max_tokens(ctx, raw, "max_tokens")
     sequences = check_sequences(ctx, parsed.n * len(prompts), "n" if len(prompts) == 1 else "prompt")
     model = resolve_model(ctx, parsed.model)
-    slot = await ctx.limiter.admit(identity.subject, sequences)
-    body = {**raw, "model": model}
-    return await _generate(
-        request, ctx, identity, path="/v1/completions", body=body, model=model, stream=parsed.stream,
-        session=None, new_messages=[], system=None, slot=slot,
-    )
+    async with AsyncExitStack() as held:
+        held.push_async_callback((await ctx.limiter.admit(identity.subject, sequences)).release)
+        return await _generate(
+            request, ctx, identity, path="/v1/completions", body={**raw, "model": model}, model=model,
+            stream=parsed.stream, session=None, new_messages=[], system=None, held=held,
+        )
