@@ -201,6 +201,27 @@ def short_tmp_dir(workdir: Path) -> Path:
     return tmp
 
 
+# vLLM inspects the model's class in a separate process (a second import of torch and vLLM: under a test run's
+# load, a quarter of a boot) unless VLLM_CACHE_ROOT/modelinfos holds the answer, keyed by a hash of the class's
+# source. Every local vLLM shares one such directory: only the first boot on a checkout pays for it.
+MODEL_INFO_CACHE = REPO_ROOT / "build" / "vllm-modelinfos"
+
+
+def share_model_info_cache(vllm_cache_root: Path, identity: Identity | None) -> None:
+    """Point `vllm_cache_root`/modelinfos at the shared directory (vLLM writes its files atomically)."""
+    hand_over(MODEL_INFO_CACHE, identity)
+    hand_over(vllm_cache_root, identity)
+    link = vllm_cache_root / "modelinfos"
+    if link.is_symlink() and link.resolve() == MODEL_INFO_CACHE.resolve():
+        return
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    link.unlink(missing_ok=True)
+    link.symlink_to(MODEL_INFO_CACHE, target_is_directory=True)
+    if identity is not None:
+        os.chown(link, identity.uid, identity.gid, follow_symlinks=False)
+
+
 def vllm_env(workdir: Path, identity: Identity | None = None) -> dict[str, str]:
     """vLLM writes caches and temp files under these (the cluster's list, vllm_env in the contract); keep them
     all inside `workdir`, in directories `identity` owns: the only places it can write."""
@@ -208,9 +229,11 @@ def vllm_env(workdir: Path, identity: Identity | None = None) -> dict[str, str]:
     tmp = short_tmp_dir(workdir)
     for d in (home, cache, tmp):
         hand_over(d, identity)
+    writable = writable_dirs_env(str(home), str(cache), str(cache / "huggingface"))
+    share_model_info_cache(Path(writable["VLLM_CACHE_ROOT"]), identity)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **writable_dirs_env(str(home), str(cache), str(cache / "huggingface")),
+        **writable,
         "LANG": "C.UTF-8",
         "TMPDIR": str(tmp),
         "HF_HUB_OFFLINE": "1",

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from localstack.processes import group_members
-from localstack.services import VLLM_PYTHON, VllmHandle
+from localstack.services import MODEL_INFO_CACHE, VLLM_PYTHON, VllmHandle
 from localstack.unprivileged import cannot_run, vllm_identity
 from tests.gateway.conftest import MODEL, Fleet
 
@@ -41,6 +41,10 @@ def test_every_vllm_process_runs_unprivileged_and_serves(fleet: Fleet) -> None:
             assert _ids(pid, "Uid") == {want}, (handle.name, pid)
             if identity:
                 assert _ids(pid, "Gid") == {identity.gid}, (handle.name, pid)
+        # its model-info cache is the shared one, and vLLM used it (the file is vLLM's, written through the link)
+        workdir = Path(f"/proc/{handle.pid}/cwd").resolve()
+        assert (workdir / "cache" / "vllm" / "modelinfos").resolve() == MODEL_INFO_CACHE.resolve()
+        assert (MODEL_INFO_CACHE / "vllm-model_executor-models-qwen2-Qwen2ForCausalLM.json").is_file()
         answer = httpx.post(f"{handle.url}/v1/completions",
                             json={"model": MODEL, "prompt": "Hello", "max_tokens": 2}, timeout=60)
         assert answer.status_code == 200, answer.text

@@ -7,7 +7,7 @@ import pwd
 import re
 from pathlib import Path
 
-from localstack.services import REPO_ROOT, VLLM_PYTHON, vllm_env
+from localstack.services import MODEL_INFO_CACHE, REPO_ROOT, VLLM_PYTHON, vllm_env
 from localstack.unprivileged import LOCAL_VLLM_USER, cannot_run, closed_to, hand_over, vllm_identity
 from stackspec.images import VLLM_UID
 
@@ -40,6 +40,11 @@ def test_vllm_env_hands_every_writable_dir_to_the_user_even_what_a_root_run_left
     assert leftover.stat().st_uid == identity.uid
     for name in ("VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME"):
         assert Path(env[name]).is_relative_to(tmp_path / "cache"), name
+    # every local vLLM reads and writes one model-info cache (its class inspection is done once per checkout)
+    shared = Path(env["VLLM_CACHE_ROOT"]) / "modelinfos"
+    assert shared.is_symlink() and shared.resolve() == MODEL_INFO_CACHE.resolve()
+    assert MODEL_INFO_CACHE.stat().st_uid == identity.uid
+    assert vllm_env(tmp_path, identity) == env  # again over its own work dir: the same, the link kept
     hand_over(tmp_path / "mine", None)  # not root: nothing changes hands
     assert (tmp_path / "mine").stat().st_uid == os.geteuid()
 
