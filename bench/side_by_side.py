@@ -514,23 +514,29 @@ def row_cells(e: dict[str, Any], cell: Cell, *, missing: str | None = "-") -> st
     return " | ".join(cells)
 
 
+def _shed(r: dict[str, Any]) -> str:
+    """Requests refused with the gateway's 503 `overloaded` (not errors: its answer to overload, by design)
+    are part of what a path carried: a cell never leaves them out."""
+    return f", {r['shed']} shed (503)" if r.get("shed") else ""
+
+
 def _nonstream_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
     extra = "" if name == "direct" else (
         f", {fmt(r['proxy_cpu_ms_per_request'], '.3f')} ms CPU/req, +p50 "
         f"{fmt(e['added_latency_p50_ms'][name], '.2f')} ms")
-    return f"{fmt(r['req_per_s'], '.0f')} req/s{extra}"
+    return f"{fmt(r['req_per_s'], '.0f')} req/s{extra}{_shed(r)}"
 
 
 def _stream_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
     extra = "" if name == "direct" else f", {fmt(r['proxy_cpu_us_per_chunk'], '.1f')} µs CPU/chunk"
-    return f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}"
+    return f"{fmt(r['chunks_per_s'], '.0f')} chunks/s{extra}{_shed(r)}"
 
 
 def _paced_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
     if name == "direct":
         return f"TTFT p50 {fmt(r['ttft_ms']['p50'], '.1f')} ms, {fmt(r['chunks_per_s'], '.0f')} chunks/s"
     return (f"{fmt(e['pct_of_direct'][name], '.1f')} % of direct, +TTFT p50 "
-            f"{fmt(e['added_ttft_p50_ms'][name], '.1f')} ms, {r['errors']} errors")
+            f"{fmt(e['added_ttft_p50_ms'][name], '.1f')} ms, {r['errors']} errors{_shed(r)}")
 
 
 def _vllm_cell(e: dict[str, Any], name: str, r: dict[str, Any]) -> str:
@@ -552,11 +558,10 @@ def summary_table(results: dict[str, Any]) -> str:
                      f"{row_cells(e, _vllm_cell, missing=None)} |")
     two = results.get("two_processes")
     if two:
-        r = two["paths"]["gateway"]
         lines.append(
             f"| {two['concurrency']} streams paced 20 ms/token, gateway of 2 processes (both cores) | TTFT p50 "
-            f"{fmt(two['paths']['direct']['ttft_ms']['p50'], '.1f')} ms | {fmt(two['pct_of_direct']['gateway'], '.1f')}"
-            f" % of direct, +TTFT p50 {fmt(two['added_ttft_p50_ms']['gateway'], '.1f')} ms, {r['errors']} errors | |")
+            f"{fmt(two['paths']['direct']['ttft_ms']['p50'], '.1f')} ms | "
+            f"{_paced_cell(two, 'gateway', two['paths']['gateway'])} | |")
     over = results.get("overload")
     if over:
         g, d = over["paths"]["gateway"], over["paths"]["direct"]
