@@ -270,6 +270,10 @@ def base_env(fleet: Fleet, redis_server: RedisHandle, jwks: JwksServer) -> dict[
         "GATEWAY_RATE_LIMIT_CONCURRENT": "1000",
         "GATEWAY_SESSION_MAX_PER_IDENTITY": "100000",  # tests that check the quotas set their own
         "GATEWAY_HEALTH_INTERVAL_SECONDS": "0.5",
+        # Production's 0.5 s per Redis call is shorter than a stall of this 2-core machine under three workers,
+        # a cold mypy and the browsers (one GET /v1/sessions got 503 after a session_ttl call took 0.88 s).
+        # The tests that are about Redis deadlines set their own, on a RedisGuard or a gateway of their own.
+        "GATEWAY_REDIS_TIMEOUT_SECONDS": "5",
         "GATEWAY_FIRST_TOKEN_TIMEOUT": "20",
         "GATEWAY_IDLE_TIMEOUT": "10",
         "GATEWAY_TOTAL_TIMEOUT": "60",
