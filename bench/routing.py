@@ -47,6 +47,7 @@ from localstack.services import (
     REPO_ROOT,
     ServiceHandle,
     VllmHandle,
+    serves_model,
     start_gateway,
     start_redis,
     vllm_command,
@@ -314,9 +315,8 @@ def start_small_vllm(work: Path, settings: StackSettings, model_dir: Path, kv_to
     cmd[cmd.index("--max-model-len") + 1] = str(MAX_MODEL_LEN)
     work.mkdir(parents=True, exist_ok=True)
     proc = vllm_process(name, cmd, work).start()
-    url = f"http://127.0.0.1:{port}"
-    return VllmHandle(name, port, proc, lambda: http_ok(f"{url}/v1/models"), 300.0,
-                      served_name=settings.model.served_name)
+    served = settings.model.served_name
+    return VllmHandle(name, port, proc, serves_model(f"http://127.0.0.1:{port}", served), 300.0, served_name=served)
 
 
 def start_router(work: Path, vllms: list[VllmHandle], policy: str, extra: list[str]) -> ServiceHandle:
